@@ -1,0 +1,32 @@
+# The two commands a new user types: `make demo` and `make test`.
+# Each installs what is missing first (tools/setup_env.sh); re-running is fast.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data
+RUNS ?= runs
+
+.PHONY: setup demo test test-fast bench clean-demo
+
+setup:
+	@tools/setup_env.sh $(VENV)
+
+## demo: convert the embedded digits dataset, train the demo preset on it, plot the curves
+demo: setup
+	$(PY) tools/convert_datasets.py digits --out $(DATA)
+	$(PY) train_fast.py --preset demo --data-dir $(DATA)/digits --output $(RUNS)
+	$(PY) tools/plot_run.py $(RUNS)/demo
+
+## test: the whole suite, slow tests included (what CI runs)
+test: setup
+	$(PY) -m pytest -q tests
+
+## test-fast: skip the tests marked slow (torch.compile, end-to-end runs)
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+## bench: the side-by-side benchmarks on this machine (JSON in bench-*.json)
+bench: setup
+	$(PY) tools/bench_model.py --json bench-model.json
+
+clean-demo:
+	rm -rf $(DATA)/digits $(RUNS)/demo

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what neatt needs on a fresh machine; fast when nothing changed.
+#   1. the native libraries ffcv builds against (apt, when run as root)
+#   2. a virtual environment in $VENV with neatt and its Python packages
+# Usage: tools/setup_env.sh [VENV]    (default .venv; called by `make setup`)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-.venv}
+PYTHON=${PYTHON:-python3}
+APT_PACKAGES="pkg-config libopencv-dev libturbojpeg0-dev"
+
+missing=""
+for pkg in $APT_PACKAGES; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[setup] installing system libraries:$missing"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+        echo "[setup] ffcv needs these system libraries, which are missing:$missing" >&2
+        echo "[setup] install them (e.g. 'sudo apt-get install$missing'), or use environment.yml with conda," >&2
+        echo "[setup] then run this again." >&2
+        exit 1
+    fi
+fi
+
+# The stamp names the hash of pyproject.toml: a changed dependency list reinstalls.
+stamp="$VENV/.neatt-installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ]; then
+    exit 0
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating virtual environment $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+echo "[setup] installing Python packages into $VENV (first time: a few minutes)"
+"$VENV/bin/pip" install -q --upgrade pip wheel setuptools
+"$VENV/bin/pip" install -q -e ".[dev]"
+rm -f "$VENV"/.neatt-installed-*
+touch "$stamp"
+echo "[setup] done"
