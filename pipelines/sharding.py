@@ -1,0 +1,100 @@
+"""Which samples each rank reads, and in which order, for a given (seed, epoch).
+
+Every backend (ffcv, dali, torch) takes its epoch order from here, so they all read the same samples in the
+same order, and a run resumed at batch ``k`` continues with exactly the samples it would have read.
+
+Remainder handling (stated because every sample must be seen exactly once across ranks per epoch):
+
+* ``pad=True`` (train): like ``torch.utils.data.DistributedSampler``, the permutation is padded by wrapping
+  around to a multiple of ``world_size``, so every rank gets the same number of samples; a few samples are then
+  read twice per epoch (at most ``world_size - 1``). With ``drop_last=True`` each rank also drops its final
+  partial batch: those samples are skipped this epoch, and since the permutation changes every epoch, not the
+  same ones next time.
+* ``pad=False`` (val): no padding, ranks take ``order[rank::world_size]``, so counts differ by at most one and
+  every sample is read exactly once across ranks. With ``drop_last=False`` the last batch may be partial;
+  the evaluation code must sum counts, not average per-rank means.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["epoch_permutation", "ShardedOrder"]
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The global sample order of one epoch: a permutation of ``range(num_samples)`` fixed by (seed, epoch).
+
+    numpy's PCG64 seeded with the sequence ``[seed, epoch]`` gives the same permutation on every platform and
+    numpy version that keeps ``Generator.permutation`` stable (NEP 19), independent of any global RNG state.
+    """
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_samples)
+
+
+@dataclass(frozen=True)
+class ShardedOrder:
+    """One rank's part of every epoch, split into batches.
+
+    Parameters
+    ----------
+    num_samples : int
+        Samples in the split.
+    rank, world_size : int
+        This process's rank and the number of ranks.
+    batch_size : int
+        Samples per batch on this rank.
+    seed : int
+        Seed of the epoch permutations.
+    shuffle : bool
+        Permute every epoch (train); ``False`` keeps the stored order (val).
+    pad : bool
+        Pad the order by wrapping to a multiple of ``world_size`` (see the module docstring).
+    drop_last : bool
+        Drop each rank's final partial batch.
+    """
+    num_samples: int
+    rank: int = 0
+    world_size: int = 1
+    batch_size: int = 1
+    seed: int = 0
+    shuffle: bool = True
+    pad: bool = True
+    drop_last: bool = True
+
+    def __post_init__(self):
+        if self.num_samples < 1:
+            raise ValueError(f"ShardedOrder: num_samples must be >= 1, got {self.num_samples}")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"ShardedOrder: need 0 <= rank < world_size, got rank={self.rank} "
+                             f"world_size={self.world_size}")
+        if self.batch_size < 1:
+            raise ValueError(f"ShardedOrder: batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def samples_per_rank(self) -> int:
+        """Samples this rank is given per epoch, before dropping a partial batch."""
+        if self.pad:
+            return -(-self.num_samples // self.world_size)
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+    @property
+    def num_batches(self) -> int:
+        """Batches per epoch on this rank (the same for every epoch)."""
+        n = self.samples_per_rank
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """This rank's sample indices for ``epoch``, in reading order, trimmed to whole batches if drop_last."""
+        order = epoch_permutation(self.num_samples, self.seed, epoch) if self.shuffle \
+            else np.arange(self.num_samples)
+        if self.pad:
+            total = self.samples_per_rank * self.world_size
+            order = np.resize(order, total)  # np.resize repeats from the start: the wrap-around padding
+        mine = order[self.rank::self.world_size]
+        return mine[:self.num_batches * self.batch_size].astype(np.int64)
+
+    def remaining(self, epoch: int, batches_done: int) -> np.ndarray:
+        """The samples of ``epoch`` still to read after ``batches_done`` batches: what a resumed run reads."""
+        if not 0 <= batches_done <= self.num_batches:
+            raise ValueError(f"batches_done={batches_done} outside [0, {self.num_batches}] for this loader; "
+                             "was the state saved with another batch size or world size?")
+        return self.indices(epoch)[batches_done * self.batch_size:]

@@ -1,0 +1,74 @@
+"""torchvision backend: the baseline and the reference the fast backends are checked against.
+
+A plain ``torch.utils.data.DataLoader`` whose sampler is this rank's slice of the epoch order
+(``pipelines.sharding``, DistributedSampler semantics), decoding with PIL and transforming with torchvision:
+train ``resized_crop`` (bicubic) with the window from ``pipelines.crop.rrc_windows``, val timm's eval transform
+``Resize(floor(image_size / crop_pct), bicubic)`` + ``CenterCrop(image_size)``. It reads the JPEG bytes of the
+DALI webdataset shards through their index (``pipelines.shard_reader``), so it works for every converted dataset.
+"""
+import io
+import math
+from typing import Iterator, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from .base import Loader
+from .crop import rrc_windows
+from .shard_reader import ShardReader
+
+__all__ = ["TorchLoader"]
+
+
+class _JpegDataset(Dataset):
+    """Item ``(index, epoch)`` -> (uint8 HWC crop, label); the epoch in the key fixes the crop."""
+
+    def __init__(self, reader: ShardReader, image_size: int, train: bool, crop_pct: float, seed: int):
+        self.reader = reader
+        self.image_size = image_size
+        self.train = train
+        self.seed = seed
+        self.eval_transform = transforms.Compose([
+            transforms.Resize(math.floor(image_size / crop_pct), interpolation=InterpolationMode.BICUBIC),
+            transforms.CenterCrop(image_size),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        index, epoch = key
+        img = Image.open(io.BytesIO(self.reader.jpeg(index))).convert("RGB")
+        if self.train:
+            top, left, h, w = (int(v) for v in rrc_windows([img.height], [img.width], [index], self.seed, epoch)[0])
+            img = F.resized_crop(img, top, left, h, w, [self.image_size, self.image_size],
+                                 interpolation=InterpolationMode.BICUBIC)
+        else:
+            img = self.eval_transform(img)
+        return torch.from_numpy(np.array(img, dtype=np.uint8)), int(self.reader.labels[index])
+
+
+class TorchLoader(Loader):
+    """PIL + torchvision decoding in DataLoader worker processes (``num_workers``; 0 decodes in-process)."""
+
+    def __init__(self, data_dir: str, manifest: dict, **kwargs):
+        super().__init__(data_dir, manifest, **kwargs)
+        reader = ShardReader(data_dir, manifest["formats"]["dali"][self.split]["shards"])
+        if len(reader) != self.num_samples:
+            raise ValueError(f"{data_dir}: DALI shards of {self.split!r} hold {len(reader)} samples, manifest "
+                             f"says {self.num_samples}; re-run tools/convert_datasets.py with --force")
+        self.dataset = _JpegDataset(reader, self.image_size, self.train, self.crop_pct, self.seed)
+
+    def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        keys = [(int(i), epoch) for i in self.order.remaining(epoch, start_batch)]
+        cuda = self.device.type == "cuda"
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, num_workers=self.num_workers,
+                            pin_memory=cuda, drop_last=False)
+        for images, labels in loader:  # images (B, H, W, 3) contiguous: NCHW permute is channels-last
+            yield (images.to(self.device, non_blocking=cuda).permute(0, 3, 1, 2),
+                   labels.to(self.device, non_blocking=cuda))
