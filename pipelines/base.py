@@ -61,7 +61,7 @@ class Loader:
         self.augment = augment
         self.epoch = 0
         self.batches_done = 0
-        self._generator = torch.Generator(device=device)
+        self._generator = torch.Generator()  # DeviceAugment takes a CPU generator (it seeds device ones)
 
     def __len__(self) -> int:
         return self.order.num_batches
@@ -146,7 +146,7 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         Decoding processes/threads.
     augment : pipelines.augment.AugmentConfig, optional
         On-device augmentation and normalization; ``None`` uses ``AugmentConfig()``. Val uses only its
-        mean/std.
+        mean/std; its ``img_size`` is set to ``image_size``.
     crop_pct : float
         Val: resize the shorter side to ``floor(image_size / crop_pct)``, then center-crop.
     drop_last : bool, optional
@@ -192,6 +192,7 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
                           f"`pip install {package}` or pick another backend") from None
 
     augment = AugmentConfig() if augment is None else augment
+    augment = dataclasses.replace(augment, img_size=image_size)  # timm derives translate_const from it
     if not train:
         augment = dataclasses.replace(augment, aa=None, reprob=0.0, hflip=0.0)
     return getattr(module, class_name)(

@@ -1,0 +1,242 @@
+"""FFCV backend: JPEG decode + crop + bicubic resize in FFCV's compiled (numba) pipeline, then on-device augment.
+
+Two things differ from FFCV's stock ``RandomResizedCropRGBImageDecoder``, on purpose:
+
+* Determinism. The stock decoder draws crops with ``np.random`` inside a numba ``prange`` loop, so which sample
+  gets which draw depends on thread scheduling and an exact resume is impossible. Here every sample's window
+  comes from ``pipelines.crop`` (a pure function of seed, epoch and sample index), written into a table that
+  the compiled decoder reads through a raw pointer: numba freezes arrays captured by a closure as compile-time
+  constants, and recompiling every epoch would cost seconds.
+* Interpolation. The stock decoders resize with OpenCV's ``INTER_AREA`` (checked: ``ffcv.libffcv.resize_crop``
+  equals ``cv2.resize(..., INTER_AREA)`` exactly). Here the resize is Pillow's antialiased bicubic
+  (``ImagingResample`` with its 22-bit fixed-point coefficients, rewritten for numba), which is what timm's
+  torchvision transforms use, so FFCV batches match the torch backend's to the decoded pixel.
+
+The epoch order is ``pipelines.sharding``'s: FFCV's ``Loader`` is built ``SEQUENTIAL`` over this rank's indices,
+and before each epoch its traversal order is replaced by one returning exactly the batches still to read (a
+resumed epoch decodes nothing it skips). FFCV's ``Loader`` cannot take a custom ``TraversalOrder`` class
+directly (its ``isinstance`` check expects an instance that it then calls).
+"""
+import math
+import os
+from typing import Iterator, Tuple
+
+import numpy as np
+import torch
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
+from ffcv.libffcv import imdecode
+from ffcv.loader import Loader as _FfcvLoader, OrderOption
+from ffcv.pipeline.compiler import Compiler
+from ffcv.traversal_order.base import TraversalOrder
+from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
+
+from .base import Loader
+from .crop import eval_resize_geometry, rrc_windows
+
+__all__ = ["FfcvLoader", "TableCropDecoder", "resample_bicubic"]
+
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
+
+
+@intrinsic
+def _voidptr(typingctx, address):
+    """An integer address as a ``void*``, so compiled code can view a live numpy buffer (``carray``)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(address), codegen
+
+
+# Plain njit (cached) rather than FFCV's Compiler.compile: it adds fastmath, which may reorder the float
+# arithmetic of the coefficients and lose Pillow-exactness.
+@njit(cache=True)
+def _bicubic(x):
+    a = -0.5
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    if x < 2.0:
+        return (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return 0.0
+
+
+@njit(cache=True)
+def _coeffs(in_size, out_size, first, count):
+    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for output positions ``first .. first+count``
+    of an ``in_size -> out_size`` bicubic resize: (bounds (count, 2) = start, taps; int64 fixed-point weights)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    bounds = np.zeros((count, 2), np.int64)
+    kk = np.zeros((count, ksize), np.int64)
+    w = np.zeros(ksize, np.float64)
+    for t in range(count):
+        center = (first + t + 0.5) * scale
+        xmin = int(center - support + 0.5)
+        if xmin < 0:
+            xmin = 0
+        xmax = int(center + support + 0.5)
+        if xmax > in_size:
+            xmax = in_size
+        xmax -= xmin
+        ww = 0.0
+        for x in range(xmax):
+            w[x] = _bicubic((x + xmin - center + 0.5) / filterscale)
+            ww += w[x]
+        for x in range(xmax):
+            k = w[x] / ww if ww != 0.0 else w[x]
+            kk[t, x] = int(-0.5 + k * (1 << _PRECISION_BITS)) if k < 0 else int(0.5 + k * (1 << _PRECISION_BITS))
+        bounds[t, 0] = xmin
+        bounds[t, 1] = xmax
+    return bounds, kk
+
+
+@njit(cache=True)
+def _clip8(v):
+    if v >= (1 << _PRECISION_BITS << 8):
+        return 255
+    if v <= 0:
+        return 0
+    return v >> _PRECISION_BITS
+
+
+@njit(cache=True, nogil=True)
+def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
+    """Pillow-exact bicubic resize of ``src[y0:y0+h, x0:x0+w]`` (HWC uint8) to ``out_h x out_w``, writing the
+    ``dst.shape[:2]`` window at ``(oy, ox)`` of the result into ``dst``: train passes the crop and
+    ``out = dst size``; val passes the whole image, the resized size and the center-crop offset."""
+    oh, ow = dst.shape[0], dst.shape[1]
+    hb, hk = _coeffs(w, out_w, ox, ow)
+    vb, vk = _coeffs(h, out_h, oy, oh)
+    row0 = vb[0, 0]
+    rows = vb[oh - 1, 0] + vb[oh - 1, 1] - row0
+    tmp = np.empty((rows, ow, 3), np.uint8)  # Pillow's horizontal pass first, into 8-bit rows
+    half = 1 << (_PRECISION_BITS - 1)
+    for r in range(rows):
+        for xx in range(ow):
+            start, taps = hb[xx, 0], hb[xx, 1]
+            for c in range(3):
+                ss = half
+                for k in range(taps):
+                    ss += np.int64(src[y0 + row0 + r, x0 + start + k, c]) * hk[xx, k]
+                tmp[r, xx, c] = _clip8(ss)
+    for yy in range(oh):
+        start, taps = vb[yy, 0] - row0, vb[yy, 1]
+        for xx in range(ow):
+            for c in range(3):
+                ss = half
+                for k in range(taps):
+                    ss += np.int64(tmp[start + k, xx, c]) * vk[yy, k]
+                dst[yy, xx, c] = _clip8(ss)
+
+
+class TableCropDecoder(ResizedCropRGBImageDecoder):
+    """FFCV ``RGBImageField`` decoder: decode, then bicubic-resize the window that ``table[sample]`` names.
+
+    Parameters
+    ----------
+    output_size : tuple of int
+        (height, width) of the output.
+    table : np.ndarray
+        int64 ``(num_samples, 8)``: ``y0, x0, h, w, out_h, out_w, oy, ox`` per sample (see
+        ``resample_bicubic``). The loader rewrites it in place between epochs; it must outlive the loader.
+    """
+
+    def __init__(self, output_size, table: np.ndarray):
+        super().__init__(output_size)
+        assert table.dtype == np.int64 and table.flags.c_contiguous and table.shape[1] == 8
+        self.table = table
+
+    def generate_code(self):
+        jpg = IMAGE_MODES["jpg"]
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resample_c = resample_bicubic
+        address, num_rows = self.table.ctypes.data, self.table.shape[0]
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            table = carray(_voidptr(address), (num_rows, 8), np.int64)
+            for dst_ix in my_range(len(batch_indices)):
+                source_ix = batch_indices[dst_ix]
+                field = metadata[source_ix]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height = np.uint32(field["height"])
+                width = np.uint32(field["width"])
+                if field["mode"] == jpg:
+                    temp_buffer = temp_storage[dst_ix]
+                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    image = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                else:
+                    image = image_data.reshape(height, width, 3)
+                t = table[source_ix]
+                resample_c(image, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], destination[dst_ix])
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+    @property
+    def get_crop_generator(self):  # required by the abstract base; the crop comes from the table
+        return None
+
+
+class _PlannedOrder(TraversalOrder):
+    """Exactly ``indices``, in order, whatever the epoch (the order comes from ``pipelines.sharding``)."""
+
+    def sample_order(self, epoch: int):
+        return self.indices
+
+
+class FfcvLoader(Loader):
+    """Reads ``<data_dir>/<split>.beton``; ``num_workers`` is FFCV's decoding thread count."""
+
+    def __init__(self, data_dir: str, manifest: dict, **kwargs):
+        super().__init__(data_dir, manifest, **kwargs)
+        path = os.path.join(data_dir, manifest["formats"]["ffcv"][self.split]["file"])
+        self.table = np.zeros((self.num_samples, 8), np.int64)
+        size = (self.image_size, self.image_size)
+        cuda = self.device.type == "cuda"
+        to_device = [ToDevice(self.device, non_blocking=True)] if cuda else []
+        pipelines = {
+            "image": [TableCropDecoder(size, self.table), ToTensor(), *to_device,
+                      ToTorchImage(channels_last=True, convert_back_int16=False)],
+            "label": [IntDecoder(), ToTensor(), *to_device],
+        }
+        self._ffcv = _FfcvLoader(path, batch_size=self.batch_size, num_workers=max(1, self.num_workers),
+                                 order=OrderOption.SEQUENTIAL, indices=self.order.indices(0), pipelines=pipelines,
+                                 drop_last=False, os_cache=True)
+        if self._ffcv.reader.num_samples != self.num_samples:
+            raise ValueError(f"{path} holds {self._ffcv.reader.num_samples} samples, the manifest says "
+                             f"{self.num_samples}; re-run tools/convert_datasets.py with --force")
+        reader = self._ffcv.reader  # metadata columns are named f0, f1, ... in field order
+        meta = reader.metadata[f"f{list(reader.handlers).index('image')}"]
+        self._heights = meta["height"].astype(np.int64)
+        self._widths = meta["width"].astype(np.int64)
+        if not self.train:  # val windows do not change between epochs
+            for i in range(self.num_samples):
+                rh, rw, top, left = eval_resize_geometry(self._heights[i], self._widths[i], self.image_size,
+                                                         self.crop_pct)
+                self.table[i] = 0, 0, self._heights[i], self._widths[i], rh, rw, top, left
+
+    def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        indices = self.order.remaining(epoch, start_batch)
+        if len(indices) == 0:
+            return
+        if self.train:
+            win = rrc_windows(self._heights[indices], self._widths[indices], indices, self.seed, epoch)
+            self.table[indices, 0:4] = win
+            self.table[indices, 4:6] = self.image_size
+            self.table[indices, 6:8] = 0
+        order = _PlannedOrder(self._ffcv)
+        order.indices = indices.astype(np.uint64)
+        self._ffcv.traversal_order = order
+        for images, labels in self._ffcv:
+            # FFCV reuses its buffers a few batches later: labels are copied, images are consumed by augment
+            yield images, labels.view(-1).to(torch.int64, copy=True)
