@@ -1,0 +1,237 @@
+"""The conversion driver: one source -> ``<out>/<dataset>/`` with FFCV and DALI files and ``manifest.json``.
+
+Per split, one parallel pass decodes, converts, resizes and JPEG-encodes every sample (``images.prepare_image``, in a
+process pool, results consumed in sample order) and feeds the DALI shard writer and the FFCV staging file; then the
+``.beton`` is assembled from the staging file. Every file is written under a ``.partial`` name and renamed when
+complete, and the manifest is rewritten (atomically) after each finished format/split, so it only ever lists
+complete files. A rerun skips what the manifest lists (unless ``force``) and redoes the rest.
+"""
+from __future__ import annotations
+
+import glob
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from .dali_writer import ShardWriter
+from .images import ImagePolicy, ImageSkip, prepare_image
+from .manifest import MANIFEST_NAME, ManifestError, file_sha256, new_manifest, read_manifest, write_manifest
+from .sources import DatasetSource
+
+__all__ = ["FORMATS", "ConvertError", "ConvertOptions", "convert"]
+
+FORMATS = ("ffcv", "dali")
+
+
+class ConvertError(Exception):
+    """A conversion that must stop (``--strict`` skips, an existing output made with other settings)."""
+
+
+@dataclass
+class ConvertOptions:
+    """Args:
+        policy: how images are stored.
+        formats: subset of ``FORMATS``.
+        workers: decoding processes (``None``: all cores).
+        shard_size: samples per DALI shard.
+        force: redo format/splits that the manifest already lists as complete.
+        strict: any skipped input is an error (nothing of that split is kept).
+        progress: show tqdm bars.
+    """
+    policy: ImagePolicy
+    formats: tuple = FORMATS
+    workers: Optional[int] = None
+    shard_size: int = 5000
+    force: bool = False
+    strict: bool = False
+    progress: bool = True
+
+
+def _prepare_one(args):
+    """Pool task: (index, item, policy, keep_raw) -> (index, PreparedImage or reason)."""
+    index, item, policy, keep_raw = args
+    try:
+        return index, prepare_image(item, index, policy, keep_raw)
+    except ImageSkip as e:
+        return index, str(e)
+    except Exception as e:  # a decoder bug on some odd file must not kill a day-long conversion; it is reported
+        return index, f"unexpected decoder error ({type(e).__name__}: {e})"
+
+
+def _init_worker():
+    import cv2
+    cv2.setNumThreads(1)  # parallelism comes from the pool; OpenCV's own threads would oversubscribe the cores
+
+
+def _open_existing(out_dir: str, source: DatasetSource, policy: ImagePolicy, force: bool) -> Optional[dict]:
+    """The manifest to continue from, or None for a fresh start; refuse to mix settings without --force."""
+    if force or not os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
+        return None
+    try:
+        m = read_manifest(out_dir)
+    except ManifestError as e:
+        raise ConvertError(f"{e}\nUse --force to overwrite {out_dir}.") from None
+    want = {"dataset": source.name, "classes": source.classes, "image_policy": policy.as_dict(),
+            "source": source.source}
+    diff = [k for k, v in want.items() if m[k] != v]
+    if diff:
+        raise ConvertError(f"{out_dir} holds a conversion with different {', '.join(diff)}; use --force to redo it, "
+                           f"or choose another --out")
+    return m
+
+
+def _complete(out_dir: str, m: dict, fmt: str, split: str) -> bool:
+    """Whether the manifest lists fmt/split and its files are there with the listed sizes."""
+    entry = m["formats"].get(fmt, {}).get(split)
+    if entry is None:
+        return False
+    files = [(entry["file"], entry["bytes"])] if fmt == "ffcv" else \
+        [(s[k], None) for s in entry["shards"] for k in ("tar", "index")]
+    files += [(s["tar"], s["bytes"]) for s in entry.get("shards", [])]
+    return all(os.path.isfile(os.path.join(out_dir, f)) and (n is None or os.path.getsize(os.path.join(out_dir, f)) == n)
+               for f, n in files)
+
+
+def _remove_stale(out_dir: str, fmt: str, split: str) -> None:
+    """Delete leftovers of an earlier, interrupted or superseded conversion of fmt/split."""
+    if fmt == "ffcv":
+        pats = [f"{split}.beton", f"{split}.beton.*"]
+    else:
+        pats = [os.path.join("dali", f"{split}-[0-9][0-9][0-9][0-9][0-9].*")]
+    for pat in pats:
+        for p in glob.glob(os.path.join(out_dir, pat)):
+            os.remove(p)
+
+
+def _file_entry(out_dir: str, rel: str) -> dict:
+    p = os.path.join(out_dir, rel)
+    return {"bytes": os.path.getsize(p), "sha256": file_sha256(p)}
+
+
+def _run_split(source: DatasetSource, split: str, out_dir: str, todo: list, opts: ConvertOptions, log) -> dict:
+    """Decode/encode one split once and write the formats in ``todo``; return counts, skips and timings."""
+    samples = source.splits[split]
+    skipped = [(p, r) for s, p, r in source.skipped if s == split]
+    labels = []
+    dali = ShardWriter(out_dir, split, opts.shard_size) if "dali" in todo else None
+    staging = None
+    if "ffcv" in todo:
+        from .ffcv_writer import BetonStaging
+        staging = BetonStaging(os.path.join(out_dir, f"{split}.beton"))
+    keep_raw = staging is not None and opts.policy.write_mode != "jpg"
+    tasks = ((i, item, opts.policy, keep_raw) for i, (item, _) in enumerate(samples))
+    workers = opts.workers or os.cpu_count() or 1
+    bar = tqdm(total=len(samples), desc=f"{source.name}/{split} decode+encode", unit="img",
+               disable=not opts.progress, file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    pool = mp.get_context("fork").Pool(workers, initializer=_init_worker) if workers > 1 else None
+    try:
+        results = pool.imap(_prepare_one, tasks, chunksize=16) if pool else map(_prepare_one, tasks)
+        for i, res in results:
+            item, label = samples[i]
+            if isinstance(res, str):
+                skipped.append((source.relpath(item, i, split), res))
+            else:
+                if dali is not None:
+                    dali.write(res.jpeg, label)
+                if staging is not None:
+                    staging.write(res, label)
+                labels.append(label)
+            bar.update(1)
+        if pool:
+            pool.close()
+            pool.join()
+    except BaseException:
+        if pool:
+            pool.terminate()
+        for w in (dali, staging):
+            if w is not None:
+                (w.abort if w is dali else w.remove)()
+        raise
+    finally:
+        bar.close()
+    t_prepare = time.perf_counter() - t0
+    if opts.strict and skipped:
+        if dali is not None:
+            dali.abort()
+        if staging is not None:
+            staging.remove()
+        lines = "\n".join(f"  {p}: {r}" for p, r in skipped)
+        raise ConvertError(f"--strict: {len(skipped)} input(s) of {source.name}/{split} could not be converted:\n"
+                           f"{lines}\nNothing was written for this split.")
+    out = {"count": len(labels),
+           "label_counts": np.bincount(np.asarray(labels, dtype=np.int64),
+                                       minlength=len(source.classes)).tolist(),
+           "skipped": skipped, "seconds": {"prepare": t_prepare}, "dali": None, "staging": staging}
+    if dali is not None:
+        t1 = time.perf_counter()
+        shards = dali.commit()
+        for s in shards:
+            s.update(_file_entry(out_dir, s["tar"]))
+        out["dali"] = {"shards": shards}
+        out["seconds"]["dali_finish"] = time.perf_counter() - t1
+    return out
+
+
+def _record_split(m: dict, split: str, res: dict) -> None:
+    """Set a split's counts and skips in the manifest; a rerun must find the same counts as before."""
+    info = {"count": res["count"], "label_counts": res["label_counts"]}
+    old = m["splits"].get(split)
+    if old is not None and old != info and any(split in v for v in m["formats"].values()):
+        raise ConvertError(f"the source's {split} split changed since the formats in the manifest were written "
+                           f"({old['count']} -> {info['count']} images); use --force to redo everything")
+    m["splits"][split] = info
+    m["skipped"] = [s for s in m["skipped"] if s.get("split") != split] + \
+        [{"split": split, "path": p, "reason": r} for p, r in res["skipped"]]
+
+
+def convert(source: DatasetSource, out_root: str, opts: ConvertOptions, log=sys.stderr) -> dict:
+    """Convert ``source`` into ``<out_root>/<source.name>/``; return a summary (manifest + per-split timings)."""
+    bad = [f for f in opts.formats if f not in FORMATS]
+    if bad or not opts.formats:
+        raise ConvertError(f"--formats: unknown {bad}; choose from {', '.join(FORMATS)}")
+    out_dir = os.path.join(os.path.abspath(out_root), source.name)
+    os.makedirs(out_dir, exist_ok=True)
+    m = _open_existing(out_dir, source, opts.policy, opts.force)
+    if m is None:
+        m = new_manifest(source.name, source.source, source.classes, opts.policy.as_dict())
+        for fmt in FORMATS:
+            for split in source.splits:
+                _remove_stale(out_dir, fmt, split)
+        write_manifest(out_dir, m)
+    timings = {}
+    for split in source.splits:
+        todo = [f for f in opts.formats if not _complete(out_dir, m, f, split)]
+        if not todo:
+            print(f"{source.name}/{split}: already complete ({', '.join(opts.formats)}); --force redoes it", file=log)
+            continue
+        for fmt in todo:
+            m["formats"].get(fmt, {}).pop(split, None)
+            _remove_stale(out_dir, fmt, split)
+        write_manifest(out_dir, m)
+        res = _run_split(source, split, out_dir, todo, opts, log)
+        _record_split(m, split, res)
+        if res["dali"] is not None:
+            m["formats"].setdefault("dali", {})[split] = res["dali"]
+        write_manifest(out_dir, m)
+        if res["staging"] is not None:
+            from .ffcv_writer import write_beton
+            t0 = time.perf_counter()
+            rel = f"{split}.beton"
+            try:
+                write_beton(os.path.join(out_dir, rel), res["staging"], opts.policy)
+            except BaseException:
+                res["staging"].remove()
+                raise
+            m["formats"].setdefault("ffcv", {})[split] = {"file": rel, **_file_entry(out_dir, rel)}
+            res["seconds"]["ffcv_finish"] = time.perf_counter() - t0
+            write_manifest(out_dir, m)
+        timings[split] = {"count": res["count"], "candidates": len(source.splits[split]),
+                          "skipped": len(res["skipped"]), "formats": todo, "seconds": res["seconds"]}
+    return {"out_dir": out_dir, "manifest": m, "timings": timings}
