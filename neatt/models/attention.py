@@ -1,0 +1,204 @@
+"""Ne-Att nested multi-head attention (see ../shared/reference/NEATT.md, the CODA formulation).
+
+One block, H heads, N tokens::
+
+    a_l = q_l k_l^T / sqrt(d)                        (B, H, N, N)
+    z_1 = a_l                                        first block
+    s_l = a_l + z_{l-1};  z_l = s_l + g_l(s_l)       later blocks, g_l mixes across heads
+    z_l = z_l + sigma * eps                          training only, eps ~ N(0, 1)
+    out = proj(dropout(softmax(z_l)) @ v_l)          z_l (noise included) goes to block l + 1
+
+`NestedAttention` takes timm `Attention`'s constructor args, keeps its submodule names (`qkv`, `q_norm`, `k_norm`,
+`norm`, `proj`) so that a vanilla `vit_*` state dict loads, and adds `head_mix` (g_l) as the only new weights.
+"""
+import math
+from typing import Optional, Tuple, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['HeadMix', 'NestedAttention']
+
+
+class HeadMix(nn.Module):
+    """The cross-head MLP g_l, applied at every (query, key) position with the head axis as its features.
+
+    Linear(H, 4H) -> LeakyReLU(0.2) -> Linear(4H, 4H) -> LeakyReLU(0.2) -> Linear(4H, H), xavier-uniform init
+    with gain 1/sqrt(2) and zero biases (as CODA's `head_ffn`). The weights live in `nn.Linear`s (`fc1`, `fc2`,
+    `fc3`) for readable state-dict keys, but `forward` applies them as batched matmuls over the head axis of the
+    (B, H, N*N) logits: the head axis is already the row axis of each batch item there, so no permute to a
+    (B, N, N, H) layout (and back) is ever copied, and the residual `s + g(s)` is folded into the last matmul.
+    """
+
+    def __init__(
+            self,
+            num_heads: int,
+            hidden_ratio: int = 4,
+            negative_slope: float = 0.2,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            num_heads: H, the feature size of the MLP.
+            hidden_ratio: hidden width as a multiple of H (4 in NEATT.md).
+            negative_slope: LeakyReLU slope (0.2 in NEATT.md).
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        hidden = hidden_ratio * num_heads
+        self.negative_slope = negative_slope
+        self.fc1 = nn.Linear(num_heads, hidden, **dd)
+        self.fc2 = nn.Linear(hidden, hidden, **dd)
+        self.fc3 = nn.Linear(hidden, num_heads, **dd)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Xavier-uniform (gain 1/sqrt(2)), zero bias.
+
+        Named `init_weights` so that timm's ViT init (`named_apply`, children first) calls it after its own
+        trunc-normal init of every `nn.Linear`, and the NEATT.md init wins.
+        """
+        for fc in (self.fc1, self.fc2, self.fc3):
+            nn.init.xavier_uniform_(fc.weight, gain=1. / math.sqrt(2.))
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """Return `s + g(s)` for logits `s` of shape (B, H, N, M)."""
+        B, H, N, M = s.shape
+        x = s.reshape(B, H, N * M)
+        h = self._linear(x, self.fc1)
+        h = F.leaky_relu(h, self.negative_slope, inplace=True)
+        h = self._linear(h, self.fc2)
+        h = F.leaky_relu(h, self.negative_slope, inplace=True)
+        # residual folded in: baddbmm computes x + W3 @ h in one pass over the logits
+        z = torch.baddbmm(x, self.fc3.weight.expand(B, -1, -1), h)
+        z = z + self.fc3.bias.to(z.dtype).view(1, -1, 1)
+        return z.view(B, H, N, M)
+
+    @staticmethod
+    def _linear(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
+        """`fc` over dim 1 of a (B, C, L) tensor: W (C', C) @ x (C, L) + b, batched over B (autocast casts)."""
+        return torch.baddbmm(fc.bias.view(1, -1, 1), fc.weight.expand(x.shape[0], -1, -1), x)
+
+
+class NestedAttention(nn.Module):
+    """Ne-Att self-attention: timm `Attention` plus head mixing, logit chaining and logit noise.
+
+    `forward(x, z_prev)` returns `(out, z)`: `z` is this block's logits (noise included) for the next block, or
+    None when chaining is off. With mixing, chaining and noise all off it is timm's `Attention` (fused SDPA).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            qk_norm: bool = False,
+            scale_norm: bool = False,
+            proj_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            norm_layer: Optional[Type[nn.Module]] = None,
+            neatt_sigma: float = 1.0,
+            neatt_mix: bool = True,
+            neatt_chain: bool = True,
+            first: bool = False,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            dim: token width.
+            num_heads: H.
+            qkv_bias: bias in the qkv projection.
+            qk_norm: normalize q and k with `norm_layer`.
+            scale_norm: normalize the attention output with `norm_layer` before `proj`.
+            proj_bias: bias in the output projection.
+            attn_drop: dropout on the attention probabilities.
+            proj_drop: dropout after the output projection.
+            norm_layer: norm for `qk_norm` / `scale_norm`.
+            neatt_sigma: std of the Gaussian noise added to the logits in training (0 disables it).
+            neatt_mix: add the cross-head MLP g_l (`head_mix`); the first block never has one, since
+                NEATT.md sets z_1 = a_1 there, and an unused parameter would break DDP.
+            neatt_chain: add the previous block's logits z_{l-1} to this block's (and return z_l).
+            first: this is the first block (no z_{l-1}, no g_l).
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if dim % num_heads:
+            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
+        if neatt_sigma < 0:
+            raise ValueError(f'neatt_sigma must be >= 0, got {neatt_sigma}')
+        if (qk_norm or scale_norm) and norm_layer is None:
+            raise ValueError('norm_layer must be given when qk_norm or scale_norm is set')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.neatt_sigma = neatt_sigma
+        self.neatt_chain = neatt_chain
+        self.first = first
+
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.q_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = norm_layer(dim, **dd) if scale_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.head_mix = HeadMix(num_heads, **dd) if neatt_mix and not first else None
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            z_prev: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        chain_in = z_prev is not None and self.neatt_chain and not self.first
+        noisy = self.training and self.neatt_sigma > 0
+
+        if self.head_mix is None and not chain_in and not self.neatt_chain:
+            # Nothing needs the logits: fused SDPA, with the noise (if any) as an additive mask.
+            noise = self._noise(q.new_empty(B, self.num_heads, N, N)) if noisy else None
+            x = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=noise,
+                dropout_p=self.attn_drop.p if self.training else 0.,
+            )
+            z = None
+        else:
+            z = self._logits(q, k, z_prev if chain_in else None)
+            if self.head_mix is not None:
+                z = self.head_mix(z)
+            if noisy:
+                z = z + self._noise(z)
+            # softmax in fp32 whatever the autocast dtype: chained and noisy logits grow with depth
+            attn = torch.softmax(z, dim=-1, dtype=torch.float32).to(v.dtype)
+            attn = self.attn_drop(attn)
+            x = attn @ v
+            z = z if self.neatt_chain else None
+
+        x = x.transpose(1, 2).reshape(B, N, C)
+        x = self.norm(x)
+        x = self.proj(x)
+        x = self.proj_drop(x)
+        return x, z
+
+    def _logits(self, q: torch.Tensor, k: torch.Tensor, z_prev: Optional[torch.Tensor]) -> torch.Tensor:
+        """a = q k^T * scale, plus z_prev when chaining (one baddbmm, no separate add over the logits)."""
+        B, H, N, D = q.shape
+        q = q.reshape(B * H, N, D)
+        kt = k.reshape(B * H, N, D).transpose(1, 2)
+        if z_prev is None:
+            a = torch.bmm(q, kt) * self.scale
+        else:
+            a = torch.baddbmm(z_prev.reshape(B * H, N, N), q, kt, alpha=self.scale)
+        return a.view(B, H, N, N)
+
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        """sigma * eps, drawn with `torch.randn_like` from the global RNG so that a reseeded run repeats it."""
+        return torch.randn_like(like) * self.neatt_sigma
