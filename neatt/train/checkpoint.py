@@ -1,0 +1,139 @@
+"""Checkpoints: atomic timm-style `.pth.tar` files, RNG capture for exact resume, and initial-weight loading.
+
+A checkpoint is one dict under constant keys (timm's `state_dict`, `state_dict_ema`, `optimizer`, `epoch`, `arch`,
+plus `config` and the resume state `scheduler`, `scaler`, `loader`, `rng`, `step`), so timm's `load_checkpoint`
+and the seed's transfer recipe read it, and `--resume` restores a run exactly. Files are written to a temporary
+name and renamed (`os.replace`), so an interrupted write (Ctrl-C, preemption) never leaves a half-written
+checkpoint behind: the previous one stays intact.
+"""
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'resolve_resume_path', 'capture_rng_state',
+           'restore_rng_state', 'load_initial_checkpoint', 'LAST', 'BEST']
+
+LAST = 'last.pth.tar'
+BEST = 'model_best.pth.tar'
+
+class CheckpointError(ValueError):
+    """A checkpoint the user pointed at cannot be used; the message says which file and why."""
+
+
+def save_checkpoint(state: dict, path: os.PathLike) -> Path:
+    """Write `state` to `path` atomically: a temporary file in the same directory, fsync, then `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there when the write was interrupted
+    return path
+
+
+def resolve_resume_path(path: os.PathLike) -> Path:
+    """A checkpoint file, or a run directory meaning its last.pth.tar."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise CheckpointError(f'--resume: no checkpoint at {path}; pass a .pth.tar file or a run directory '
+                              f'holding {LAST}')
+    return path
+
+
+def load_checkpoint(path: os.PathLike, what: str = 'checkpoint') -> dict:
+    """Load a checkpoint on the CPU. A missing or unreadable file is a CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'{what}: file not found: {path}')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f'{what}: cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {e})') from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f'{what}: {path} holds a {type(obj).__name__}, not a checkpoint dict')
+    return obj
+
+
+def capture_rng_state() -> dict:
+    """Every RNG a training step can draw from: python, numpy, torch CPU and (if present) CUDA."""
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    head = model.get_classifier() if hasattr(model, 'get_classifier') else None
+    if head is None:
+        return set()
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)] for p in head.parameters() if id(p) in names}
+
+
+def load_initial_checkpoint(model: nn.Module, path: os.PathLike, log=print):
+    """Load starting weights from a neatt or timm checkpoint into `model` (before DDP/compile).
+
+    The model engineer's `neatt.models.load_checkpoint` does the work: it picks `state_dict_ema`, else
+    `state_dict`, else the raw dict, strips DDP/compile prefixes and resamples `pos_embed` with timm's ViT filter
+    when the image size differs. A classifier of another class count is left at its fresh init. Missing and
+    unexpected keys are printed. Anything else that does not fit means another architecture: a CheckpointError
+    naming the file and the first offending keys.
+    """
+    from neatt.models import load_checkpoint as load_into_model
+
+    ckpt = load_checkpoint(path, what='--initial-checkpoint')
+    arch = ckpt.get('arch', 'unknown')
+    try:
+        report = load_into_model(model, ckpt, use_ema=True, strict=False)
+    except Exception as e:  # a foreign layout fails inside the filter's shape arithmetic
+        raise CheckpointError(f'--initial-checkpoint: {path} (arch {arch}) does not fit model '
+                              f'{type(model).__name__}: {type(e).__name__}: {e}') from e
+    head = _head_keys(model)
+    reinit_head = sorted(m.split(':')[0] for m in report.mismatched if m.split(':')[0] in head)
+    mismatched = [m for m in report.mismatched if m.split(':')[0] not in head]
+    foreign_missing = [k for k in report.missing if k not in head]
+    if mismatched or foreign_missing or report.unexpected:
+        parts = []
+        if mismatched:
+            parts.append(f'shape mismatches: {"; ".join(mismatched[:4])}')
+        if foreign_missing:
+            parts.append(f'{len(foreign_missing)} weights missing (e.g. {", ".join(foreign_missing[:3])})')
+        if report.unexpected:
+            parts.append(f'{len(report.unexpected)} unexpected weights (e.g. {", ".join(report.unexpected[:3])})')
+        raise CheckpointError(f'--initial-checkpoint: {path} is from another architecture (arch {arch}) than '
+                              f'the model being trained: {"; ".join(parts)}. Pass the --model (and '
+                              f'--model-kwargs) the checkpoint was trained with.')
+    log(f'initial checkpoint: loaded {report.source} of {path} (arch {arch})')
+    if reinit_head:
+        log(f'  classifier re-initialised (class count differs): {", ".join(reinit_head)}')
+    missing = report.missing + report.missing_head_mix
+    log(f'  missing keys ({len(missing)}): {", ".join(missing) or "none"}')
+    log(f'  unexpected keys ({len(report.unexpected)}): {", ".join(report.unexpected) or "none"}')
+    return report
+
+
+def checkpoint_config(ckpt: dict, path: Optional[os.PathLike] = None) -> Any:
+    """The config dict a checkpoint was trained with (for --resume without --preset)."""
+    if not isinstance(ckpt.get('config'), dict):
+        raise CheckpointError(f'--resume: {path} has no saved config; it was not written by train_fast.py')
+    return ckpt['config']

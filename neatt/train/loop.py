@@ -1,0 +1,529 @@
+"""The Trainer: builds every component from a `Config` in dependency order, trains, evaluates, checkpoints.
+
+Build order (torchtitan's): distributed -> run dir -> seed -> model (+ initial weights) -> device/memory format ->
+EMA (after `.to(device)`, before DDP/compile, as timm's ModelEmaV3 asks) -> optimizer -> loaders -> scheduler
+(per optimizer step) -> scaler -> loss/mixup -> DDP -> compile -> resume -> loggers.
+
+The training state that `--resume` restores is one dict under constant keys (see `checkpoint.py`). A checkpoint
+is only ever written on an optimizer-step boundary and only after the losses since the previous one were checked
+to be finite, so the newest checkpoint is always a good one.
+"""
+import contextlib
+import shutil
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, load_checkpoint, load_initial_checkpoint,
+                         resolve_resume_path, restore_rng_state, save_checkpoint)
+from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
+from .distributed import DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed, init_distributed
+from .metrics import EvalAccumulator, MetricLoggers, ThroughputMeter, write_json_atomic
+
+__all__ = ['Trainer', 'UserInputError', 'NonFiniteLossError', 'check_dataset']
+
+
+class UserInputError(ValueError):
+    """A mistake in what the user asked for (paths, dataset, flags); train_fast.py prints it without a traceback."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the message names the step. The last checkpoint on disk predates it."""
+
+
+def check_dataset(cfg: Config) -> dict:
+    """Fail early, with the fix in the message, on a data dir the chosen backend cannot read."""
+    from neatt.datasets.manifest import ManifestError, read_manifest
+
+    data_dir = Path(cfg.data.data_dir)
+    if not data_dir.is_dir():
+        raise UserInputError(f'--data-dir {data_dir} does not exist; convert a dataset first, e.g. '
+                             f'`python tools/convert_datasets.py digits --out {data_dir.parent}`')
+    try:
+        manifest = read_manifest(str(data_dir))
+    except ManifestError as e:
+        raise UserInputError(f'--data-dir: {e}') from None
+    formats = manifest['formats']
+    if cfg.data.backend in ('ffcv', 'dali'):
+        missing = [s for s in ('train', 'val') if s not in formats.get(cfg.data.backend, {})]
+        if missing:
+            raise UserInputError(
+                f'--backend {cfg.data.backend}: {data_dir} has no {cfg.data.backend} files for split(s) '
+                f'{", ".join(missing)} (it has: {", ".join(sorted(formats)) or "none"}). Pick another --backend or '
+                f're-run tools/convert_datasets.py with that format.')
+    if manifest['num_classes'] != cfg.model.num_classes:
+        raise UserInputError(f'--num-classes is {cfg.model.num_classes} but {data_dir} has '
+                             f'{manifest["num_classes"]} classes; pass --num-classes {manifest["num_classes"]}')
+    return manifest
+
+
+class Trainer:
+    # config
+    cfg: Config
+    dist: DistInfo
+    run_dir: Path
+    # components
+    model: nn.Module  # the bare model: state dicts, eval
+    train_model: nn.Module  # what the train step calls: DDP and/or compiled wrapper of `model`
+    model_ema: Optional[nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[object]
+    scaler: torch.amp.GradScaler
+    train_loader: object
+    val_loader: object
+    loggers: MetricLoggers
+    # training state (checkpointed)
+    epoch: int  # epoch in progress (or next to run)
+    batches_done: int  # batches of `epoch` already trained on (a multiple of grad_accum_steps)
+    step: int  # optimizer steps taken so far
+    best: dict  # best eval so far: top1, epoch, which ('model' or 'ema')
+
+    def __init__(self, cfg: Config, loaders: Optional[tuple] = None, log=None):
+        """Build everything. `loaders` = (train, val) objects with the pipelines Loader interface; by default
+        they come from `pipelines.build_loader` on `cfg.data`."""
+        self.cfg = cfg
+        self.dist = init_distributed(cfg.run.device)
+        self._log = log or (lambda msg: tqdm.write(str(msg)))
+        self.run_dir = Path(cfg.run.output) / cfg.run_name
+        self._stop_signal: Optional[int] = None
+        self._old_handlers: dict = {}
+
+        resume_ckpt = self._read_resume_checkpoint() if cfg.run.resume else None
+        if loaders is None:
+            check_dataset(cfg)
+        self._prepare_run_dir(fresh=resume_ckpt is None)
+        self._seed(cfg.run.seed)
+
+        self.model = self._build_model()
+        self.model_ema = None
+        if cfg.ema.model_ema:
+            from timm.utils import ModelEmaV3
+            self.model_ema = ModelEmaV3(self.model, decay=cfg.ema.model_ema_decay)
+        self.global_batch = cfg.optim.batch_size * self.dist.world_size * cfg.optim.grad_accum_steps
+        self.lr, self._lr_note = cfg.effective_lr(self.dist.world_size)
+        from timm.optim import create_optimizer_v2
+        opt_kwargs = {'eps': cfg.optim.opt_eps} if cfg.optim.opt_eps is not None else {}
+        self.optimizer = create_optimizer_v2(self.model, opt=cfg.optim.opt, lr=self.lr,
+                                             weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
+                                             **opt_kwargs)
+
+        self.train_loader, self.val_loader = loaders if loaders is not None else self._build_loaders()
+        self.updates_per_epoch = len(self.train_loader) // cfg.optim.grad_accum_steps
+        if self.updates_per_epoch < 1:
+            raise UserInputError(f'the train split gives {len(self.train_loader)} batches per rank, fewer than '
+                                 f'--grad-accum-steps {cfg.optim.grad_accum_steps}: lower -b/--batch-size or it')
+        from timm.scheduler import create_scheduler_v2
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=cfg.optim.sched, num_epochs=cfg.optim.epochs, warmup_epochs=cfg.optim.warmup_epochs,
+            warmup_lr=cfg.optim.warmup_lr, min_lr=cfg.optim.min_lr, step_on_epochs=False,
+            updates_per_epoch=self.updates_per_epoch)
+
+        device = self.dist.device
+        self.amp = cfg.run.amp if cfg.run.amp is not None else device.type == 'cuda'
+        self.amp_dtype = getattr(torch, cfg.run.amp_dtype)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and self.amp_dtype == torch.float16)
+
+        self.mixup = None
+        if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0:
+            from timm.data import Mixup
+            from timm.loss import SoftTargetCrossEntropy
+            self.mixup = Mixup(mixup_alpha=cfg.aug.mixup, cutmix_alpha=cfg.aug.cutmix, prob=cfg.aug.mixup_prob,
+                               switch_prob=cfg.aug.mixup_switch_prob, label_smoothing=cfg.aug.smoothing,
+                               num_classes=cfg.model.num_classes)
+            self.train_loss_fn = SoftTargetCrossEntropy()
+        elif cfg.aug.smoothing > 0:
+            from timm.loss import LabelSmoothingCrossEntropy
+            self.train_loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
+        else:
+            self.train_loss_fn = nn.CrossEntropyLoss()
+
+        self.train_model = self.model
+        if self.dist.distributed:
+            ids = [device.index] if device.type == 'cuda' else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self._eager_train_model = self.train_model
+        self._compile_unverified = False
+        if cfg.model.compile:
+            self.train_model = self._compile(self.train_model)
+
+        self.epoch, self.batches_done, self.step = 0, 0, 0
+        self.best = {'top1': -1.0, 'epoch': -1, 'which': None}
+        self._loader_state = None
+        if resume_ckpt is not None:
+            self._load_state(resume_ckpt)
+        self.scheduler.step_update(num_updates=self.step)
+
+        self.loggers = MetricLoggers(self.run_dir, enabled=self.dist.is_main, fresh=resume_ckpt is None)
+        if self.dist.is_main:
+            write_json_atomic(config_to_dict(cfg), self.run_dir / 'config.json')
+        self._first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._loss_count = 0
+        self.meter = ThroughputMeter()
+        self.log(f'{cfg.model.model}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params, '
+                 f'{self.dist.world_size} process(es) on {device.type}, amp={self._amp_desc()}, '
+                 f'global batch {self.global_batch}, {self.updates_per_epoch} steps/epoch, '
+                 f'lr {self.lr:.3g} = {self._lr_note}, run dir {self.run_dir}')
+
+    # ------------------------------------------------------------------------------------------------- build
+
+    def log(self, msg) -> None:
+        if self.dist.is_main:
+            self._log(msg)
+
+    def _amp_desc(self) -> str:
+        if not self.amp:
+            return 'off'
+        return f'{self.cfg.run.amp_dtype}' + (' + GradScaler' if self.scaler.is_enabled() else '')
+
+    def _seed(self, seed: int) -> None:
+        # The model is built under the same seed on every rank (DDP also broadcasts rank 0's weights); after it,
+        # each rank reseeds with seed + rank so dropout and mixup differ across ranks (timm's random_seed).
+        import random
+
+        import numpy as np
+        torch.manual_seed(seed)
+        self._rank_seed = seed + self.dist.rank
+        random.seed(self._rank_seed)
+        np.random.seed(self._rank_seed)
+
+    def _build_model(self) -> nn.Module:
+        import timm
+
+        import neatt  # noqa: F401  (registers the neatt_vit_* models)
+        cfg = self.cfg.model
+        try:
+            model = timm.create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size,
+                                      drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
+        except RuntimeError as e:
+            if str(e).startswith("Unknown model") and cfg.model not in timm.list_models():
+                raise UserInputError(f'--model {cfg.model}: {e}') from None
+            raise
+        except TypeError as e:
+            raise UserInputError(f'--model {cfg.model} with --model-kwargs {cfg.model_kwargs}: {e}') from None
+        if cfg.initial_checkpoint and not self.cfg.run.resume:
+            load_initial_checkpoint(model, cfg.initial_checkpoint, log=self.log)
+        torch.manual_seed(self._rank_seed)
+        model.to(self.dist.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _build_loaders(self):
+        from pipelines import build_loader
+        from pipelines.augment import AugmentConfig
+
+        cfg, d = self.cfg, self.dist
+        mean, std = self.model.pretrained_cfg.get('mean'), self.model.pretrained_cfg.get('std')
+        common = dict(backend=cfg.data.backend, image_size=cfg.model.img_size, rank=d.rank, world_size=d.world_size,
+                      seed=cfg.run.seed, device=d.device, num_workers=cfg.data.workers, crop_pct=cfg.data.crop_pct)
+        train_aug = AugmentConfig(aa=cfg.aug.aa, reprob=cfg.aug.reprob, remode=cfg.aug.remode,
+                                  recount=cfg.aug.recount, hflip=cfg.aug.hflip, mean=mean, std=std)
+        val_aug = AugmentConfig(aa=None, reprob=0.0, hflip=0.0, mean=mean, std=std)
+        train = build_loader(cfg.data.data_dir, split='train', batch_size=cfg.optim.batch_size, train=True,
+                             augment=train_aug, drop_last=True, **common)
+        val = build_loader(cfg.data.data_dir, split='val', batch_size=cfg.optim.batch_size, train=False,
+                           augment=val_aug, drop_last=False, **common)
+        return train, val
+
+    def _compile(self, module: nn.Module) -> nn.Module:
+        try:
+            compiled = torch.compile(module)
+        except Exception as e:  # backend missing or unsupported platform: train eagerly instead
+            warnings.warn(f'--compile: torch.compile failed ({type(e).__name__}: {e}); training in eager mode')
+            return module
+        self._compile_unverified = True  # compilation happens at the first call; see _forward
+        return compiled
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not self._compile_unverified:
+            return self.train_model(images)
+        try:
+            out = self.train_model(images)
+        except Exception as e:  # inductor/dynamo failure at the first call: fall back to eager, once
+            warnings.warn(f'--compile: compiling the model failed at the first step ({type(e).__name__}: '
+                          f'{str(e).splitlines()[0] if str(e) else ""}); training in eager mode')
+            self.train_model = self._eager_train_model
+            out = self.train_model(images)
+        self._compile_unverified = False
+        return out
+
+    # ------------------------------------------------------------------------------------------ run dir, resume
+
+    def _prepare_run_dir(self, fresh: bool) -> None:
+        if not self.dist.is_main:
+            return
+        holds_run = (self.run_dir / LAST).exists() or (self.run_dir / 'metrics.jsonl').exists()
+        if fresh and holds_run:
+            if not self.cfg.run.overwrite:
+                raise UserInputError(
+                    f'{self.run_dir} already holds a run. Continue it with --resume {self.run_dir}, pick another '
+                    f'--experiment, or pass --overwrite to replace it.')
+            self._log(f'--overwrite: replacing the run in {self.run_dir}')
+            for name in (LAST, BEST, 'metrics.jsonl', 'summary.json', 'config.json'):
+                (self.run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / 'tb', ignore_errors=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _read_resume_checkpoint(self) -> dict:
+        path = resolve_resume_path(self.cfg.run.resume)
+        ckpt = load_checkpoint(path, what='--resume')
+        if 'train_state' not in ckpt or 'config' not in ckpt:
+            raise CheckpointError(f'--resume: {path} has no training state (train_state/config); it is a weights '
+                                  f'file, not a train_fast.py checkpoint. Use --initial-checkpoint to start from it.')
+        saved = config_from_dict(ckpt['config'])
+        diffs = config_diff(saved, self.cfg, ignore=RESUME_MUTABLE_FIELDS)
+        if diffs:
+            listed = '; '.join(f'{flag_name(k) if k != "preset" else "--preset"} {new!r} (checkpoint: {old!r})'
+                               for k, old, new in diffs)
+            raise UserInputError(f'--resume: the config differs from the one {path} was trained with: {listed}. '
+                                 f'Resume with the same settings (omit --preset to reuse the saved config), or start '
+                                 f'a fresh run.')
+        world = len(ckpt['loader']) if isinstance(ckpt.get('loader'), list) else 1
+        if world != self.dist.world_size:
+            raise UserInputError(f'--resume: {path} was written by {world} process(es), this run has '
+                                 f'{self.dist.world_size}; resume with the same world size to continue exactly')
+        self._resume_path = path
+        return ckpt
+
+    def _load_state(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt['state_dict'])
+        if self.model_ema is not None:
+            self.model_ema.module.load_state_dict(ckpt['state_dict_ema'])
+        self.optimizer.load_state_dict(ckpt['optimizer'])
+        self.scheduler.load_state_dict(ckpt['scheduler'])
+        if ckpt.get('scaler') is not None:
+            self.scaler.load_state_dict(ckpt['scaler'])
+        ts = ckpt['train_state']
+        self.epoch, self.batches_done, self.step, self.best = ts['epoch'], ts['batches_done'], ts['step'], ts['best']
+        self._loader_state = ckpt['loader'][self.dist.rank] if self.batches_done else None
+        restore_rng_state(ckpt['rng'][self.dist.rank])
+        self.log(f'resumed from {self._resume_path}: epoch {self.epoch}, batch {self.batches_done}, step {self.step}')
+
+    def state_dict(self) -> dict:
+        """The full checkpoint (collective: every rank must call it; rank 0 gets per-rank loader and RNG states)."""
+        return {
+            'arch': self.cfg.model.model,
+            'epoch': self.epoch if self.batches_done else self.epoch - 1,  # timm: the last epoch trained on
+            'step': self.step,
+            'state_dict': self.model.state_dict(),
+            'state_dict_ema': self.model_ema.module.state_dict() if self.model_ema is not None else None,
+            'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.scheduler.state_dict(),
+            'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            'loader': all_gather_object(self.train_loader.state_dict()),
+            'rng': all_gather_object(capture_rng_state()),
+            'train_state': {'epoch': self.epoch, 'batches_done': self.batches_done, 'step': self.step,
+                            'best': dict(self.best)},
+            'config': config_to_dict(self.cfg),
+            'metric': self.best['top1'],
+        }
+
+    def save(self, *names: str) -> None:
+        """Check the losses so far, then write the checkpoint under each name in the run dir (rank 0)."""
+        self._check_finite()
+        state = self.state_dict()
+        if self.dist.is_main:
+            for name in names:
+                save_checkpoint(state, self.run_dir / name)
+
+    # -------------------------------------------------------------------------------------------------- train
+
+    def _check_finite(self) -> None:
+        bad = int(all_reduce_max(self._first_bad_step.clone()).item())
+        if bad > 0:
+            last = self.run_dir / LAST
+            kept = f'the last good checkpoint is {last}' if last.exists() else 'no checkpoint was written yet'
+            raise NonFiniteLossError(f'non-finite loss at step {bad} (epoch {self.epoch}); stopping. {kept}. '
+                                     f'Lower --lr, set --clip-grad, or check the data.')
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self._stop_signal = signum
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. an embedding application): no preemption handling
+                pass
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers = {}
+
+    def _should_stop(self) -> Optional[str]:
+        """'signal' / 'max_steps' / None. Under DDP the signal flag is agreed on at log intervals (a collective)."""
+        if self.cfg.run.max_steps and self.step >= self.cfg.run.max_steps:
+            return 'max_steps'
+        if self.dist.distributed:
+            if self.step % self.cfg.run.log_interval:
+                return None
+            flag = torch.tensor([1 if self._stop_signal else 0], device=self.dist.device)
+            return 'signal' if all_reduce_sum(flag).item() else None
+        return 'signal' if self._stop_signal else None
+
+    def _train_step(self, it) -> int:
+        """One optimizer step over grad_accum_steps micro-batches; returns images seen by this rank."""
+        accum = self.cfg.optim.grad_accum_steps
+        images_seen = 0
+        wait = 0.0
+        t0 = time.perf_counter()
+        for micro in range(accum):
+            t_wait = time.perf_counter()
+            images, labels = next(it)
+            wait += time.perf_counter() - t_wait
+            if self.mixup is not None:
+                images, labels = self.mixup(images, labels)
+            sync = micro == accum - 1 or not self.dist.distributed
+            ctx = contextlib.nullcontext() if sync else self._eager_train_model.no_sync()
+            with ctx:
+                with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                    loss = self.train_loss_fn(self._forward(images), labels)
+                self.scaler.scale(loss / accum).backward()
+            loss = loss.detach()
+            self._loss_sum += loss.double()
+            self._loss_count += 1
+            finite_now = torch.isfinite(loss)
+            self._first_bad_step = torch.where(finite_now | (self._first_bad_step >= 0), self._first_bad_step,
+                                               torch.full_like(self._first_bad_step, self.step + 1))  # 1-based
+            images_seen += images.shape[0]
+        if self.cfg.optim.clip_grad is not None:
+            from timm.utils import dispatch_clip_grad
+            self.scaler.unscale_(self.optimizer)
+            dispatch_clip_grad(self.model.parameters(), self.cfg.optim.clip_grad, mode=self.cfg.optim.clip_mode)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.batches_done += accum
+        self.scheduler.step_update(num_updates=self.step)
+        if self.model_ema is not None:
+            self.model_ema.update(self.model, step=self.step)
+        if self.dist.device.type == 'cuda' and self.step % self.cfg.run.log_interval == 0:
+            torch.cuda.synchronize()  # host timing then covers the GPU work of the window
+        self.meter.update(images_seen * self.dist.world_size, time.perf_counter() - t0, wait)
+        return images_seen
+
+    def _log_train(self, bar) -> None:
+        self._check_finite()
+        loss = all_reduce_sum(self._loss_sum.clone()).item() / max(1, self._loss_count * self.dist.world_size)
+        img_s, stall = self.meter.window()
+        lr = self.optimizer.param_groups[0]['lr']
+        values = {'epoch': self.epoch, 'loss': loss, 'lr': lr, 'img_s': img_s, 'data_stall': stall}
+        self.loggers.log('train', self.step, values)
+        if bar is not None:
+            bar.set_postfix(loss=f'{loss:.3f}', lr=f'{lr:.2e}', img_s=f'{img_s:.0f}', stall=f'{100 * stall:.0f}%')
+        self._loss_sum.zero_()
+        self._loss_count = 0
+        self.meter.reset()
+
+    def train_one_epoch(self) -> Optional[str]:
+        """Train the rest of `self.epoch`; returns a stop reason ('signal', 'max_steps') or None at its end."""
+        accum = self.cfg.optim.grad_accum_steps
+        total = self.updates_per_epoch * accum
+        self.train_loader.set_epoch(self.epoch)
+        if self._loader_state is not None:
+            self.train_loader.load_state_dict(self._loader_state)
+            self._loader_state = None
+        self.model.train()
+        bar = tqdm(total=self.updates_per_epoch, initial=self.batches_done // accum, desc=f'epoch {self.epoch}',
+                   disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
+        it = iter(self.train_loader)
+        try:
+            while self.batches_done < total:
+                self._train_step(it)
+                bar.update(1)
+                if self.step % self.cfg.run.log_interval == 0:
+                    self._log_train(bar)
+                stop = self._should_stop()
+                if stop:
+                    self.save(LAST)
+                    return stop
+                if self.cfg.run.checkpoint_interval and self.step % self.cfg.run.checkpoint_interval == 0:
+                    self.save(LAST)
+        finally:
+            bar.close()
+        return None
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict:
+        """Top-1, top-5 and mean cross-entropy over the whole val split (summed across ranks)."""
+        model.eval()
+        acc = EvalAccumulator(self.dist.device)
+        self.val_loader.set_epoch(0)
+        for images, labels in self.val_loader:
+            with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                logits = model(images)
+            acc.update(logits, labels, F.cross_entropy(logits.float(), labels, reduction='sum'))
+        model.train()
+        return acc.compute()
+
+    def _end_epoch(self) -> None:
+        metrics = {'model': self.evaluate(self.model)}
+        if self.model_ema is not None:
+            metrics['ema'] = self.evaluate(self.model_ema.module)
+        values = {'epoch': self.epoch}
+        for which, m in metrics.items():
+            prefix = '' if which == 'model' else 'ema_'
+            values.update({f'{prefix}{k}': v for k, v in m.items() if k != 'count'})
+        self.loggers.log('eval', self.step, values)
+        which, m = max(metrics.items(), key=lambda kv: kv[1]['top1'])
+        improved = m['top1'] > self.best['top1']
+        if improved:
+            self.best = {'top1': m['top1'], 'top5': m['top5'], 'epoch': self.epoch, 'which': which}
+        ema_note = f', EMA top-1 {metrics["ema"]["top1"]:.2f}%' if 'ema' in metrics else ''
+        self.log(f'epoch {self.epoch}: val top-1 {metrics["model"]["top1"]:.2f}% top-5 {metrics["model"]["top5"]:.2f}% '
+                 f'loss {metrics["model"]["loss"]:.4f}{ema_note}' + ('  (best)' if improved else ''))
+        self.epoch += 1
+        self.batches_done = 0
+        self.save(LAST, BEST) if improved else self.save(LAST)
+
+    def train(self) -> dict:
+        """Train to the end (or until a stop signal / --max-steps); returns the summary that is also saved."""
+        self._install_signal_handlers()
+        start = time.perf_counter()
+        status = 'completed'
+        try:
+            while self.epoch < self.cfg.optim.epochs:
+                stop = self.train_one_epoch()
+                if stop:
+                    status = 'preempted' if stop == 'signal' else 'max_steps'
+                    if stop == 'signal':
+                        self.log(f'signal {signal.Signals(self._stop_signal).name}: checkpointed step {self.step} to '
+                                 f'{self.run_dir / LAST}; resume with --resume {self.run_dir}')
+                    break
+                self._end_epoch()
+        finally:
+            self._restore_signal_handlers()
+        img_s, stall = self.meter.overall()
+        summary = {'status': status, 'best_top1': self.best['top1'], 'best_epoch': self.best['epoch'],
+                   'best_which': self.best['which'], 'epochs_done': self.epoch, 'steps': self.step,
+                   'wall_time_s': time.perf_counter() - start, 'img_s': img_s, 'data_stall': stall,
+                   'run_dir': str(self.run_dir)}
+        self.loggers.log('summary', self.step, summary)
+        if self.dist.is_main:
+            write_json_atomic(summary, self.run_dir / 'summary.json')
+        best = f'{summary["best_top1"]:.2f}% ({self.best["which"]}, epoch {self.best["epoch"]})' \
+            if self.best['which'] else 'n/a (no epoch finished)'
+        self.log(f'{status}: best val top-1 {best}, wall time {summary["wall_time_s"]:.1f} s, '
+                 f'{img_s:.0f} img/s, data stall {100 * stall:.1f}% of step time; run dir {self.run_dir}')
+        return summary
+
+    def close(self) -> None:
+        """Release loggers, loaders and the process group; safe to call after a failure."""
+        loggers = getattr(self, 'loggers', None)
+        if loggers is not None:
+            loggers.close()
+        for loader in (getattr(self, 'train_loader', None), getattr(self, 'val_loader', None)):
+            if hasattr(loader, 'close'):
+                loader.close()
+        destroy_distributed()
+
