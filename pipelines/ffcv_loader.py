@@ -9,8 +9,10 @@ Two things differ from FFCV's stock ``RandomResizedCropRGBImageDecoder``, on pur
   constants, and recompiling every epoch would cost seconds.
 * Interpolation. The stock decoders resize with OpenCV's ``INTER_AREA`` (checked: ``ffcv.libffcv.resize_crop``
   equals ``cv2.resize(..., INTER_AREA)`` exactly). Here the resize is Pillow's antialiased bicubic
-  (``ImagingResample`` with its 22-bit fixed-point coefficients, rewritten for numba), which is what timm's
-  torchvision transforms use, so FFCV batches match the torch backend's to the decoded pixel.
+  (``ImagingResample``: 22-bit fixed-point coefficients, horizontal pass into 8-bit rows, then vertical; rewritten
+  for numba), which is what timm's torchvision transforms use. It equals Pillow's two single-axis passes
+  bit for bit; Pillow 13's one-call resize sometimes runs the vertical pass first, one level apart at most.
+  FFCV's JPEG decoder itself differs from PIL's by a few levels (tests/test_loader.py measures it).
 
 The epoch order is ``pipelines.sharding``'s: FFCV's ``Loader`` is built ``SEQUENTIAL`` over this rank's indices,
 and before each epoch its traversal order is replaced by one returning exactly the batches still to read (a
@@ -75,6 +77,7 @@ def _coeffs(in_size, out_size, first, count):
     bounds = np.zeros((count, 2), np.int64)
     kk = np.zeros((count, ksize), np.int64)
     w = np.zeros(ksize, np.float64)
+    ss = 1.0 / filterscale
     for t in range(count):
         center = (first + t + 0.5) * scale
         xmin = int(center - support + 0.5)
@@ -86,7 +89,7 @@ def _coeffs(in_size, out_size, first, count):
         xmax -= xmin
         ww = 0.0
         for x in range(xmax):
-            w[x] = _bicubic((x + xmin - center + 0.5) / filterscale)
+            w[x] = _bicubic((x + xmin - center + 0.5) * ss)
             ww += w[x]
         for x in range(xmax):
             k = w[x] / ww if ww != 0.0 else w[x]
@@ -107,7 +110,7 @@ def _clip8(v):
 
 @njit(cache=True, nogil=True)
 def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
-    """Pillow-exact bicubic resize of ``src[y0:y0+h, x0:x0+w]`` (HWC uint8) to ``out_h x out_w``, writing the
+    """Pillow's bicubic resize of ``src[y0:y0+h, x0:x0+w]`` (HWC uint8) to ``out_h x out_w``, writing the
     ``dst.shape[:2]`` window at ``(oy, ox)`` of the result into ``dst``: train passes the crop and
     ``out = dst size``; val passes the whole image, the resized size and the center-crop offset."""
     oh, ow = dst.shape[0], dst.shape[1]
