@@ -3,21 +3,46 @@
 Order as in timm's `transforms_imagenet_train` after RandomResizedCrop: horizontal flip -> auto-augment on uint8
 (0..255, PIL's rounding) -> /255 -> normalize -> random erasing (on normalized values, so 'pixel' noise is N(0, 1)).
 
-Randomness: every per-image decision (flip, sub-policy or ops, apply flags, magnitudes, signs, erasing boxes) is
-drawn from one *CPU* `torch.Generator`. The choices then live on the host, so the images an op touches are
-gathered without a GPU->CPU sync, and one seed gives the same choices on CPU and GPU (resume and tests rely on
-it). The per-pixel erasing noise is drawn on the batch's device from a generator seeded by that CPU generator.
+Randomness: every per-image choice (flip, sub-policy or ops, apply flags, magnitudes, signs, erasing boxes) is
+drawn up front for the whole batch from one *CPU* `torch.Generator`. The choices then live on the host, so the
+images an op touches are gathered without a GPU->CPU sync, and one seed gives the same choices on CPU and GPU
+(resume and the tests rely on it). Only the per-pixel erasing noise is drawn on the batch's device, from a
+generator seeded by the CPU one.
+
+Each op runs once per slot on the images that drew it (index, op, index_put): the work follows what the policy
+asks for, not (number of ops) x (batch). On CPU the batch goes through in chunks of a few images so that the
+temporaries stay in cache; on an accelerator it is one chunk.
 """
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
 from .config import AugmentConfig
 from .erasing import BatchRandomErasing
-from .ops import COLOR_OPS, GEOMETRIC_OPS, affine_matrix, warp_affine
+from .ops import COLOR_OPS, GEOMETRIC_OPS, affine_matrix, is_identity, warp_affine
 from .policy import BatchPolicy
 
 __all__ = ['DeviceAugment']
+
+_CPU_CHUNK = 8  # images per chunk on CPU (tools/bench_augment.py --chunk compares sizes)
+
+
+_FLIP = 10_000  # group key of the horizontal flip stage (aa keys are op indices, far below)
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[index] for a channels_last batch, as one row gather on its (B, H*W*C) memory (stays channels_last)."""
+    b, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(b, h * w * c)
+    return rows.index_select(0, index.to(x.device)).view(-1, h, w, c).permute(0, 3, 1, 2)
+
+
+class _OpPlan(NamedTuple):
+    """A batch's drawn ops, (B, L) per slot: group key (-1: nothing to do), argument, PIL affine matrix."""
+
+    key: torch.Tensor
+    arg: torch.Tensor
+    mats: torch.Tensor
 
 
 class DeviceAugment:
@@ -27,10 +52,14 @@ class DeviceAugment:
     ----------
     cfg : AugmentConfig
         aa policy, erasing, flip, mean/std; `AugmentConfig(aa=None, reprob=0, hflip=0)` is eval (normalize only).
+    chunk_size : int, optional
+        Images processed together; default 8 on CPU, the whole batch elsewhere. It changes speed, not the
+        drawn choices (the 'pixel' erasing noise values do depend on it).
     """
 
-    def __init__(self, cfg: AugmentConfig):
+    def __init__(self, cfg: AugmentConfig, chunk_size: Optional[int] = None):
         self.cfg = cfg
+        self.chunk_size = chunk_size
         self.policy = None
         if cfg.aa:
             hparams = dict(translate_const=int(cfg.img_size * 0.45), img_mean=cfg.fill)
@@ -39,81 +68,123 @@ class DeviceAugment:
         self.erasing = (BatchRandomErasing(cfg.reprob, mode=cfg.remode, max_count=cfg.recount)
                         if cfg.reprob > 0 else None)
         std = torch.tensor(cfg.std, dtype=torch.float32)
-        # x / 255 - mean) / std == x * scale - shift
-        self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
-        self._shift = (torch.tensor(cfg.mean, dtype=torch.float32) / std).view(1, -1, 1, 1)
-        self._device_generators = {}
+        # (x / 255 - mean) / std == x * scale - shift
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = torch.tensor(cfg.mean, dtype=torch.float32) / std
+        self._tiled = {}
+        self._noise_generators = {}
 
     def __repr__(self):
         return f'{type(self).__name__}({self.cfg})'
 
     def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Augment and normalize `images` (uint8, NCHW, any memory format, any device; left unchanged).
+        """Augment and normalize `images` (uint8 (B, C, H, W), any memory format and device; left unchanged).
 
-        `generator` is a CPU torch.Generator (seed it per batch for reproducible augmentation); None uses
-        torch's default CPU generator.
+        `generator`: a CPU torch.Generator (seed it per batch for reproducible augmentation); None uses torch's
+        default CPU generator. Returns float32 (B, C, H, W) in channels_last on `images.device`.
         """
         self._check(images, generator)
+        B, C, H, W = images.shape
         device = images.device
-        x = images
+        stages = []  # (key (B,), args (B,), mats (B, 2, 3) or None): the flip, then each aa slot
         if self.cfg.hflip > 0:
-            flip = torch.rand(x.shape[0], generator=generator) < self.cfg.hflip
-            x = torch.where(flip.to(device, non_blocking=True).view(-1, 1, 1, 1), x.flip(3), x)
+            flip = torch.rand(B, generator=generator) < self.cfg.hflip
+            stages.append((torch.where(flip, _FLIP, -1), None, None))
         if self.policy is not None:
-            if x is images:
-                x = x.clone()
-            self._auto_augment(x, generator)
-        out = torch.empty(x.shape, dtype=torch.float32, device=device, memory_format=torch.channels_last)
-        torch.mul(x, self._scale.to(device), out=out)
-        out.sub_(self._shift.to(device))
-        if self.erasing is not None:
-            self.erasing(out, generator, self._device_generator(device, generator))
+            plan = self._draw_ops(B, H, W, generator)
+            stages += [(plan.key[:, s], plan.arg[:, s], plan.mats[:, s]) for s in range(self.policy.num_layers)]
+        erase = self.erasing.sample(B, C, H, W, generator) if self.erasing is not None else None
+        noise_gen = self._noise_generator(device, generator) if erase is not None else None
+        chunk = self.chunk_size or (_CPU_CHUNK if device.type == 'cpu' else B)
+
+        x = images.contiguous(memory_format=torch.channels_last)
+        order = torch.arange(B)  # x[j] holds batch image order[j]
+        for key, args, mats in stages:
+            key = key[order]
+            if (key < 0).all():
+                continue
+            if x.data_ptr() == images.data_ptr():
+                x = x.clone(memory_format=torch.channels_last)  # private: the ops write into it
+            # sort the images by op, so that each op reads and writes one contiguous slice of x
+            perm = torch.argsort(key, stable=True)
+            x, order, key = _take(x, perm), order[perm], key[perm]
+            values, counts = torch.unique_consecutive(key, return_counts=True)
+            start = 0
+            for k, n in zip(values.tolist(), counts.tolist()):
+                for lo in range(start, start + n, chunk) if k >= 0 else ():
+                    hi = min(lo + chunk, start + n)
+                    rows = order[lo:hi]
+                    x[lo:hi] = self._run_op(k, x[lo:hi], None if args is None else args[rows],
+                                            None if mats is None else mats[rows])
+                start += n
+        if not torch.equal(order, torch.arange(B)):
+            x = _take(x, torch.argsort(order))
+        out = torch.empty((B, C, H, W), dtype=torch.float32, device=device, memory_format=torch.channels_last)
+        for lo in range(0, B, chunk):
+            hi = min(lo + chunk, B)
+            self._normalize(x[lo:hi], out[lo:hi])
+            if erase is not None and erase.active[lo:hi].any():
+                self.erasing.paint(out[lo:hi], erase, torch.arange(lo, hi), noise_gen)
         return out
 
-    def _auto_augment(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> None:
-        """Apply the drawn ops in place, slot by slot; each op runs once on the images that drew it."""
-        B, C, H, W = x.shape
-        draw = self.policy.sample(B, generator, 'cpu')
-        names = self.policy.op_names
+    def _run_op(self, key: int, x: torch.Tensor, args: Optional[torch.Tensor], mats: Optional[torch.Tensor]):
+        """Apply the op of group `key` to the images `x`, with their CPU-drawn arguments or matrices."""
         dev = x.device
-        for slot in range(self.policy.num_layers):
-            op, apply, arg = draw.op[:, slot], draw.apply[:, slot], draw.arg[:, slot]
-            geo_rows, geo_mats, geo_bicubic = [], [], []
-            for i, name in enumerate(names):
-                rows = torch.where(apply & (op == i))[0]
-                if rows.numel() == 0:
-                    continue
-                if name in GEOMETRIC_OPS:
-                    geo_rows.append(rows)
-                    geo_mats.append(affine_matrix(name, arg[rows], H, W))
-                    geo_bicubic.append(draw.bicubic[rows, slot])
-                else:
-                    rows_d = rows.to(dev, non_blocking=True)
-                    x[rows_d] = COLOR_OPS[name](x[rows_d], arg[rows].to(dev, non_blocking=True))
-            if geo_rows:
-                rows, mats, bicubic = torch.cat(geo_rows), torch.cat(geo_mats), torch.cat(geo_bicubic)
-                for mode in (True, False):  # one grid_sample per interpolation mode
-                    sel = bicubic == mode
-                    if sel.any():
-                        rows_d = rows[sel].to(dev, non_blocking=True)
-                        x[rows_d] = warp_affine(x[rows_d], mats[sel].to(dev), self.cfg.fill, bicubic=mode)
+        if key == _FLIP:
+            return x.flip(3)
+        geometric = len(self.policy.op_names)
+        if key >= geometric:
+            return warp_affine(x, mats.to(dev, non_blocking=True), self.cfg.fill, bicubic=key == geometric + 1)
+        return COLOR_OPS[self.policy.op_names[key]](x, args.to(dev, non_blocking=True))
 
-    def _device_generator(self, device: torch.device, generator: Optional[torch.Generator]):
+    def _draw_ops(self, batch_size: int, height: int, width: int, generator: Optional[torch.Generator]) -> _OpPlan:
+        """Draw the batch's ops and turn them into group keys, arguments and warp matrices (CPU tensors)."""
+        draw = self.policy.sample(batch_size, generator, 'cpu')
+        names = self.policy.op_names
+        geometric = len(names)  # keys: op index for color ops, geometric + bicubic for the warps, -1 for none
+        key = torch.full_like(draw.op, -1)
+        mats = torch.zeros(draw.op.shape + (2, 3), dtype=torch.float64)
+        for i, name in enumerate(names):
+            sel = (draw.op == i) & draw.apply & ~is_identity(name, draw.arg)
+            if name in GEOMETRIC_OPS:
+                key[sel] = geometric + draw.bicubic[sel].long()
+                mats[sel] = affine_matrix(name, draw.arg[sel], height, width)
+            else:
+                key[sel] = i
+        return _OpPlan(key=key, arg=draw.arg, mats=mats)
+
+    def _normalize(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """out = x / 255 - mean) / std, computed on (N*H, W*C) views of the channels_last memory.
+
+        On that view the per-channel constants are one contiguous row (tiled W times), which vectorizes;
+        a (1, C, 1, 1) broadcast over channels_last memory would run an inner loop of length C.
+        """
+        n, c, h, w = out.shape
+        key = (out.device, c, w)
+        if key not in self._tiled:
+            self._tiled[key] = (self._scale.repeat(w).view(1, w * c).to(out.device),
+                                (-self._shift).repeat(w).view(1, w * c).to(out.device))
+        scale, neg_shift = self._tiled[key]
+        flat = out.permute(0, 2, 3, 1).reshape(n * h, w * c)  # a view: `out` is channels_last
+        out.copy_(x)
+        torch.addcmul(neg_shift, flat, scale, out=flat)
+
+    def _noise_generator(self, device: torch.device, generator: Optional[torch.Generator]):
         """The CPU generator itself on CPU; elsewhere a device generator re-seeded from it (deterministic)."""
         if device.type == 'cpu':
             return generator
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
-        if device not in self._device_generators:
-            self._device_generators[device] = torch.Generator(device=device)
-        return self._device_generators[device].manual_seed(seed)
+        if device not in self._noise_generators:
+            self._noise_generators[device] = torch.Generator(device=device)
+        return self._noise_generators[device].manual_seed(seed)
 
     def _check(self, images: torch.Tensor, generator: Optional[torch.Generator]) -> None:
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-            got = f'{images.dtype} tensor of shape {tuple(images.shape)}' if isinstance(images, torch.Tensor) \
-                else type(images).__name__
+            got = (f'{images.dtype} tensor of shape {tuple(images.shape)}' if isinstance(images, torch.Tensor)
+                   else type(images).__name__)
             raise ValueError(f'DeviceAugment expects a uint8 (B, C, H, W) batch, got {got}')
         if images.shape[1] != len(self.cfg.mean):
-            raise ValueError(f'DeviceAugment: batch has {images.shape[1]} channels but AugmentConfig.mean has '
+            raise ValueError(f'DeviceAugment: the batch has {images.shape[1]} channels but AugmentConfig.mean has '
                              f'{len(self.cfg.mean)} values')
         if self.policy is not None and images.shape[1] != 3:
             raise ValueError(f'--aa {self.cfg.aa!r} needs RGB images (3 channels), got {images.shape[1]}')

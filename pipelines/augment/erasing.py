@@ -9,11 +9,22 @@ count in [min_count, max_count], up to 10 (area, log-aspect) attempts per box, f
 uniform top/left), and tests/test_augment_erasing.py checks the resulting statistics against timm's.
 """
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-__all__ = ['BatchRandomErasing']
+__all__ = ['BatchRandomErasing', 'EraseDraw']
+
+
+class EraseDraw(NamedTuple):
+    """Boxes per image, each (B, max_count) on the CPU; `active` marks the boxes timm would paint."""
+
+    top: torch.Tensor
+    left: torch.Tensor
+    h: torch.Tensor
+    w: torch.Tensor
+    active: torch.Tensor
+    colors: Optional[torch.Tensor]  # (B, max_count, C) N(0, 1) box colors in 'rand' mode
 
 
 class BatchRandomErasing:
@@ -65,36 +76,43 @@ class BatchRandomErasing:
         active = erase[:, None] & (torch.arange(K) < count[:, None]) & fits.any(dim=2)
         return top, left, h, w, active
 
-    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator],
-                 device_generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Erase in place and return `images`; box draws from `generator` (CPU), noise from `device_generator`."""
-        B, C, H, W = images.shape
-        top, left, h, w, active = self.sample_boxes(B, H, W, generator)
+    def sample(self, batch_size: int, channels: int, height: int, width: int,
+               generator: Optional[torch.Generator]) -> EraseDraw:
+        """Every image's boxes (and 'rand' colors), drawn on the CPU in a fixed order from `generator`."""
+        top, left, h, w, active = self.sample_boxes(batch_size, height, width, generator)
+        colors = None
         if self.mode == 'rand':
-            colors = torch.randn((B, self.max_count, C), generator=generator, dtype=images.dtype)
-        rows = torch.where(active.any(dim=1))[0]
-        if rows.numel() == 0:
-            return images
+            colors = torch.randn((batch_size, self.max_count, channels), generator=generator)
+        return EraseDraw(top, left, h, w, active, colors)
+
+    def paint(self, images: torch.Tensor, draw: EraseDraw, rows: torch.Tensor,
+              noise_generator: Optional[torch.Generator]) -> None:
+        """Erase `images[i]` (normalized float, in place) with the boxes of batch row `rows[i]` (CPU indices).
+
+        'pixel' noise comes from `noise_generator`, which lives on the images' device.
+        """
+        n, C, H, W = images.shape
         dev = images.device
-        top, left, h, w, active = (t[rows].to(dev, non_blocking=True) for t in (top, left, h, w, active))
+        top, left, h, w, active = (t[rows].to(dev, non_blocking=True)
+                                   for t in (draw.top, draw.left, draw.h, draw.w, draw.active))
         ys = torch.arange(H, device=dev).view(1, 1, H)
         xs = torch.arange(W, device=dev).view(1, 1, W)
         in_rows = (ys >= top[..., None]) & (ys < (top + h)[..., None]) & active[..., None]  # (n, K, H)
         in_cols = (xs >= left[..., None]) & (xs < (left + w)[..., None])  # (n, K, W)
-        sub = images[rows]
         if self.mode == 'rand':
             # boxes are painted in order, a later one over an earlier one, as in timm's loop
-            colors = colors[rows.cpu()].to(dev, non_blocking=True)
+            colors = draw.colors[rows].to(dev, dtype=images.dtype, non_blocking=True)
             for k in range(self.max_count):
                 box = (in_rows[:, k, :, None] & in_cols[:, k, None, :]).unsqueeze(1)
-                sub = torch.where(box, colors[:, k].view(-1, C, 1, 1), sub)
+                images.copy_(torch.where(box, colors[:, k].view(n, C, 1, 1), images))
+            return
+        mask = (in_rows.unsqueeze(3) & in_cols.unsqueeze(2)).any(dim=1).unsqueeze(1).expand_as(images)
+        if self.mode == 'const':
+            images.masked_fill_(mask, 0.0)
         else:
-            mask = (in_rows.unsqueeze(3) & in_cols.unsqueeze(2)).any(dim=1).unsqueeze(1).expand_as(sub)
-            if self.mode == 'const':
-                sub = sub.masked_fill(mask, 0.0)
+            if self.max_count == 1:  # one box: its area, known on the host without a device sync
+                count = C * int((draw.h[rows] * draw.w[rows] * draw.active[rows]).sum())
             else:
-                n = int(mask.sum())
-                noise = torch.randn(n, generator=device_generator, device=dev, dtype=sub.dtype)
-                sub = sub.masked_scatter(mask, noise)
-        images[rows] = sub
-        return images
+                count = int(mask.sum())
+            noise = torch.randn(count, generator=noise_generator, device=dev, dtype=images.dtype)
+            images.masked_scatter_(mask, noise)

@@ -1,8 +1,9 @@
 """Batched tensor twins of timm's PIL auto-augment ops: uint8 (N, C, H, W) in, uint8 out, one argument per image.
 
-Each op follows the PIL function timm calls (timm.data.auto_augment), including PIL's integer rounding, so that
-a chain of ops quantizes like timm's does. Geometric ops are one `grid_sample` for the images that need them,
+Each op follows the PIL function timm calls (timm.data.auto_augment), including PIL's integer rounding, so a
+chain of ops quantizes as timm's does. Geometric ops are one `grid_sample` for all the images that need one,
 with a 2x3 matrix each. tests/test_augment_ops.py compares every op with timm's PIL op on real photos.
+`arg` is a float64 tensor (N,) on the images' device; ops without an argument ignore it.
 """
 from typing import Sequence
 
@@ -10,32 +11,41 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    'GEOMETRIC_OPS', 'COLOR_OPS', 'affine_matrix', 'warp_affine', 'blend', 'grayscale',
+    'GEOMETRIC_OPS', 'COLOR_OPS', 'is_identity', 'affine_matrix', 'warp_affine', 'blend', 'grayscale',
     'invert', 'posterize', 'solarize', 'solarize_add', 'color', 'contrast', 'brightness', 'sharpness',
     'auto_contrast', 'equalize',
 ]
 
 
-def _per_image(arg: torch.Tensor) -> torch.Tensor:
-    return arg.view(-1, 1, 1, 1)
+def _per_image(arg: torch.Tensor, dtype=None) -> torch.Tensor:
+    return arg.view(-1, 1, 1, 1).to(dtype or arg.dtype)
 
 
 def blend(degenerate: torch.Tensor, img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL `Image.blend(degenerate, img, factor)` for uint8: float32 `d + f * (i - d)`, clipped, truncated."""
+    """PIL `Image.blend(degenerate, img, factor)` on uint8: float32 `d + f * (i - d)`, clipped, truncated.
+
+    `degenerate` may be a float tensor broadcastable to `img` (an integer-valued image or constant).
+    """
     d = degenerate.float()
-    out = d + _per_image(factor).float() * (img.float() - d)
+    out = img.float().sub_(d).mul_(_per_image(factor, torch.float32)).add_(d)
     return out.clamp_(0, 255).to(torch.uint8)
 
 
+_GRAY_WEIGHTS = (19595.0, 38470.0, 7471.0)
+
+
 def grayscale(img: torch.Tensor) -> torch.Tensor:
-    """PIL's RGB -> L conversion: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, as uint8 (N, 1, H, W)."""
-    r, g, b = img.int().unbind(1)
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8).unsqueeze(1)
+    """PIL's RGB -> L conversion, (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, as float (N, 1, H, W).
+
+    The sums stay below 2**24, so float32 holds them exactly and the division by 2**16 is exact.
+    """
+    w = torch.tensor(_GRAY_WEIGHTS, device=img.device).view(1, 3, 1, 1)
+    return torch.floor((img.float() * w).sum(1, keepdim=True).add_(32768.0).div_(65536.0))
 
 
 def invert(img: torch.Tensor, arg=None) -> torch.Tensor:
     """PIL ImageOps.invert."""
-    return 255 - img
+    return torch.bitwise_not(img)
 
 
 def posterize(img: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -50,61 +60,56 @@ def posterize(img: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
 
 def solarize(img: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
     """PIL ImageOps.solarize: invert the pixels >= thresh (thresh 256 leaves the image unchanged)."""
-    return torch.where(img.short() >= _per_image(thresh).short(), 255 - img, img)
+    above = img.short() >= _per_image(thresh, torch.int16)
+    return img ^ (above.to(torch.uint8) * 255)
 
 
 def solarize_add(img: torch.Tensor, add: torch.Tensor, thresh: int = 128) -> torch.Tensor:
     """timm's solarize_add: pixels < thresh get `min(255, pixel + add)`."""
-    added = (img.short() + _per_image(add).short()).clamp_(max=255).to(torch.uint8)
+    add = _per_image(add.clamp(0, 255), torch.uint8)
+    added = torch.minimum(img, 255 - add) + add  # saturating uint8 add
     return torch.where(img < thresh, added, img)
 
 
 def color(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL ImageEnhance.Color: blend with the grayscale image."""
-    return blend(grayscale(img).expand_as(img), img, factor)
+    return blend(grayscale(img), img, factor)
 
 
 def contrast(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL ImageEnhance.Contrast: blend with the rounded mean of the grayscale image."""
-    gray = grayscale(img)
-    mean = torch.floor(gray.flatten(1).double().mean(1) + 0.5)
-    return blend(_per_image(mean).expand_as(img), img, factor)
+    mean = torch.floor(grayscale(img).double().mean(dim=(1, 2, 3)) + 0.5)
+    return blend(_per_image(mean), img, factor)
 
 
 def brightness(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL ImageEnhance.Brightness: blend with black."""
-    return blend(torch.zeros_like(img), img, factor)
-
-
-_SMOOTH = torch.tensor([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0  # PIL ImageFilter.SMOOTH
+    return img.float().mul_(_per_image(factor, torch.float32)).clamp_(0, 255).to(torch.uint8)
 
 
 def sharpness(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH, whose 1-pixel border is the unfiltered image."""
-    n, c, h, w = img.shape
-    kernel = _SMOOTH.to(img.device).expand(c, 1, 3, 3)
-    smooth = F.conv2d(img.float(), kernel, groups=c)
-    degenerate = img.clone()
-    degenerate[:, :, 1:-1, 1:-1] = torch.floor(smooth + 0.5).clamp_(0, 255).to(torch.uint8)
+    """PIL ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH (kernel 1 1 1 / 1 5 1 / 1 1 1, sum 13).
+
+    PIL's 3x3 filter rounds to uint8 and leaves the 1-pixel border unfiltered; blending then keeps the border.
+    """
+    c = img.shape[1]
+    kernel = torch.ones(c, 1, 3, 3, device=img.device)
+    kernel[:, :, 1, 1] = 5
+    img_f = img.float()
+    smooth = torch.floor(F.conv2d(img_f, kernel.div_(13.0), groups=c).add_(0.5)).clamp_(0, 255)
+    degenerate = img_f.clone()
+    degenerate[:, :, 1:-1, 1:-1] = smooth
     return blend(degenerate, img, factor)
 
 
-def _apply_lut(img: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """Per image and channel lookup: img (N, C, H, W) uint8, lut (N, C, 256) -> uint8."""
-    n, c, h, w = img.shape
-    return lut.to(torch.uint8).gather(2, img.reshape(n, c, h * w).long()).view(n, c, h, w)
-
-
 def auto_contrast(img: torch.Tensor, arg=None) -> torch.Tensor:
-    """PIL ImageOps.autocontrast (cutoff 0): per channel, stretch [min, max] to [0, 255]; flat channels kept."""
-    lo = img.amin(dim=(2, 3)).double()
-    hi = img.amax(dim=(2, 3)).double()
+    """PIL ImageOps.autocontrast (cutoff 0): per channel, `int(x * scale + offset)` with PIL's float64 formula."""
+    lo = img.amin(dim=(2, 3), keepdim=True).double()
+    hi = img.amax(dim=(2, 3), keepdim=True).double()
     scale = 255.0 / (hi - lo).clamp(min=1)
     offset = -lo * scale
-    levels = torch.arange(256, device=img.device, dtype=torch.float64)
-    lut = torch.trunc(levels * scale[..., None] + offset[..., None]).clamp_(0, 255)
-    lut = torch.where((hi > lo)[..., None], lut, levels)
-    return _apply_lut(img, lut)
+    out = torch.trunc(img.double() * scale + offset).clamp_(0, 255).to(torch.uint8)
+    return torch.where(hi > lo, out, img)  # PIL leaves a flat channel alone
 
 
 def equalize(img: torch.Tensor, arg=None) -> torch.Tensor:
@@ -113,14 +118,13 @@ def equalize(img: torch.Tensor, arg=None) -> torch.Tensor:
     flat = img.reshape(n * c, h * w).long()
     hist = torch.zeros(n * c, 256, dtype=torch.long, device=img.device)
     hist.scatter_add_(1, flat, torch.ones_like(flat))
-    top = flat.amax(1)  # the last non-empty bin
-    step = (h * w - hist.gather(1, top[:, None]).squeeze(1)) // 255
+    top = flat.amax(1, keepdim=True)  # the last non-empty bin
+    step = (h * w - hist.gather(1, top)) // 255
     before = hist.cumsum(1) - hist  # pixels below each level
-    lut = ((step // 2)[:, None] + before).div(step.clamp(min=1)[:, None], rounding_mode='floor').clamp_(max=255)
-    # PIL keeps the channel when it has one level (then step is 0 too) or when step is 0
-    levels = torch.arange(256, device=img.device).expand(n * c, 256)
-    lut = torch.where((step > 0)[:, None], lut, levels)
-    return _apply_lut(img, lut.view(n, c, 256))
+    lut = ((step // 2) + before).div_(step.clamp(min=1), rounding_mode='floor').clamp_(max=255)
+    # PIL keeps the channel when step is 0 (which includes a channel with a single level)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=img.device))
+    return lut.gather(1, flat).to(torch.uint8).view(n, c, h, w)
 
 
 def affine_matrix(name: str, arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -142,15 +146,15 @@ def affine_matrix(name: str, arg: torch.Tensor, height: int, width: int) -> torc
     elif name == 'TranslateYRel':
         m[:, 1, 2] = arg * height
     elif name == 'Rotate':
-        # PIL Image.rotate(angle): counter-clockwise about (w/2, h/2), matrix of -angle applied to output coords
+        # PIL Image.rotate(angle): counter-clockwise about (w/2, h/2): output coords rotated by -angle
         a = torch.deg2rad(-arg)
         cos, sin = torch.cos(a), torch.sin(a)
         cx, cy = width / 2.0, height / 2.0
         m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, sin, -sin, cos
-        m[:, 0, 2] = cos * -cx + sin * -cy + cx
-        m[:, 1, 2] = -sin * -cx + cos * -cy + cy
+        m[:, 0, 2] = -cos * cx - sin * cy + cx
+        m[:, 1, 2] = sin * cx - cos * cy + cy
     else:
-        raise KeyError(name)
+        raise KeyError(f'{name} is not a geometric op')
     return m
 
 
@@ -162,23 +166,23 @@ def warp_affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], bi
 
     PIL samples at pixel centres, clamps the interpolation taps to the image edge, and paints `fill` where the
     source point falls outside the image; `grid_sample(padding_mode='border')` plus that mask does the same.
-    PIL's affine bicubic uses a = -1, torch's a = -0.75: bicubic results differ by a few levels at sharp edges.
+    PIL's affine bicubic is the a = -1 cubic, torch's is a = -0.75: bicubic results differ a little at edges.
     """
     n, c, h, w = img.shape
     dev = img.device
-    xs = torch.arange(w, device=dev, dtype=torch.float64) + 0.5
-    ys = torch.arange(h, device=dev, dtype=torch.float64) + 0.5
-    m = matrix.view(n, 2, 3, 1, 1)
-    # source point of every output pixel centre, in PIL's continuous pixel coordinates
-    src_x = m[:, 0, 0] * xs + m[:, 0, 1] * ys[:, None] + m[:, 0, 2]
-    src_y = m[:, 1, 0] * xs + m[:, 1, 1] * ys[:, None] + m[:, 1, 2]
-    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
-    grid = torch.stack((src_x * (2.0 / w) - 1, src_y * (2.0 / h) - 1), dim=-1).float()
-    out = F.grid_sample(img.float(), grid, mode='bicubic' if bicubic else 'bilinear', padding_mode='border',
-                        align_corners=False)
-    out = torch.floor(out.add_(0.5)).clamp_(0, 255).to(torch.uint8)
+    xs = torch.arange(w, device=dev, dtype=torch.float64).add_(0.5)
+    ys = torch.arange(h, device=dev, dtype=torch.float64).add_(0.5).view(h, 1)
+    m = matrix.view(n, 6, 1, 1)
+    # source point of every output pixel centre, in PIL's continuous pixel coordinates, then grid_sample's [-1, 1]
+    src_x = (m[:, 0] * xs + m[:, 1] * ys + m[:, 2]).float()
+    src_y = (m[:, 3] * xs + m[:, 4] * ys + m[:, 5]).float()
+    inside = ((src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)).unsqueeze(1)
+    grid = torch.stack((src_x.mul_(2.0 / w).sub_(1.0), src_y.mul_(2.0 / h).sub_(1.0)), dim=-1)
+    out = F.grid_sample(img.float().contiguous(), grid, mode='bicubic' if bicubic else 'bilinear',
+                        padding_mode='border', align_corners=False)
+    out = out.clamp_(0, 255).to(torch.uint8)  # PIL truncates (verified against Image.transform)
     fill_t = torch.tensor(list(fill), dtype=torch.uint8, device=dev).view(1, c, 1, 1)
-    return torch.where(inside.unsqueeze(1), out, fill_t)
+    return torch.where(inside, out, fill_t)
 
 
 COLOR_OPS = {
@@ -200,3 +204,20 @@ COLOR_OPS = {
     'Sharpness': sharpness,
     'SharpnessIncreasing': sharpness,
 }
+
+
+def is_identity(name: str, arg: torch.Tensor) -> torch.Tensor:
+    """Where timm's op at these arguments returns the image unchanged (bool, like `arg`), so it can be skipped.
+
+    A zero shear/translate/rotation samples exactly at pixel centres (PIL's cubic and linear weights are then
+    (0, 1, 0, 0)), solarize at 256 and posterize at 8 bits change nothing, enhance at factor 1 blends to itself.
+    """
+    if name in GEOMETRIC_OPS or name == 'SolarizeAdd':
+        return arg == 0
+    if name.startswith('Posterize'):
+        return arg >= 8
+    if name.startswith('Solarize'):
+        return arg >= 256
+    if name.startswith(('Color', 'Contrast', 'Brightness', 'Sharpness')):
+        return arg == 1.0
+    return torch.zeros_like(arg, dtype=torch.bool)

@@ -1,0 +1,160 @@
+"""On-device augmentation vs timm's PIL train transform, side by side, images/s (higher is better).
+
+    .venv/bin/python tools/bench_augment.py                          # --aa v0, 224 px, batch 64, 1 thread
+    .venv/bin/python tools/bench_augment.py --aa rand-m9-mstd0.5-inc1 --json bench-augment.json
+    .venv/bin/python tools/bench_augment.py --device cuda            # DeviceAugment on the GPU
+
+Both sides do the same work from the same 224x224 uint8 RGB images (real photos from scikit-learn and
+scikit-image, cropped and resized; i.e. what comes out of RandomResizedCrop): horizontal flip 0.5 -> `--aa`
+policy -> to float / 255 -> normalize (ImageNet mean/std) -> random erasing (`--reprob`, `--remode`), ending
+with one float32 (B, 3, 224, 224) batch. timm: `create_transform(is_training=True, ...)` without its
+RandomResizedCrop, called per PIL image, then `torch.stack` (the DataLoader's collate). DeviceAugment: one
+call on the uint8 batch (channels_last, as the FFCV/DALI loaders give it). Rounds alternate between the two
+and the best round of each counts, so load from other processes hits both alike. Torch uses `--threads`
+threads on both sides (timm's ToTensor/Normalize/RandomErasing run in torch too).
+
+timm's v0/v0r policies ask for Posterize with 0 bits, which Pillow >= 11 rejects; this benchmark replaces
+timm's posterize with one that returns a black image for 0 bits (the TF EfficientNet behaviour DeviceAugment
+implements), only while it builds the timm transform.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipelines.augment import AugmentConfig, DeviceAugment  # noqa: E402
+
+
+def sample_photos(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """n distinct (size, size, 3) uint8 crops of real photos: random square crops, bicubic resize."""
+    from sklearn.datasets import load_sample_images
+    from skimage import data as skdata
+    photos = list(load_sample_images().images) + [skdata.astronaut(), skdata.chelsea(), skdata.coffee(),
+                                                   skdata.rocket()]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        s = int(rng.integers(min(p.shape[:2]) // 2, min(p.shape[:2]) + 1))
+        y, x = int(rng.integers(0, p.shape[0] - s + 1)), int(rng.integers(0, p.shape[1] - s + 1))
+        out[i] = np.asarray(Image.fromarray(p[y:y + s, x:x + s]).resize((size, size), Image.BICUBIC))
+    return out
+
+
+def _posterize_zero_bits(img, bits_to_keep, **__):
+    """timm's posterize, except that 0 bits gives a black image instead of Pillow's ValueError."""
+    if bits_to_keep >= 8:
+        return img
+    mask = (0xFF << (8 - bits_to_keep)) & 0xFF
+    return Image.fromarray(np.asarray(img) & np.uint8(mask))
+
+
+@contextmanager
+def posterize_accepting_zero_bits():
+    """Swap timm's posterize for `_posterize_zero_bits` while timm builds its AugmentOps (they bind it then)."""
+    import timm.data.auto_augment as taa
+    names = [n for n in taa.NAME_TO_OP if n.startswith('Posterize')]
+    saved = {n: taa.NAME_TO_OP[n] for n in names}
+    taa.NAME_TO_OP.update({n: _posterize_zero_bits for n in names})
+    try:
+        yield
+    finally:
+        taa.NAME_TO_OP.update(saved)
+
+
+def timm_transform(aa: str, img_size: int, reprob: float, remode: str, hflip: float):
+    """timm's PIL train transform minus its RandomResizedCrop (the images already come cropped)."""
+    from timm.data import create_transform
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+    from torchvision import transforms
+    with posterize_accepting_zero_bits():
+        tf = create_transform(img_size, is_training=True, auto_augment=aa, re_prob=reprob, re_mode=remode,
+                              hflip=hflip, interpolation='bicubic')
+    assert isinstance(tf.transforms[0], RandomResizedCropAndInterpolation), tf
+    return transforms.Compose(tf.transforms[1:])
+
+
+def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float = 0.5, remode: str = 'pixel',
+        hflip: float = 0.5, rounds: int = 3, threads: int = 1, device: str = 'cpu',
+        chunk_size: int = None) -> dict:
+    """Measure both pipelines on one batch of photos; returns the figures as a JSON-ready dict."""
+    torch.set_num_threads(threads)
+    photos = sample_photos(batch_size, img_size)
+    pil_images = [Image.fromarray(p) for p in photos]
+    dev = torch.device(device)
+    batch = torch.from_numpy(photos).to(dev).permute(0, 3, 1, 2)  # NHWC memory = channels_last, as loaders give
+    tf = timm_transform(aa, img_size, reprob, remode, hflip)
+    aug = DeviceAugment(AugmentConfig(aa=aa, reprob=reprob, remode=remode, hflip=hflip, img_size=img_size),
+                        chunk_size=chunk_size)
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+
+    def timm_round():
+        t0 = time.perf_counter()
+        torch.stack([tf(im) for im in pil_images])
+        return time.perf_counter() - t0
+
+    def device_round():
+        sync()
+        t0 = time.perf_counter()
+        aug(batch, gen)
+        sync()
+        return time.perf_counter() - t0
+
+    timm_round(), device_round()  # warm-up
+    timm_s, device_s = [], []
+    for _ in range(rounds):
+        timm_s.append(timm_round())
+        device_s.append(device_round())
+    timm_ips, device_ips = batch_size / min(timm_s), batch_size / min(device_s)
+    return {
+        'aa': aa, 'batch_size': batch_size, 'img_size': img_size, 'reprob': reprob, 'remode': remode,
+        'hflip': hflip, 'threads': threads, 'device': str(dev), 'rounds': rounds,
+        'timm_pil': {'img_per_s': timm_ips, 'round_s': timm_s},
+        'device_augment': {'img_per_s': device_ips, 'round_s': device_s, 'chunk_size': chunk_size},
+        'ratio': device_ips / timm_ips,
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--aa', default='v0', help="timm --aa string (default: v0)")
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--reprob', type=float, default=0.5)
+    p.add_argument('--remode', default='pixel', choices=('pixel', 'rand', 'const'))
+    p.add_argument('--rounds', type=int, default=3, help='timed rounds per side (best counts)')
+    p.add_argument('--threads', type=int, default=1, help='torch threads, both sides (default 1)')
+    p.add_argument('--device', default='cpu', help="device for DeviceAugment: cpu or cuda[:N]")
+    p.add_argument('--chunk', type=int, default=None, help='DeviceAugment chunk_size (default: its own)')
+    p.add_argument('--json', default=None, help='also write the results to this JSON file')
+    args = p.parse_args(argv)
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        p.error(f'--device {args.device}: no CUDA device here; use --device cpu')
+    res = run(aa=args.aa, batch_size=args.batch_size, img_size=args.img_size, reprob=args.reprob,
+              remode=args.remode, rounds=args.rounds, threads=args.threads, device=args.device,
+              chunk_size=args.chunk)
+    print(f"--aa {res['aa']}, {res['img_size']} px, batch {res['batch_size']}, reprob {res['reprob']} "
+          f"({res['remode']}), {res['threads']} torch thread(s)")
+    print(f"{'pipeline':<34}{'img/s':>10}{'x timm PIL':>12}")
+    print(f"{'timm PIL per image (+stack)':<34}{res['timm_pil']['img_per_s']:>10.0f}{1.0:>12.2f}")
+    print(f"{'DeviceAugment on ' + res['device']:<34}{res['device_augment']['img_per_s']:>10.0f}"
+          f"{res['ratio']:>12.2f}")
+    if args.json:
+        tmp = args.json + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(res, f, indent=2)
+        os.replace(tmp, args.json)
+    return res
+
+
+if __name__ == '__main__':
+    main()
