@@ -1,0 +1,151 @@
+"""DeviceAugment end to end: normalization, flip, the drawn ops replayed with timm's PIL ops, determinism."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import auto_augment as taa
+
+from pipelines.augment import AugmentConfig, DeviceAugment
+from tests._augment_data import photos, to_batch
+
+torch.set_num_threads(1)
+EVAL = dict(aa=None, reprob=0.0, hflip=0.0)
+
+
+def _batch(repeat=1):
+    return to_batch(photos() * repeat)
+
+
+def _to_levels(out: torch.Tensor, cfg: AugmentConfig) -> np.ndarray:
+    """Undo the normalization: float (N, 3, H, W) -> 0..255 levels (N, H, W, 3) as floats."""
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    return ((out.cpu() * std + mean) * 255).permute(0, 2, 3, 1).numpy()
+
+
+def test_normalize_only_matches_hand_computation():
+    x = _batch()
+    cfg = AugmentConfig(**EVAL)
+    out = DeviceAugment(cfg)(x)
+    ref = np.stack([np.asarray(im) for im in photos()]).astype(np.float64) / 255.0
+    ref = (ref - np.array(IMAGENET_DEFAULT_MEAN)) / np.array(IMAGENET_DEFAULT_STD)
+    np.testing.assert_allclose(out.permute(0, 2, 3, 1).numpy(), ref, rtol=0, atol=2e-6)
+
+
+def test_output_is_float_channels_last_on_input_device_and_input_untouched():
+    x = _batch()
+    before = x.clone()
+    out = DeviceAugment(AugmentConfig(aa='v0', reprob=0.5))(x, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and out.device == x.device and out.shape == x.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, before)
+
+
+def test_contiguous_and_channels_last_inputs_give_the_same_result():
+    x = _batch(2)
+    aug = DeviceAugment(AugmentConfig(aa='rand-m9-mstd0.5-inc1', reprob=0.5, remode='const'))
+    a = aug(x, torch.Generator().manual_seed(5))
+    b = aug(x.contiguous(), torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_hflip_one_flips_every_image():
+    x = _batch()
+    cfg = AugmentConfig(**dict(EVAL, hflip=1.0))
+    out = DeviceAugment(cfg)(x, torch.Generator().manual_seed(0))
+    ref = DeviceAugment(AugmentConfig(**EVAL))(x.flip(3))
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize('aa', ['v0', 'rand-m9-mstd0.5-inc1'])
+def test_drawn_ops_replayed_with_timm_pil_ops_give_the_same_images(aa):
+    """Every image's drawn ops, replayed one by one with timm's PIL op functions, give our output.
+
+    Bilinear warps (each within 1 level of PIL); where a warp precedes a histogram op (Equalize,
+    AutoContrast) a 1-level difference can move a pixel to the next histogram step, hence the quantile bound.
+    """
+    x = _batch(8)
+    cfg = AugmentConfig(aa=aa, reprob=0.0, hflip=0.0, interpolation='bilinear')
+    aug = DeviceAugment(cfg)
+    out = _to_levels(aug(x, torch.Generator().manual_seed(11)), cfg)
+    # with no flip and no erasing, the policy's draws are the only ones taken from the generator
+    draw = aug.policy.sample(x.shape[0], torch.Generator().manual_seed(11), 'cpu')
+    kwargs = dict(fillcolor=cfg.fill, resample=Image.BILINEAR)
+    applied = 0
+    for i, im in enumerate(photos() * 8):
+        for slot in range(aug.policy.num_layers):
+            if draw.apply[i, slot]:
+                name = aug.policy.op_names[int(draw.op[i, slot])]
+                arg = float(draw.arg[i, slot])
+                if name.startswith('Posterize') and arg == 0:
+                    im = Image.new('RGB', im.size)  # 0 bits: black (Pillow refuses 0 bits)
+                elif taa.LEVEL_TO_ARG[name] is None:
+                    im = taa.NAME_TO_OP[name](im, **kwargs)
+                else:
+                    arg = int(arg) if name.startswith(('Posterize', 'Solarize')) else arg
+                    im = taa.NAME_TO_OP[name](im, arg, **kwargs)
+                applied += 1
+        diff = np.abs(out[i] - np.asarray(im, dtype=np.float64))
+        assert diff.max() < 2.5 or np.quantile(diff, 0.99) < 2.5, (i, diff.max())
+    assert applied >= x.shape[0] // 2
+
+
+def test_images_in_one_batch_get_different_ops():
+    x = to_batch([photos()[0]] * 32)  # the same photo 32 times
+    out = DeviceAugment(AugmentConfig(aa='v0', reprob=0.0, hflip=0.0))(x, torch.Generator().manual_seed(0))
+    distinct = {out[i].numpy().tobytes() for i in range(32)}
+    assert len(distinct) >= 16
+
+
+def test_same_seed_same_batch_other_seed_other_batch():
+    x = _batch(2)
+    aug = DeviceAugment(AugmentConfig(aa='rand-m9-mstd0.5-inc1', reprob=0.5, remode='pixel'))
+    a, b = (aug(x, torch.Generator().manual_seed(7)) for _ in range(2))
+    c = aug(x, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_chunk_size_does_not_change_the_result():
+    x = _batch(3)
+    cfg = AugmentConfig(aa='v0', reprob=0.5, remode='const', recount=2)
+    a = DeviceAugment(cfg, chunk_size=5)(x, torch.Generator().manual_seed(2))
+    b = DeviceAugment(cfg, chunk_size=64)(x, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('images,fragment', [
+    (torch.zeros(2, 3, 8, 8), 'uint8'),
+    (torch.zeros(3, 8, 8, dtype=torch.uint8), 'uint8'),
+    (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), 'channels'),
+])
+def test_bad_batches_raise_a_clear_error(images, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        DeviceAugment(AugmentConfig(aa='v0'))(images)
+
+
+@pytest.mark.parametrize('kwargs,flag', [
+    (dict(reprob=1.5), '--reprob'), (dict(remode='gauss'), '--remode'), (dict(recount=0), '--recount'),
+    (dict(hflip=-0.1), '--hflip'), (dict(interpolation='lanczos'), '--train-interpolation'),
+    (dict(aa='rand-z3'), '--aa'),
+])
+def test_bad_config_names_the_flag(kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        DeviceAugment(AugmentConfig(**kwargs))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_matches_cpu():
+    """Same CPU generator seed: the same choices on both devices, same pixels up to the warps' float math."""
+    x = _batch(4)
+    cfg = AugmentConfig(aa='rand-m9-mstd0.5-inc1', reprob=0.5, remode='const', interpolation='bilinear')
+    aug = DeviceAugment(cfg)
+    cpu = aug(x, torch.Generator().manual_seed(3))
+    cuda = aug(x.cuda(), torch.Generator().manual_seed(3))
+    assert cuda.device.type == 'cuda' and cuda.is_contiguous(memory_format=torch.channels_last)
+    diff = np.abs(_to_levels(cuda, cfg) - _to_levels(cpu, cfg))
+    assert np.quantile(diff, 0.99) < 1.5
+    with pytest.raises(ValueError, match='CPU torch.Generator'):
+        aug(x.cuda(), torch.Generator(device='cuda'))
