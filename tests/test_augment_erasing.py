@@ -1,0 +1,86 @@
+"""Batched random erasing against timm's RandomErasing: share erased, box areas and shapes, fill modes."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from timm.data.random_erasing import RandomErasing
+
+from pipelines.augment import AugmentConfig, DeviceAugment
+from pipelines.augment.erasing import BatchRandomErasing
+from tests._augment_data import photos, to_batch
+
+torch.set_num_threads(1)
+N, H, W = 3000, 32, 40
+BACKGROUND = 5.0  # no mode paints exactly this value
+
+
+def _erased_masks(images: torch.Tensor) -> torch.Tensor:
+    return (images != BACKGROUND).any(dim=1)  # (N, H, W)
+
+
+def _ours(count=1, mode='const', channels=1, seed=0):
+    imgs = torch.full((N, channels, H, W), BACKGROUND)
+    er = BatchRandomErasing(0.5, mode=mode, max_count=count)
+    gen = torch.Generator().manual_seed(seed)
+    er.paint(imgs, er.sample(N, channels, H, W, gen), torch.arange(N), gen)
+    return imgs
+
+
+def _timm(count=1, mode='const', channels=1, seed=0):
+    imgs = torch.full((N, channels, H, W), BACKGROUND)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return RandomErasing(0.5, mode=mode, max_count=count, device='cpu')(imgs)
+
+
+def _stats(imgs):
+    m = _erased_masks(imgs)
+    erased = m.any(dim=(1, 2))
+    frac = m.flatten(1).double().mean(1)[erased]
+    return float(erased.double().mean()), frac.numpy()
+
+
+@pytest.mark.parametrize('count', [1, 3])
+def test_share_erased_and_area_distribution_match_timm(count):
+    share, frac = _stats(_ours(count))
+    share_t, frac_t = _stats(_timm(count))
+    tol = 4.5 * np.sqrt(0.25 / N)
+    assert abs(share - 0.5) < tol and abs(share_t - 0.5) < tol
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):  # erased-area quantiles agree with timm's
+        assert abs(np.quantile(frac, q) - np.quantile(frac_t, q)) < 0.02, q
+
+
+def test_single_box_is_a_rectangle_within_timm_area_and_aspect_bounds():
+    m = _erased_masks(_ours(1))
+    for mask in m[m.any(dim=(1, 2))]:
+        rows, cols = torch.where(mask.any(dim=1))[0], torch.where(mask.any(dim=0))[0]
+        h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        assert int(mask.sum()) == h * w  # one filled rectangle
+        # timm: area in (0.02, 1/3) of the image, aspect h/w in (0.3, 1/0.3), h and w rounded to whole pixels
+        assert 0.02 * H * W - (h + w) / 2 - 0.25 <= h * w <= H * W / 3 + (h + w) / 2 + 0.25
+        assert 0.3 * (w - 1) <= h + 0.5 and h - 0.5 <= (w + 1) / 0.3
+
+
+def test_modes_fill_as_timm():
+    pixel = _ours(1, 'pixel', channels=3)
+    values = pixel[pixel != BACKGROUND]
+    assert abs(float(values.mean())) < 0.01 and abs(float(values.std()) - 1) < 0.01  # N(0, 1) per pixel
+    rand = _ours(1, 'rand', channels=3)
+    m = _erased_masks(rand)
+    i = int(torch.where(m.any(dim=(1, 2)))[0][0])
+    box = rand[i][:, m[i]]  # (3, pixels of the box)
+    assert (box == box[:, :1]).all() and len(set(box[:, 0].tolist())) == 3  # one N(0, 1) color per channel
+    const = _ours(1, 'const', channels=3)
+    assert (const[const != BACKGROUND] == 0).all()
+
+
+def test_device_augment_erases_after_normalizing():
+    """Const mode writes 0 = the normalized mean; every other pixel is the plain normalized image."""
+    x = to_batch(photos() * 4)
+    cfg = AugmentConfig(aa=None, reprob=1.0, remode='const', hflip=0.0)
+    out = DeviceAugment(cfg)(x, torch.Generator().manual_seed(0))
+    plain = DeviceAugment(AugmentConfig(aa=None, reprob=0.0, hflip=0.0))(x)
+    erased = (out == 0).all(dim=1)
+    assert erased.any(dim=(1, 2)).all()  # reprob 1: every image
+    assert torch.equal(out.permute(0, 2, 3, 1)[~erased], plain.permute(0, 2, 3, 1)[~erased])
