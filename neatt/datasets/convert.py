@@ -69,20 +69,30 @@ def _init_worker():
     cv2.setNumThreads(1)  # parallelism comes from the pool; OpenCV's own threads would oversubscribe the cores
 
 
-def _open_existing(out_dir: str, source: DatasetSource, policy: ImagePolicy, force: bool) -> Optional[dict]:
-    """The manifest to continue from, or None for a fresh start; refuse to mix settings without --force."""
-    if force or not os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
-        return None
-    try:
-        m = read_manifest(out_dir)
-    except ManifestError as e:
-        raise ConvertError(f"{e}\nUse --force to overwrite {out_dir}.") from None
+def _start_manifest(out_dir: str, source: DatasetSource, policy: ImagePolicy, force: bool) -> dict:
+    """The manifest to continue from. An existing one made with other settings is an error without ``force`` and
+    is replaced with it; ``force`` with the same settings drops only the splits being converted now."""
     want = {"dataset": source.name, "classes": source.classes, "image_policy": policy.as_dict(),
             "source": source.source}
-    diff = [k for k, v in want.items() if m[k] != v]
-    if diff:
-        raise ConvertError(f"{out_dir} holds a conversion with different {', '.join(diff)}; use --force to redo it, "
-                           f"or choose another --out")
+    m = None
+    if os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
+        try:
+            m = read_manifest(out_dir)
+        except ManifestError as e:
+            if not force:
+                raise ConvertError(f"{e}\nUse --force to overwrite {out_dir}.") from None
+        diff = [k for k, v in want.items() if m is not None and m[k] != v]
+        if diff and not force:
+            raise ConvertError(f"{out_dir} holds a conversion with different {', '.join(diff)}; use --force to "
+                               f"redo it, or choose another --out")
+        if diff:
+            m = None
+    if m is None:
+        return new_manifest(source.name, source.source, source.classes, policy.as_dict())
+    if force:
+        for per_split in m["formats"].values():
+            for split in source.splits:
+                per_split.pop(split, None)
     return m
 
 
@@ -91,22 +101,30 @@ def _complete(out_dir: str, m: dict, fmt: str, split: str) -> bool:
     entry = m["formats"].get(fmt, {}).get(split)
     if entry is None:
         return False
-    files = [(entry["file"], entry["bytes"])] if fmt == "ffcv" else \
-        [(s[k], None) for s in entry["shards"] for k in ("tar", "index")]
-    files += [(s["tar"], s["bytes"]) for s in entry.get("shards", [])]
-    return all(os.path.isfile(os.path.join(out_dir, f)) and (n is None or os.path.getsize(os.path.join(out_dir, f)) == n)
-               for f, n in files)
-
-
-def _remove_stale(out_dir: str, fmt: str, split: str) -> None:
-    """Delete leftovers of an earlier, interrupted or superseded conversion of fmt/split."""
     if fmt == "ffcv":
-        pats = [f"{split}.beton", f"{split}.beton.*"]
+        files = [(entry["file"], entry["bytes"])]
     else:
-        pats = [os.path.join("dali", f"{split}-[0-9][0-9][0-9][0-9][0-9].*")]
+        files = [(sh["tar"], sh["bytes"]) for sh in entry["shards"]] + [(sh["index"], None) for sh in entry["shards"]]
+    return all(os.path.isfile(os.path.join(out_dir, f)) and
+               (n is None or os.path.getsize(os.path.join(out_dir, f)) == n) for f, n in files)
+
+
+def _listed_files(m: dict) -> set:
+    """Relative paths of every data file the manifest lists."""
+    files = {e["file"] for e in m["formats"].get("ffcv", {}).values()}
+    files |= {s[k] for e in m["formats"].get("dali", {}).values() for s in e["shards"] for k in ("tar", "index")}
+    return files
+
+
+def _remove_unlisted(out_dir: str, m: dict) -> None:
+    """Delete what an interrupted or superseded run left behind (``*.partial``, ``.beton`` files and DALI shards the
+    manifest does not list), so that every data file in the directory is a listed, complete one."""
+    keep = _listed_files(m)
+    pats = ["*.partial", "*.beton", os.path.join("dali", "*")]
     for pat in pats:
         for p in glob.glob(os.path.join(out_dir, pat)):
-            os.remove(p)
+            if os.path.relpath(p, out_dir) not in keep and os.path.isfile(p):
+                os.remove(p)
 
 
 def _file_entry(out_dir: str, rel: str) -> dict:
@@ -114,7 +132,7 @@ def _file_entry(out_dir: str, rel: str) -> dict:
     return {"bytes": os.path.getsize(p), "sha256": file_sha256(p)}
 
 
-def _run_split(source: DatasetSource, split: str, out_dir: str, todo: list, opts: ConvertOptions, log) -> dict:
+def _run_split(source: DatasetSource, split: str, out_dir: str, todo: list, opts: ConvertOptions) -> dict:
     """Decode/encode one split once and write the formats in ``todo``; return counts, skips and timings."""
     samples = source.splits[split]
     skipped = [(p, r) for s, p, r in source.skipped if s == split]
@@ -191,20 +209,18 @@ def _record_split(m: dict, split: str, res: dict) -> None:
         [{"split": split, "path": p, "reason": r} for p, r in res["skipped"]]
 
 
-def convert(source: DatasetSource, out_root: str, opts: ConvertOptions, log=sys.stderr) -> dict:
-    """Convert ``source`` into ``<out_root>/<source.name>/``; return a summary (manifest + per-split timings)."""
+def convert(source: DatasetSource, out_root: str, opts: ConvertOptions, log=None) -> dict:
+    """Convert ``source`` into ``<out_root>/<source.name>/``; return a summary (manifest + per-split timings).
+    Messages go to ``log`` (default: the current ``sys.stderr``)."""
+    log = log or sys.stderr
     bad = [f for f in opts.formats if f not in FORMATS]
     if bad or not opts.formats:
         raise ConvertError(f"--formats: unknown {bad}; choose from {', '.join(FORMATS)}")
     out_dir = os.path.join(os.path.abspath(out_root), source.name)
     os.makedirs(out_dir, exist_ok=True)
-    m = _open_existing(out_dir, source, opts.policy, opts.force)
-    if m is None:
-        m = new_manifest(source.name, source.source, source.classes, opts.policy.as_dict())
-        for fmt in FORMATS:
-            for split in source.splits:
-                _remove_stale(out_dir, fmt, split)
-        write_manifest(out_dir, m)
+    m = _start_manifest(out_dir, source, opts.policy, opts.force)
+    _remove_unlisted(out_dir, m)
+    write_manifest(out_dir, m)
     timings = {}
     for split in source.splits:
         todo = [f for f in opts.formats if not _complete(out_dir, m, f, split)]
@@ -213,9 +229,9 @@ def convert(source: DatasetSource, out_root: str, opts: ConvertOptions, log=sys.
             continue
         for fmt in todo:
             m["formats"].get(fmt, {}).pop(split, None)
-            _remove_stale(out_dir, fmt, split)
         write_manifest(out_dir, m)
-        res = _run_split(source, split, out_dir, todo, opts, log)
+        _remove_unlisted(out_dir, m)
+        res = _run_split(source, split, out_dir, todo, opts)
         _record_split(m, split, res)
         if res["dali"] is not None:
             m["formats"].setdefault("dali", {})[split] = res["dali"]

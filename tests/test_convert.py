@@ -1,0 +1,308 @@
+"""tools/convert_datasets.py on ImageNet-, CIFAR-100- and ImageFolder-style sources built from real photos, read back
+with FFCV's Loader and DALI's webdataset reader (CPU), plus the bad-input, rerun, interrupt and determinism rules."""
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets_builders import (BAD_CONVERTED, BAD_SKIPPED, CIFAR100_CLASSES, make_cifar100_release,
+                               make_folder_tree, make_imagenet_tree, photo_tiles, read_dali, read_ffcv,
+                               run_convert_cli)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = (32, 40)                       # (h, w) of the stored images; the sources' "large" class is twice that
+COMMON = ["--workers", "2", "--no-progress", "--shard-size", "4", "--max-resolution", str(max(SIZE))]
+
+
+def _manifest(d):
+    with open(os.path.join(d, "manifest.json")) as f:
+        return json.load(f)
+
+
+def _sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _data_files(d):
+    """{relative path: sha256} of every file in a dataset dir except the manifest (it holds a creation time)."""
+    out = {}
+    for base, _, files in os.walk(d):
+        for f in files:
+            rel = os.path.relpath(os.path.join(base, f), d)
+            if rel != "manifest.json":
+                out[rel] = _sha(os.path.join(d, rel))
+    return out
+
+
+def _jpeg_roundtrip_error(expected, quality):
+    """PIL's own JPEG round trip of the expected pixels: the independent yardstick for "within JPEG tolerance"."""
+    buf = io.BytesIO()
+    Image.fromarray(expected).save(buf, format="JPEG", quality=quality)
+    diff = np.abs(np.asarray(Image.open(buf).convert("RGB"), np.int16) - expected)
+    return diff.mean(), np.percentile(diff, 99)
+
+
+def _assert_close(stored, expected, what, quality=90):
+    """Stored pixels may differ from the source by about what one JPEG encode at ``quality`` costs, no more (the
+    factor 2 covers OpenCV's encoder vs PIL's and FFCV's fast TurboJPEG decoding; a wrong image, a channel swap or a
+    shift is 5-20x the yardstick)."""
+    assert stored.shape == expected.shape, (what, stored.shape, expected.shape)
+    diff = np.abs(stored.astype(np.int16) - expected.astype(np.int16))
+    ref_mean, ref_p99 = _jpeg_roundtrip_error(expected, quality)
+    assert diff.mean() <= 2 * ref_mean + 1 and np.percentile(diff, 99) <= 2 * ref_p99 + 4, \
+        (what, diff.mean(), np.percentile(diff, 99), ref_mean, ref_p99)
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory):
+    """Three ImageNet trees (val in folders / flat + LOC csv / flat + ground truth & devkit), each converted."""
+    base = tmp_path_factory.mktemp("imagenet")
+    out = {}
+    for layout, extra in (("folders", []), ("loc_csv", ["--write-mode", "jpg"]), ("ground_truth", [])):
+        src = str(base / layout)
+        exp = make_imagenet_tree(src, size=SIZE, val_layout=layout)
+        rc, err = run_convert_cli(["imagenet", "--src", src, "--out", str(base / f"out_{layout}")] + COMMON + extra)
+        assert rc == 0, err
+        out[layout] = (src, exp, str(base / f"out_{layout}" / "imagenet"), err)
+    return out
+
+
+def test_bad_inputs_are_listed_not_fatal(imagenet):
+    _, exp, d, err = imagenet["folders"]
+    m = _manifest(d)
+    skipped = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert set(skipped) == set(exp.skipped["train"]) and len(skipped) == len(BAD_SKIPPED)
+    assert "truncated" in skipped[exp.skipped["train"][0]] and "0 bytes" in skipped[exp.skipped["train"][1]]
+    assert all(r for r in skipped.values())
+    for path in skipped:
+        assert path in err                                 # the stderr summary names each one
+    converted = {os.path.basename(p) for p, _, _ in exp.splits["train"]}
+    assert all(any(n.endswith(b) for n in converted) for b in BAD_CONVERTED)
+
+
+@pytest.mark.parametrize("layout", ["folders", "loc_csv", "ground_truth"])
+def test_imagenet_read_back(imagenet, layout):
+    """Class order, labels, counts and pixels of both formats against the independently built expectation."""
+    _, exp, d, _ = imagenet[layout]
+    m = _manifest(d)
+    assert m["classes"] == exp.classes == sorted(exp.classes) and m["num_classes"] == len(exp.classes)
+    for split in ("train", "val"):
+        rows = exp.splits[split]
+        labels = np.array([lab for _, lab, _ in rows])
+        assert m["splits"][split]["count"] == len(rows)
+        assert m["splits"][split]["label_counts"] == np.bincount(labels, minlength=len(exp.classes)).tolist()
+        images, got = read_ffcv(os.path.join(d, f"{split}.beton"))
+        np.testing.assert_array_equal(got, labels)
+        shards = m["formats"]["dali"][split]["shards"]
+        assert [s["start"] for s in shards] == list(range(0, len(rows), 4))
+        dimages, dgot = read_dali(d, shards)
+        np.testing.assert_array_equal(dgot, labels)
+        for (path, _, ref), a, b in zip(rows, images, dimages):
+            _assert_close(a, ref, f"ffcv {path}")
+            _assert_close(b, ref, f"dali {path}")
+
+
+def test_ffcv_proportion_mode_stores_raw_pixels_exactly(imagenet):
+    """Default ImageNet policy (proportion 0.5): raw records are the decoded source pixels (+-1 where shrunk 2x)."""
+    from ffcv.reader import Reader
+    _, exp, d, _ = imagenet["folders"]
+    assert _manifest(d)["image_policy"]["write_mode"] == "proportion"
+    reader = Reader(os.path.join(d, "train.beton"))
+    modes = reader.metadata[f"f{reader.field_names.index('image')}"]["mode"]
+    assert set(modes.tolist()) == {0, 1}                   # both JPEG (0) and raw (1) records occur
+    images, _ = read_ffcv(os.path.join(d, "train.beton"))
+    for (path, _, ref), img, mode in zip(exp.splits["train"], images, modes):
+        if mode == 1:
+            assert np.abs(img.astype(int) - ref).max() <= 1, path
+
+
+def test_dali_index_matches_wds2idx(imagenet):
+    """Our index file equals what DALI's own wds2idx tool writes for the same tar."""
+    sys.path.insert(0, os.path.join(sys.prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                                    "site-packages"))
+    wds2idx = pytest.importorskip("wds2idx")
+    _, _, d, _ = imagenet["folders"]
+    for s in _manifest(d)["formats"]["dali"]["train"]["shards"]:
+        theirs = os.path.join(d, "theirs.idx")
+        with wds2idx.IndexCreator(os.path.join(d, s["tar"]), theirs, verbose=False) as ic:
+            ic.create_index()
+        with open(theirs) as f, open(os.path.join(d, s["index"])) as g:
+            assert g.read() == f.read()
+        os.remove(theirs)
+
+
+def test_wnid_order_file_and_dali_only(imagenet, tmp_path):
+    src, exp, _, _ = imagenet["ground_truth"]
+    rc, err = run_convert_cli(["imagenet", "--src", src, "--out", str(tmp_path), "--formats", "dali", "--splits",
+                               "val", "--wnid-order", os.path.join(src, "devkit_wnids.txt")] + COMMON)
+    assert rc == 0, err
+    d = tmp_path / "imagenet"
+    m = _manifest(d)
+    assert list(m["formats"]) == ["dali"] and list(m["splits"]) == ["val"] and not os.path.exists(d / "val.beton")
+    _, labels = read_dali(str(d), m["formats"]["dali"]["val"]["shards"])
+    np.testing.assert_array_equal(labels, [lab for _, lab, _ in exp.splits["val"]])
+
+
+def test_cifar100_release(tmp_path):
+    src = make_cifar100_release(str(tmp_path / "src"), train_per_class=2, test_per_class=1)
+    rc, err = run_convert_cli(["cifar100", "--src", src, "--out", str(tmp_path / "out"), "--workers", "2",
+                               "--no-progress"])
+    assert rc == 0, err
+    d = str(tmp_path / "out" / "cifar100")
+    m = _manifest(d)
+    assert m["classes"] == CIFAR100_CLASSES and m["image_policy"]["max_resolution"] == 32
+    for split, n, seed in (("train", 200, 0), ("val", 100, 1)):
+        tiles = photo_tiles(n, (32, 32), seed)               # what make_cifar100_release pickled, in order
+        labels = np.arange(n) % 100
+        assert m["splits"][split] == {"count": n, "label_counts": np.bincount(labels, minlength=100).tolist()}
+        images, got = read_ffcv(os.path.join(d, f"{split}.beton"))
+        np.testing.assert_array_equal(got, labels)
+        for i in range(n):
+            _assert_close(images[i], tiles[i], f"ffcv {split} {i}", quality=95)
+        dimages, dgot = read_dali(d, m["formats"]["dali"][split]["shards"])
+        np.testing.assert_array_equal(dgot, labels)
+        for i in range(n):
+            _assert_close(dimages[i], tiles[i], f"dali {split} {i}", quality=95)
+    # the extracted folder gives the same data
+    rc, err = run_convert_cli(["cifar100", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out2"),
+                               "--workers", "2", "--no-progress"])
+    assert rc == 0, err
+    assert _data_files(d) == _data_files(str(tmp_path / "out2" / "cifar100"))
+
+
+def test_folder_tree(tmp_path):
+    exp = make_folder_tree(str(tmp_path / "src"), classes=("tulip", "daisy", "rose"), size=SIZE)
+    rc, err = run_convert_cli(["folder", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                               "--formats", "ffcv"] + COMMON)
+    assert rc == 0, err
+    d = str(tmp_path / "out" / "folder")
+    assert _manifest(d)["classes"] == ["daisy", "rose", "tulip"] and not os.path.exists(os.path.join(d, "dali"))
+    for split in ("train", "val"):
+        images, labels = read_ffcv(os.path.join(d, f"{split}.beton"))
+        np.testing.assert_array_equal(labels, [lab for _, lab, _ in exp.splits[split]])
+        for (path, _, ref), img in zip(exp.splits[split], images):
+            _assert_close(img, ref, path)
+
+
+def test_same_input_same_bytes_whatever_the_workers(imagenet, tmp_path):
+    src, _, d, _ = imagenet["folders"]
+    args = ["imagenet", "--src", src, "--out", str(tmp_path)] + COMMON
+    rc, err = run_convert_cli(args[:-len(COMMON)] + ["--workers", "1"] + COMMON[2:])
+    assert rc == 0, err
+    again = _data_files(str(tmp_path / "imagenet"))
+    assert again == _data_files(d) and len(again) == 2 + 2 * (4 + 2)   # 2 betons, 4+2 shards with their indexes
+    assert _manifest(str(tmp_path / "imagenet"))["formats"] == _manifest(d)["formats"]
+
+
+@pytest.fixture
+def small_tree(tmp_path):
+    src = str(tmp_path / "src")
+    make_imagenet_tree(src, num_classes=2, per_class=3, val_per_class=2, size=SIZE, bad_cases=False)
+    return src, ["imagenet", "--src", src, "--out", str(tmp_path / "out")] + COMMON, str(tmp_path / "out/imagenet")
+
+
+def test_rerun_is_a_noop_and_force_redoes(small_tree):
+    _, args, d = small_tree
+    assert run_convert_cli(args)[0] == 0
+    files = _data_files(d)
+    mtimes = {f: os.stat(os.path.join(d, f)).st_mtime_ns for f in files}
+    rc, err = run_convert_cli(args)
+    assert rc == 0 and err.count("already complete") == 2
+    assert {f: os.stat(os.path.join(d, f)).st_mtime_ns for f in files} == mtimes
+    rc, err = run_convert_cli(args + ["--force"])
+    assert rc == 0 and "already complete" not in err
+    assert all(os.stat(os.path.join(d, f)).st_mtime_ns != mtimes[f] for f in files)
+    assert _data_files(d) == files
+    mtimes = {f: os.stat(os.path.join(d, f)).st_mtime_ns for f in files}
+    rc, err = run_convert_cli(args + ["--force", "--splits", "val"])  # redoes val only, keeps train
+    assert rc == 0, err
+    assert all((os.stat(os.path.join(d, f)).st_mtime_ns == mtimes[f]) == f.startswith(("train", "dali/train"))
+               for f in files)
+    assert _data_files(d) == files and set(_manifest(d)["formats"]["dali"]) == {"train", "val"}
+    rc, err = run_convert_cli(args + ["--jpeg-quality", "80"])        # other settings need --force
+    assert rc == 1 and "--force" in err and "image_policy" in err
+
+
+@pytest.mark.parametrize("where", ["shards", "beton"])
+def test_interrupted_run_leaves_nothing_complete_and_rerun_finishes(small_tree, monkeypatch, tmp_path, where):
+    _, args, d = small_tree
+    rc, _ = run_convert_cli(args[:-len(COMMON)] + ["--out", str(tmp_path / "clean")] + COMMON)
+    assert rc == 0
+    clean = _data_files(str(tmp_path / "clean" / "imagenet"))
+
+    import neatt.datasets.dali_writer as dw
+    import neatt.datasets.ffcv_writer as fw
+    calls = {"n": 0}
+    real = dw.ShardWriter.write if where == "shards" else fw._StagedRecords.__getitem__
+
+    def interrupted(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt                      # Ctrl-C in the middle of the train split
+        return real(self, *a)
+    if where == "shards":
+        monkeypatch.setattr(dw.ShardWriter, "write", interrupted)
+    else:   # inside FFCV's writer process, which dies; the parent sees an incomplete file
+        monkeypatch.setattr(fw, "write_beton", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    rc, err = run_convert_cli(args)
+    assert rc == 130 and "rerun" in err
+    m = _manifest(d)
+    assert "train" not in m["formats"].get("ffcv", {})
+    if where == "shards":
+        assert m["formats"] == {} and m["splits"] == {}
+    else:
+        assert "train" in m["formats"]["dali"]            # DALI finished before the .beton was interrupted
+    listed = {s[k] for e in m["formats"].get("dali", {}).values() for s in e["shards"] for k in ("tar", "index")}
+    for f in _data_files(d):
+        assert f in listed, f"{f} exists but the manifest does not list it"
+    # a killed run leaves partial files behind (a SIGKILL runs no cleanup): fake some, plus a stray old shard
+    os.makedirs(os.path.join(d, "dali"), exist_ok=True)
+    for stale in ("train.beton.partial", "train.beton.staging.partial", "dali/train-00000.tar.partial",
+                  "dali/train-00009.tar"):
+        with open(os.path.join(d, stale), "wb") as f:
+            f.write(b"junk")
+    monkeypatch.undo()
+    rc, err = run_convert_cli(args)
+    assert rc == 0, err
+    assert _data_files(d) == clean
+
+
+def test_strict_makes_skips_an_error(imagenet, tmp_path):
+    src, exp, _, _ = imagenet["folders"]
+    rc, err = run_convert_cli(["imagenet", "--src", src, "--out", str(tmp_path), "--strict", "--formats", "dali",
+                               "--splits", "train"] + COMMON)
+    assert rc == 1 and "--strict" in err
+    assert all(p in err for p in exp.skipped["train"])
+    m = _manifest(tmp_path / "imagenet")
+    assert m["formats"] == {} and not [f for f in _data_files(tmp_path / "imagenet")]
+
+
+def test_missing_source_names_the_layout_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_datasets.py"), "imagenet", "--src",
+                        str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "train/<wnid>/*.JPEG" in r.stderr and str(tmp_path / "nowhere") in r.stderr
+    for args, needle in ((["cifar100", "--src", str(tmp_path)], "cifar-100-python.tar.gz"),
+                         (["folder", "--src", str(tmp_path / "nowhere")], "<split>/<class>/<image>"),
+                         (["imagenet"], "needs --src")):
+        rc, err = run_convert_cli(args + ["--out", str(tmp_path / "out")])
+        assert rc == 2 and needle in err, err
+
+
+def test_misstructured_imagenet(tmp_path):
+    src = tmp_path / "src"
+    (src / "train" / "cats").mkdir(parents=True)
+    rc, err = run_convert_cli(["imagenet", "--src", str(src), "--out", str(tmp_path / "out")])
+    assert rc == 2 and "not wnids" in err and "ILSVRC2012" in err
+    make_imagenet_tree(str(tmp_path / "flat"), num_classes=2, per_class=1, val_per_class=1, val_layout="loc_csv",
+                       bad_cases=False)
+    os.remove(tmp_path / "flat" / "LOC_val_solution.csv")
+    rc, err = run_convert_cli(["imagenet", "--src", str(tmp_path / "flat"), "--out", str(tmp_path / "out")])
+    assert rc == 2 and "no labels file" in err and "LOC_val_solution.csv" in err
