@@ -2,7 +2,7 @@
 
 One block, H heads, N tokens::
 
-    a_l = q_l k_l^T / sqrt(d)                        (B, H, N, N)
+    a_l = q_l k_l^T / sqrt(d)                        (H, B, N, N), head-major (see NestedAttention.forward)
     z_1 = a_l                                        first block
     s_l = a_l + z_{l-1};  z_l = s_l + g_l(s_l)       later blocks, g_l mixes across heads
     z_l = z_l + sigma * eps                          training only, eps ~ N(0, 1)
@@ -19,6 +19,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['HeadMix', 'NestedAttention']
+
+
+class _LeakyReLU(torch.autograd.Function):
+    """LeakyReLU that saves only its output, with the fast backward kernel.
+
+    `F.leaky_relu(inplace=True)` also saves only the output, but its backward (`self_is_result=True`) runs about
+    3x slower on CPU than the input-based kernel. For a positive slope the output has the sign of the input, so
+    the input-based kernel applied to the output gives the same gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, negative_slope: float) -> torch.Tensor:
+        out = F.leaky_relu(x, negative_slope)
+        ctx.save_for_backward(out)
+        ctx.negative_slope = negative_slope
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out, = ctx.saved_tensors
+        return torch.ops.aten.leaky_relu_backward(grad, out, ctx.negative_slope, False), None
 
 
 class HeadMix(nn.Module):
@@ -65,22 +86,14 @@ class HeadMix(nn.Module):
             nn.init.zeros_(fc.bias)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        """Return `s + g(s)` for logits `s` of shape (B, H, N, M)."""
-        B, H, N, M = s.shape
-        x = s.reshape(B, H, N * M)
-        h = self._linear(x, self.fc1)
-        h = F.leaky_relu(h, self.negative_slope, inplace=True)
-        h = self._linear(h, self.fc2)
-        h = F.leaky_relu(h, self.negative_slope, inplace=True)
-        # residual folded in: baddbmm computes x + W3 @ h in one pass over the logits
-        z = torch.baddbmm(x, self.fc3.weight.expand(B, -1, -1), h)
-        z = z + self.fc3.bias.to(z.dtype).view(1, -1, 1)
-        return z.view(B, H, N, M)
-
-    @staticmethod
-    def _linear(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
-        """`fc` over dim 1 of a (B, C, L) tensor: W (C', C) @ x (C, L) + b, batched over B (autocast casts)."""
-        return torch.baddbmm(fc.bias.view(1, -1, 1), fc.weight.expand(x.shape[0], -1, -1), x)
+        """Return `s + g(s)` for head-major logits `s` of shape (H, ...), e.g. (H, B, N, N)."""
+        x = s.reshape(s.shape[0], -1)
+        h = _LeakyReLU.apply(torch.addmm(self.fc1.bias[:, None], self.fc1.weight, x), self.negative_slope)
+        h = _LeakyReLU.apply(torch.addmm(self.fc2.bias[:, None], self.fc2.weight, h), self.negative_slope)
+        # residual folded in: addmm computes x + W3 @ h in one pass over the logits
+        z = torch.addmm(x, self.fc3.weight, h)
+        z.add_(self.fc3.bias[:, None])  # in place: addmm's backward does not need its output
+        return z.view(s.shape)
 
 
 class NestedAttention(nn.Module):
@@ -154,35 +167,42 @@ class NestedAttention(nn.Module):
             x: torch.Tensor,
             z_prev: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x (B, N, C) and the previous block's logits -> (out (B, N, C), this block's logits or None).
+
+        The logits are head-major, (H, B, N, N), from block to block: g_l is then a plain 2-D matmul over the
+        head axis (one GEMM per layer, no permute copies, no per-batch weight-gradient reduction).
+        """
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        H = self.num_heads
+        qkv = self.qkv(x).reshape(B, N, 3, H, self.head_dim).permute(2, 3, 0, 1, 4)
+        q, k, v = qkv.unbind(0)  # (H, B, N, d) each
         q, k = self.q_norm(q), self.k_norm(k)
         chain_in = z_prev is not None and self.neatt_chain and not self.first
         noisy = self.training and self.neatt_sigma > 0
 
-        if self.head_mix is None and not chain_in and not self.neatt_chain:
+        if self.head_mix is None and not self.neatt_chain:
             # Nothing needs the logits: fused SDPA, with the noise (if any) as an additive mask.
-            noise = self._noise(q.new_empty(B, self.num_heads, N, N)) if noisy else None
-            x = F.scaled_dot_product_attention(
-                q, k, v,
+            noise = self._noise(q.new_empty(H, B, N, N)).transpose(0, 1) if noisy else None
+            o = F.scaled_dot_product_attention(
+                q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
                 attn_mask=noise,
                 dropout_p=self.attn_drop.p if self.training else 0.,
-            )
+            )  # (B, H, N, d)
+            x = o.transpose(1, 2).reshape(B, N, C)
             z = None
         else:
             z = self._logits(q, k, z_prev if chain_in else None)
             if self.head_mix is not None:
                 z = self.head_mix(z)
             if noisy:
-                z = z + self._noise(z)
+                z = z.add_(self._noise(z))  # in place: nothing saved for backward reads z before softmax
             # softmax in fp32 whatever the autocast dtype: chained and noisy logits grow with depth
             attn = torch.softmax(z, dim=-1, dtype=torch.float32).to(v.dtype)
             attn = self.attn_drop(attn)
-            x = attn @ v
+            o = torch.bmm(attn.view(H * B, N, N), v.reshape(H * B, N, self.head_dim))
+            x = o.view(H, B, N, self.head_dim).permute(1, 2, 0, 3).reshape(B, N, C)
             z = z if self.neatt_chain else None
 
-        x = x.transpose(1, 2).reshape(B, N, C)
         x = self.norm(x)
         x = self.proj(x)
         x = self.proj_drop(x)
@@ -190,15 +210,16 @@ class NestedAttention(nn.Module):
 
     def _logits(self, q: torch.Tensor, k: torch.Tensor, z_prev: Optional[torch.Tensor]) -> torch.Tensor:
         """a = q k^T * scale, plus z_prev when chaining (one baddbmm, no separate add over the logits)."""
-        B, H, N, D = q.shape
-        q = q.reshape(B * H, N, D)
-        kt = k.reshape(B * H, N, D).transpose(1, 2)
+        H, B, N, D = q.shape
+        q = q.reshape(H * B, N, D)
+        kt = k.reshape(H * B, N, D).transpose(1, 2)
         if z_prev is None:
-            a = torch.bmm(q, kt) * self.scale
+            a = torch.baddbmm(q.new_zeros(()).expand(H * B, N, N), q, kt, beta=0., alpha=self.scale)
         else:
-            a = torch.baddbmm(z_prev.reshape(B * H, N, N), q, kt, alpha=self.scale)
-        return a.view(B, H, N, N)
+            a = torch.baddbmm(z_prev.reshape(H * B, N, N), q, kt, alpha=self.scale)
+        return a.view(H, B, N, N)
 
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
-        """sigma * eps, drawn with `torch.randn_like` from the global RNG so that a reseeded run repeats it."""
-        return torch.randn_like(like) * self.neatt_sigma
+        """sigma * eps, drawn with `torch.randn_like` on the head-major (H, B, N, N) logits from the global RNG,
+        so that a reseeded run (or a reference computation) draws the same eps."""
+        return torch.randn_like(like).mul_(self.neatt_sigma)
