@@ -37,10 +37,14 @@ _GRAY_WEIGHTS = (19595.0, 38470.0, 7471.0)
 def grayscale(img: torch.Tensor) -> torch.Tensor:
     """PIL's RGB -> L conversion, (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, as float (N, 1, H, W).
 
-    The sums stay below 2**24, so float32 holds them exactly and the division by 2**16 is exact.
+    The sums stay below 2**24, so float32 holds them exactly and the division by 2**16 is exact. Computed as
+    a (pixels, 3) @ (3,) product on the channels_last memory (a reduction over a size-3 inner dim is slow).
     """
-    w = torch.tensor(_GRAY_WEIGHTS, device=img.device).view(1, 3, 1, 1)
-    return torch.floor((img.float() * w).sum(1, keepdim=True).add_(32768.0).div_(65536.0))
+    n, c, h, w = img.shape
+    weights = torch.tensor(_GRAY_WEIGHTS, device=img.device)
+    pixels = img.permute(0, 2, 3, 1).reshape(n * h * w, c).float()
+    gray = torch.mv(pixels, weights).add_(32768.0).div_(65536.0).floor_()
+    return gray.view(n, h, w, 1).permute(0, 3, 1, 2)
 
 
 def invert(img: torch.Tensor, arg=None) -> torch.Tensor:
@@ -65,10 +69,11 @@ def solarize(img: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
 
 
 def solarize_add(img: torch.Tensor, add: torch.Tensor, thresh: int = 128) -> torch.Tensor:
-    """timm's solarize_add: pixels < thresh get `min(255, pixel + add)`."""
-    add = _per_image(add.clamp(0, 255), torch.uint8)
-    added = torch.minimum(img, 255 - add) + add  # saturating uint8 add
-    return torch.where(img < thresh, added, img)
+    """timm's solarize_add: pixels < thresh get `min(255, pixel + add)` (timm's table, per image)."""
+    n, c = img.shape[:2]
+    levels = torch.arange(256, device=img.device, dtype=torch.float64)
+    lut = torch.where(levels < thresh, (levels + add.view(n, 1, 1)).clamp(max=255), levels).expand(n, c, 256)
+    return _apply_lut(lut, _lut_index(img), img.shape)
 
 
 def color(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -102,29 +107,48 @@ def sharpness(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return blend(degenerate, img, factor)
 
 
+def _lut_index(img: torch.Tensor) -> torch.Tensor:
+    """Flat int32 index into per-image, per-channel 256-entry tables: value + 256 * (channel + C * image).
+
+    In the channels_last memory order of `img`; int32 keeps it small (index_select and bincount take it).
+    The offsets are tiled along a row's W*C values, so the add runs over long contiguous rows.
+    """
+    n, c, h, w = img.shape
+    offsets = (torch.arange(n, device=img.device).view(n, 1, 1) * c
+               + torch.arange(c, device=img.device).repeat(w).view(1, 1, w * c)).int() * 256
+    return (img.permute(0, 2, 3, 1).reshape(n, h, w * c).int() + offsets).view(-1)
+
+
+def _apply_lut(lut: torch.Tensor, index: torch.Tensor, shape) -> torch.Tensor:
+    """Tables (N, C, 256) applied through `_lut_index`'s index -> uint8 (N, C, H, W), channels_last."""
+    n, c, h, w = shape
+    return lut.to(torch.uint8).view(-1).index_select(0, index).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
 def auto_contrast(img: torch.Tensor, arg=None) -> torch.Tensor:
-    """PIL ImageOps.autocontrast (cutoff 0): per channel, `int(x * scale + offset)` with PIL's float64 formula."""
-    lo = img.amin(dim=(2, 3), keepdim=True).double()
-    hi = img.amax(dim=(2, 3), keepdim=True).double()
+    """PIL ImageOps.autocontrast (cutoff 0): per channel, the table `int(i * scale + offset)`, PIL's float64 math."""
+    lo = img.amin(dim=(2, 3)).double().unsqueeze(2)
+    hi = img.amax(dim=(2, 3)).double().unsqueeze(2)
     scale = 255.0 / (hi - lo).clamp(min=1)
-    offset = -lo * scale
-    out = torch.trunc(img.double() * scale + offset).clamp_(0, 255).to(torch.uint8)
-    return torch.where(hi > lo, out, img)  # PIL leaves a flat channel alone
+    levels = torch.arange(256, device=img.device, dtype=torch.float64)
+    lut = torch.trunc(levels * scale + -lo * scale).clamp_(0, 255)
+    lut = torch.where(hi > lo, lut, levels)  # PIL leaves a flat channel alone
+    return _apply_lut(lut, _lut_index(img), img.shape)
 
 
 def equalize(img: torch.Tensor, arg=None) -> torch.Tensor:
     """PIL ImageOps.equalize: per channel, the histogram's cumulative sum as a lookup table (PIL's integer steps)."""
     n, c, h, w = img.shape
-    flat = img.reshape(n * c, h * w).long()
-    hist = torch.zeros(n * c, 256, dtype=torch.long, device=img.device)
-    hist.scatter_add_(1, flat, torch.ones_like(flat))
-    top = flat.amax(1, keepdim=True)  # the last non-empty bin
-    step = (h * w - hist.gather(1, top)) // 255
-    before = hist.cumsum(1) - hist  # pixels below each level
+    index = _lut_index(img)
+    hist = torch.bincount(index, minlength=n * c * 256).view(n, c, 256)
+    levels = torch.arange(256, device=img.device)
+    top = torch.where(hist > 0, levels, 0).amax(dim=2, keepdim=True)  # the last non-empty bin of each channel
+    step = (h * w - hist.gather(2, top)) // 255
+    before = hist.cumsum(2) - hist  # pixels below each level
     lut = ((step // 2) + before).div_(step.clamp(min=1), rounding_mode='floor').clamp_(max=255)
     # PIL keeps the channel when step is 0 (which includes a channel with a single level)
-    lut = torch.where(step > 0, lut, torch.arange(256, device=img.device))
-    return lut.gather(1, flat).to(torch.uint8).view(n, c, h, w)
+    lut = torch.where(step > 0, lut, levels)
+    return _apply_lut(lut, index, img.shape)
 
 
 def affine_matrix(name: str, arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -164,23 +188,22 @@ GEOMETRIC_OPS = ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'TranslateXRel'
 def warp_affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], bicubic: bool) -> torch.Tensor:
     """PIL `Image.transform(AFFINE, matrix, resample, fillcolor=fill)` for a batch, one matrix per image.
 
-    PIL samples at pixel centres, clamps the interpolation taps to the image edge, and paints `fill` where the
-    source point falls outside the image; `grid_sample(padding_mode='border')` plus that mask does the same.
-    PIL's affine bicubic is the a = -1 cubic, torch's is a = -0.75: bicubic results differ a little at edges.
+    PIL samples at pixel centres, clamps the interpolation taps to the image edge, paints `fill` where the
+    source point falls outside the image, and truncates to uint8; `grid_sample(padding_mode='border')`, that
+    mask and truncation do the same. PIL's affine bicubic is the a = -1 cubic, torch's the a = -0.75 one: the
+    bicubic results differ by a few levels at sharp edges (tests/test_augment_ops.py states the bound).
     """
     n, c, h, w = img.shape
     dev = img.device
-    xs = torch.arange(w, device=dev, dtype=torch.float64).add_(0.5)
-    ys = torch.arange(h, device=dev, dtype=torch.float64).add_(0.5).view(h, 1)
-    m = matrix.view(n, 6, 1, 1)
-    # source point of every output pixel centre, in PIL's continuous pixel coordinates, then grid_sample's [-1, 1]
-    src_x = (m[:, 0] * xs + m[:, 1] * ys + m[:, 2]).float()
-    src_y = (m[:, 3] * xs + m[:, 4] * ys + m[:, 5]).float()
-    inside = ((src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)).unsqueeze(1)
-    grid = torch.stack((src_x.mul_(2.0 / w).sub_(1.0), src_y.mul_(2.0 / h).sub_(1.0)), dim=-1)
-    out = F.grid_sample(img.float().contiguous(), grid, mode='bicubic' if bicubic else 'bilinear',
-                        padding_mode='border', align_corners=False)
-    out = out.clamp_(0, 255).to(torch.uint8)  # PIL truncates (verified against Image.transform)
+    # grid_sample's normalized coordinates: u = 2 x / w - 1 for PIL's continuous x (pixel centres at i + 0.5)
+    to_norm = torch.tensor([[2.0 / w, 0, -1], [0, 2.0 / h, -1], [0, 0, 1]], dtype=torch.float64, device=dev)
+    from_norm = torch.linalg.inv(to_norm)
+    theta = (to_norm[:2] @ torch.cat([matrix, matrix.new_tensor([0, 0, 1]).expand(n, 1, 3)], 1) @ from_norm)
+    grid = F.affine_grid(theta.float(), [n, c, h, w], align_corners=False)
+    inside = ((grid >= -1) & (grid < 1)).all(dim=3).unsqueeze(1)
+    out = F.grid_sample(img.float(), grid, mode='bicubic' if bicubic else 'bilinear', padding_mode='border',
+                        align_corners=False)
+    out = out.clamp_(0, 255).to(torch.uint8)
     fill_t = torch.tensor(list(fill), dtype=torch.uint8, device=dev).view(1, c, 1, 1)
     return torch.where(inside, out, fill_t)
 
