@@ -115,13 +115,43 @@ def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float
         timm_s.append(timm_round())
         device_s.append(device_round())
     timm_ips, device_ips = batch_size / min(timm_s), batch_size / min(device_s)
+    erasing = bench_erasing(aug(batch, gen), reprob, remode, rounds) if reprob > 0 else None
     return {
         'aa': aa, 'batch_size': batch_size, 'img_size': img_size, 'reprob': reprob, 'remode': remode,
         'hflip': hflip, 'threads': threads, 'device': str(dev), 'rounds': rounds,
         'timm_pil': {'img_per_s': timm_ips, 'round_s': timm_s},
         'device_augment': {'img_per_s': device_ips, 'round_s': device_s, 'chunk_size': chunk_size},
         'ratio': device_ips / timm_ips,
+        'erasing': erasing,
     }
+
+
+def bench_erasing(normalized: torch.Tensor, reprob: float, remode: str, rounds: int) -> dict:
+    """Random erasing alone on a normalized batch: timm's RandomErasing (Python loop over the images) vs
+    BatchRandomErasing (DeviceAugment's), ms per batch; each round erases a fresh copy of the batch."""
+    from timm.data.random_erasing import RandomErasing
+    from pipelines.augment.erasing import BatchRandomErasing
+    B, C, H, W = normalized.shape
+    sync = torch.cuda.synchronize if normalized.is_cuda else (lambda: None)
+    timm_re = RandomErasing(reprob, mode=remode, device=normalized.device)
+    ours = BatchRandomErasing(reprob, mode=remode)
+    gen = torch.Generator().manual_seed(0)
+    noise_gen = gen if not normalized.is_cuda else torch.Generator(normalized.device).manual_seed(0)
+
+    def timed(fn):
+        best = float('inf')
+        for _ in range(rounds + 1):  # the first is a warm-up
+            x = normalized.clone()
+            sync()
+            t0 = time.perf_counter()
+            fn(x)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return best * 1000
+
+    timm_ms = timed(timm_re)
+    batched_ms = timed(lambda x: ours.paint(x, ours.sample(B, C, H, W, gen), noise_gen))
+    return {'timm_ms_per_batch': timm_ms, 'batched_ms_per_batch': batched_ms}
 
 
 def main(argv=None):
@@ -148,6 +178,10 @@ def main(argv=None):
     print(f"{'timm PIL per image (+stack)':<34}{res['timm_pil']['img_per_s']:>10.0f}{1.0:>12.2f}")
     print(f"{'DeviceAugment on ' + res['device']:<34}{res['device_augment']['img_per_s']:>10.0f}"
           f"{res['ratio']:>12.2f}")
+    if res['erasing']:
+        e = res['erasing']
+        print(f"random erasing alone, ms per batch: timm RandomErasing {e['timm_ms_per_batch']:.1f}, "
+              f"batched {e['batched_ms_per_batch']:.1f}")
     if args.json:
         tmp = args.json + '.tmp'
         with open(tmp, 'w') as f:

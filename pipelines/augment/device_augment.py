@@ -123,8 +123,8 @@ class DeviceAugment:
         for lo in range(0, B, chunk):
             hi = min(lo + chunk, B)
             self._normalize(x[lo:hi], out[lo:hi])
-            if erase is not None and erase.active[lo:hi].any():
-                self.erasing.paint(out[lo:hi], erase, torch.arange(lo, hi), noise_gen)
+        if erase is not None:
+            self.erasing.paint(out, erase, noise_gen)
         return out
 
     def _run_op(self, key: int, x: torch.Tensor, args: Optional[torch.Tensor], mats: Optional[torch.Tensor]):

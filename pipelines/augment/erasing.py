@@ -4,7 +4,7 @@ timm's `RandomErasing` (timm.data.random_erasing) loops over the images in Pytho
 `random` and torch's global RNG: per batch of 64 at 224 px that loop costs more on CPU than the rest of the
 normalize step (tools/bench_augment.py prints both), and its draws cannot be replayed from the loader's
 per-batch generator, which exact resume needs. This version draws every box for the batch as tensors from the
-given CPU generator and paints them with masks; its draws follow timm's algorithm step for step (probability,
+given CPU generator and paints them with one indexed write per box slot; its draws follow timm's algorithm step for step (probability,
 count in [min_count, max_count], up to 10 (area, log-aspect) attempts per box, first fitting attempt kept,
 uniform top/left), and tests/test_augment_erasing.py checks the resulting statistics against timm's.
 """
@@ -85,34 +85,58 @@ class BatchRandomErasing:
             colors = torch.randn((batch_size, self.max_count, channels), generator=generator)
         return EraseDraw(top, left, h, w, active, colors)
 
-    def paint(self, images: torch.Tensor, draw: EraseDraw, rows: torch.Tensor,
-              noise_generator: Optional[torch.Generator]) -> None:
-        """Erase `images[i]` (normalized float, in place) with the boxes of batch row `rows[i]` (CPU indices).
+    def paint(self, images: torch.Tensor, draw: EraseDraw, noise_generator: Optional[torch.Generator],
+              batched: Optional[bool] = None) -> None:
+        """Erase the drawn boxes of a normalized float (B, C, H, W) channels_last batch, in place.
 
+        `batched` (default: on any device but the CPU) lists every box pixel as a row of the (B*H*W, C) view
+        of the channels_last memory and writes them with one index_put per box slot: a handful of kernels
+        for the batch. On the CPU the index tensors cost more than they save (fresh memory for ~300k int64
+        per batch of 64 at 224 px: tools/bench_augment.py measured it ~3x slower than timm's loop), so there
+        the boxes are written as slices in a loop over the erased images, like timm's, which touches only the
+        erased pixels. Either way a later box slot paints over an earlier one, as in timm's loop.
         'pixel' noise comes from `noise_generator`, which lives on the images' device.
         """
-        n, C, H, W = images.shape
-        dev = images.device
-        top, left, h, w, active = (t[rows].to(dev, non_blocking=True)
-                                   for t in (draw.top, draw.left, draw.h, draw.w, draw.active))
-        ys = torch.arange(H, device=dev).view(1, 1, H)
-        xs = torch.arange(W, device=dev).view(1, 1, W)
-        in_rows = (ys >= top[..., None]) & (ys < (top + h)[..., None]) & active[..., None]  # (n, K, H)
-        in_cols = (xs >= left[..., None]) & (xs < (left + w)[..., None])  # (n, K, W)
+        if not images.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError('BatchRandomErasing.paint needs a channels_last batch')
+        if batched is None:
+            batched = images.device.type != 'cpu'
+        for k in range(self.max_count):
+            rows = torch.where(draw.active[:, k])[0]
+            if rows.numel():
+                (self._paint_indexed if batched else self._paint_slices)(images, draw, rows, k, noise_generator)
+
+    def _values(self, count: int, channels: int, color: Optional[torch.Tensor], like: torch.Tensor,
+                generator: Optional[torch.Generator]) -> torch.Tensor:
+        """(count, channels) fill values: N(0, 1) per pixel, the box's N(0, 1) color, or 0."""
+        if self.mode == 'pixel':
+            return torch.randn((count, channels), generator=generator, device=like.device, dtype=like.dtype)
         if self.mode == 'rand':
-            # boxes are painted in order, a later one over an earlier one, as in timm's loop
-            colors = draw.colors[rows].to(dev, dtype=images.dtype, non_blocking=True)
-            for k in range(self.max_count):
-                box = (in_rows[:, k, :, None] & in_cols[:, k, None, :]).unsqueeze(1)
-                images.copy_(torch.where(box, colors[:, k].view(n, C, 1, 1), images))
-            return
-        mask = (in_rows.unsqueeze(3) & in_cols.unsqueeze(2)).any(dim=1).unsqueeze(1).expand_as(images)
-        if self.mode == 'const':
-            images.masked_fill_(mask, 0.0)
+            return color.to(like.device, like.dtype).expand(count, channels)
+        return torch.zeros((), device=like.device, dtype=like.dtype).expand(count, channels)
+
+    def _paint_slices(self, images, draw: EraseDraw, rows, k, generator) -> None:
+        C = images.shape[1]
+        pixels_hwc = images.permute(0, 2, 3, 1)  # (B, H, W, C) view of the channels_last memory
+        for b, t, l, h, w in zip(*(v.tolist() for v in (rows, draw.top[rows, k], draw.left[rows, k],
+                                                         draw.h[rows, k], draw.w[rows, k]))):
+            color = draw.colors[b, k] if draw.colors is not None else None
+            pixels_hwc[b, t:t + h, l:l + w] = self._values(h * w, C, color, images, generator).view(h, w, C)
+
+    def _paint_indexed(self, images, draw: EraseDraw, rows, k, generator) -> None:
+        B, C, H, W = images.shape
+        dev = images.device
+        pixels = images.permute(0, 2, 3, 1).view(B * H * W, C)
+        top, left, h, w = (t[rows, k] for t in (draw.top, draw.left, draw.h, draw.w))
+        area = h * w
+        total = int(area.sum())  # known on the host: no device sync
+        box = torch.repeat_interleave(torch.arange(rows.numel(), device=dev), area.to(dev), output_size=total)
+        top, left, w, first = (t.to(dev, non_blocking=True) for t in (top, left, w, area.cumsum(0) - area))
+        offset = torch.arange(total, device=dev) - first[box]
+        bw = w[box]
+        index = (rows.to(dev)[box] * H + top[box] + offset // bw) * W + left[box] + offset % bw
+        colors = draw.colors[rows, k].to(dev, images.dtype)[box] if draw.colors is not None else None
+        if self.mode == 'rand':
+            pixels.index_put_((index,), colors)
         else:
-            if self.max_count == 1:  # one box: its area, known on the host without a device sync
-                count = C * int((draw.h[rows] * draw.w[rows] * draw.active[rows]).sum())
-            else:
-                count = int(mask.sum())
-            noise = torch.randn(count, generator=noise_generator, device=dev, dtype=images.dtype)
-            images.masked_scatter_(mask, noise)
+            pixels.index_put_((index,), self._values(total, C, None, images, generator))

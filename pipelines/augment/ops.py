@@ -195,17 +195,25 @@ def warp_affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], bi
     """
     n, c, h, w = img.shape
     dev = img.device
-    # grid_sample's normalized coordinates: u = 2 x / w - 1 for PIL's continuous x (pixel centres at i + 0.5)
-    to_norm = torch.tensor([[2.0 / w, 0, -1], [0, 2.0 / h, -1], [0, 0, 1]], dtype=torch.float64, device=dev)
-    from_norm = torch.linalg.inv(to_norm)
-    theta = (to_norm[:2] @ torch.cat([matrix, matrix.new_tensor([0, 0, 1]).expand(n, 1, 3)], 1) @ from_norm)
-    grid = F.affine_grid(theta.float(), [n, c, h, w], align_corners=False)
-    inside = ((grid >= -1) & (grid < 1)).all(dim=3).unsqueeze(1)
+    # grid_sample's normalized coordinates, u = 2 x / w - 1 for PIL's continuous x (pixel centres at i + 0.5):
+    # u_src = (2 / w) * (m00 x + m01 y + m02) - 1 at x = i + 0.5, y = j + 0.5, built from a row and a column
+    xs = torch.arange(w, device=dev, dtype=torch.float64).add_(0.5)
+    ys = torch.arange(h, device=dev, dtype=torch.float64).add_(0.5)
+    m = matrix.view(n, 6, 1)
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64, device=dev).view(1, 2, 1)
+    along_x = ((m[:, [0, 3]] * xs + m[:, [2, 5]]) * scale - 1).float()  # (n, 2, w)
+    along_y = (m[:, [1, 4]] * ys * scale).float()  # (n, 2, h)
+    grid = torch.empty(n, h, w, 2, device=dev)
+    torch.add(along_y.transpose(1, 2).unsqueeze(2), along_x.transpose(1, 2).unsqueeze(1), out=grid)
+    u, v = grid.unbind(3)
+    inside = (u >= -1) & (u < 1)  # PIL paints the fill where the source point is outside [0, w) x [0, h)
+    inside &= v >= -1
+    inside &= v < 1
     out = F.grid_sample(img.float(), grid, mode='bicubic' if bicubic else 'bilinear', padding_mode='border',
                         align_corners=False)
-    out = out.clamp_(0, 255).to(torch.uint8)
-    fill_t = torch.tensor(list(fill), dtype=torch.uint8, device=dev).view(1, c, 1, 1)
-    return torch.where(inside, out, fill_t)
+    fill_t = torch.tensor(list(fill), dtype=out.dtype, device=dev).view(1, c, 1, 1)
+    out = torch.where(inside.unsqueeze(1), out.clamp_(0, 255), fill_t)
+    return out.to(dtype=torch.uint8, memory_format=torch.channels_last)
 
 
 COLOR_OPS = {
