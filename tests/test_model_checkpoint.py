@@ -89,6 +89,17 @@ def test_neatt_to_vanilla_round_trip():
         torch.testing.assert_close(vanilla(x), off(x), rtol=1e-5, atol=1e-6)
 
 
+def test_neatt_pth_tar_loads_into_timm_vit(tmp_path):
+    """The reverse with the helper: a Ne-Att training checkpoint into timm's vanilla ViT."""
+    model = _neatt()
+    path = tmp_path / 'neatt.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'state_dict_ema': model.state_dict(), 'epoch': 1}, path)
+    vanilla = _vanilla()
+    report = load_checkpoint(vanilla, path)
+    assert report.source == 'state_dict_ema' and not report.missing and not report.unexpected
+    torch.testing.assert_close(vanilla.blocks[2].mlp.fc1.weight, model.blocks[2].mlp.fc1.weight, rtol=0, atol=0)
+
+
 def test_full_neatt_checkpoint_round_trip():
     src, dst = _neatt(seed=5), _neatt(seed=6)
     report = load_checkpoint(dst, {'state_dict': src.state_dict()})

@@ -224,7 +224,8 @@ def load_checkpoint(
     """Load a vanilla timm ViT or a Ne-Att checkpoint into `model`.
 
     Args:
-        model: the Ne-Att model (a vanilla timm `VisionTransformer` works too, for the reverse direction).
+        model: the Ne-Att model, or a vanilla timm `VisionTransformer` (the reverse direction: the checkpoint's
+            head-mixing MLPs are dropped, as `to_vanilla_state_dict` does).
         checkpoint: a path to a `torch.save`d file, or the loaded object: a raw state dict, or a timm-style
             `.pth.tar` dict with `state_dict` / `state_dict_ema` (also `model` / `model_ema`).
         use_ema: read `state_dict_ema` when the checkpoint has one (timm's default); otherwise `state_dict`.
@@ -252,6 +253,9 @@ def load_checkpoint(
         raise ValueError(f'checkpoint must be a dict (state dict or timm checkpoint), got {type(checkpoint).__name__}')
     state_dict, source = _select_state_dict(checkpoint, use_ema)
     state_dict = timm_vit_filter_fn(_strip_wrapper_prefixes(state_dict), model)
+    if not isinstance(model, NeAttVisionTransformer):
+        # the reverse direction: a vanilla timm ViT takes a Ne-Att checkpoint minus its head-mixing MLPs
+        state_dict = to_vanilla_state_dict(state_dict)
 
     own = model.state_dict()
     report = LoadReport(source=source)
