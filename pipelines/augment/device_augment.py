@@ -9,9 +9,11 @@ images an op touches are gathered without a GPU->CPU sync, and one seed gives th
 (resume and the tests rely on it). Only the per-pixel erasing noise is drawn on the batch's device, from a
 generator seeded by the CPU one.
 
-Each op runs once per slot on the images that drew it (index, op, index_put): the work follows what the policy
-asks for, not (number of ops) x (batch). On CPU the batch goes through in chunks of a few images so that the
-temporaries stay in cache; on an accelerator it is one chunk.
+Per stage (the flip, then each aa slot) the images are sorted by the op they drew (one row gather of the
+uint8 batch), so every op runs once, on one contiguous slice holding exactly the images that drew it: the work
+follows what the policy asks for, not (number of ops) x (batch), and there is no per-image Python loop. On CPU
+a slice goes through in chunks of a few images so that the float temporaries stay small; on an accelerator it
+is one call. Ops that change nothing at their drawn argument (`ops.is_identity`) are skipped.
 """
 from typing import NamedTuple, Optional
 
@@ -24,9 +26,7 @@ from .policy import BatchPolicy
 
 __all__ = ['DeviceAugment']
 
-_CPU_CHUNK = 8  # images per chunk on CPU (tools/bench_augment.py --chunk compares sizes)
-
-
+_CPU_CHUNK = 8  # images per op call on CPU (tools/bench_augment.py --chunk compares sizes)
 _FLIP = 10_000  # group key of the horizontal flip stage (aa keys are op indices, far below)
 
 
@@ -53,8 +53,8 @@ class DeviceAugment:
     cfg : AugmentConfig
         aa policy, erasing, flip, mean/std; `AugmentConfig(aa=None, reprob=0, hflip=0)` is eval (normalize only).
     chunk_size : int, optional
-        Images processed together; default 8 on CPU, the whole batch elsewhere. It changes speed, not the
-        drawn choices (the 'pixel' erasing noise values do depend on it).
+        At most this many images per op call; default 8 on CPU, the whole batch elsewhere. Speed only: the
+        result does not depend on it.
     """
 
     def __init__(self, cfg: AugmentConfig, chunk_size: Optional[int] = None):
