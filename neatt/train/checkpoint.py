@@ -67,8 +67,14 @@ def load_checkpoint(path: os.PathLike, what: str = 'checkpoint') -> dict:
 
 
 def capture_rng_state() -> dict:
-    """Every RNG a training step can draw from: python, numpy, torch CPU and (if present) CUDA."""
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    """Every RNG a training step can draw from: python, numpy, torch CPU and (if present) CUDA.
+
+    Only tensors, ints, floats and strings, so `torch.load(weights_only=True)` (timm's loader) reads the file.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -76,7 +82,9 @@ def capture_rng_state() -> dict:
 
 def restore_rng_state(state: dict) -> None:
     random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    n = state['numpy']
+    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])

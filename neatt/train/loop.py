@@ -28,7 +28,7 @@ from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict
 from .distributed import DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed, init_distributed
 from .metrics import EvalAccumulator, MetricLoggers, ThroughputMeter, write_json_atomic
 
-__all__ = ['Trainer', 'UserInputError', 'NonFiniteLossError', 'check_dataset']
+__all__ = ['Trainer', 'UserInputError', 'NonFiniteLossError']
 
 
 class UserInputError(ValueError):
@@ -39,30 +39,14 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step. The last checkpoint on disk predates it."""
 
 
-def check_dataset(cfg: Config) -> dict:
-    """Fail early, with the fix in the message, on a data dir the chosen backend cannot read."""
-    from neatt.datasets.manifest import ManifestError, read_manifest
+def check_num_classes(cfg: Config) -> None:
+    """The model's class count must be the dataset's (the loaders check the directory and the format)."""
+    from neatt.datasets.manifest import read_manifest
 
-    data_dir = Path(cfg.data.data_dir)
-    if not data_dir.is_dir():
-        raise UserInputError(f'--data-dir {data_dir} does not exist; convert a dataset first, e.g. '
-                             f'`python tools/convert_datasets.py digits --out {data_dir.parent}`')
-    try:
-        manifest = read_manifest(str(data_dir))
-    except ManifestError as e:
-        raise UserInputError(f'--data-dir: {e}') from None
-    formats = manifest['formats']
-    if cfg.data.backend in ('ffcv', 'dali'):
-        missing = [s for s in ('train', 'val') if s not in formats.get(cfg.data.backend, {})]
-        if missing:
-            raise UserInputError(
-                f'--backend {cfg.data.backend}: {data_dir} has no {cfg.data.backend} files for split(s) '
-                f'{", ".join(missing)} (it has: {", ".join(sorted(formats)) or "none"}). Pick another --backend or '
-                f're-run tools/convert_datasets.py with that format.')
-    if manifest['num_classes'] != cfg.model.num_classes:
-        raise UserInputError(f'--num-classes is {cfg.model.num_classes} but {data_dir} has '
-                             f'{manifest["num_classes"]} classes; pass --num-classes {manifest["num_classes"]}')
-    return manifest
+    n = read_manifest(cfg.data.data_dir)['num_classes']
+    if n != cfg.model.num_classes:
+        raise UserInputError(f'--num-classes is {cfg.model.num_classes} but {cfg.data.data_dir} has {n} classes; '
+                             f'pass --num-classes {n}')
 
 
 class Trainer:
@@ -97,8 +81,6 @@ class Trainer:
         self._old_handlers: dict = {}
 
         resume_ckpt = self._read_resume_checkpoint() if cfg.run.resume else None
-        if loaders is None:
-            check_dataset(cfg)
         self._prepare_run_dir(fresh=resume_ckpt is None)
         self._seed(cfg.run.seed)
 
@@ -218,20 +200,25 @@ class Trainer:
         return model
 
     def _build_loaders(self):
-        from pipelines import build_loader
         from pipelines.augment import AugmentConfig
+        from pipelines.base import LoaderError, build_loader
 
         cfg, d = self.cfg, self.dist
         mean, std = self.model.pretrained_cfg.get('mean'), self.model.pretrained_cfg.get('std')
         common = dict(backend=cfg.data.backend, image_size=cfg.model.img_size, rank=d.rank, world_size=d.world_size,
                       seed=cfg.run.seed, device=d.device, num_workers=cfg.data.workers, crop_pct=cfg.data.crop_pct)
         train_aug = AugmentConfig(aa=cfg.aug.aa, reprob=cfg.aug.reprob, remode=cfg.aug.remode,
-                                  recount=cfg.aug.recount, hflip=cfg.aug.hflip, mean=mean, std=std)
+                                  recount=cfg.aug.recount, hflip=cfg.aug.hflip, mean=mean, std=std,
+                                  interpolation=cfg.data.train_interpolation)
         val_aug = AugmentConfig(aa=None, reprob=0.0, hflip=0.0, mean=mean, std=std)
-        train = build_loader(cfg.data.data_dir, split='train', batch_size=cfg.optim.batch_size, train=True,
-                             augment=train_aug, drop_last=True, **common)
-        val = build_loader(cfg.data.data_dir, split='val', batch_size=cfg.optim.batch_size, train=False,
-                           augment=val_aug, drop_last=False, **common)
+        try:
+            train = build_loader(cfg.data.data_dir, split='train', batch_size=cfg.optim.batch_size, train=True,
+                                 augment=train_aug, drop_last=True, **common)
+            val = build_loader(cfg.data.data_dir, split='val', batch_size=cfg.optim.batch_size, train=False,
+                               augment=val_aug, drop_last=False, **common)
+        except LoaderError as e:
+            raise UserInputError(f'--data-dir/--backend: {e}') from None
+        check_num_classes(cfg)
         return train, val
 
     def _compile(self, module: nn.Module) -> nn.Module:

@@ -1,0 +1,266 @@
+"""The Trainer on CPU with an in-memory loader: exact resume, SIGTERM, NaN stop, accumulation, DDP, transfer."""
+import json
+import os
+import signal
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from neatt.train.checkpoint import BEST, LAST, CheckpointError
+from neatt.train.config import apply_overrides
+from neatt.train.loop import NonFiniteLossError, Trainer, UserInputError
+from neatt.train.metrics import topk_correct
+
+from _train_data import DigitsLoader, digits_tensors, tiny_config
+
+N_TRAIN, N_VAL = 64, 37  # 37 val samples: uneven shards under 2 ranks
+
+
+# For comparing different batchings of the same samples: SGD is linear in the gradient (Adam's first step is about
+# sign(grad), which amplifies rounding), and Ne-Att's training noise (neatt_sigma) is drawn per micro-batch.
+DETERMINISTIC = dict(opt='sgd', lr=0.05, model_kwargs={'neatt_sigma': 0.0})
+
+
+@pytest.fixture(scope='module')
+def digits():
+    x, y = digits_tensors(N_TRAIN + N_VAL)
+    return (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:])
+
+
+def _loaders(digits, batch_size, rank=0, world_size=1, train_cls=DigitsLoader, **kw):
+    (xt, yt), (xv, yv) = digits
+    return (train_cls(xt, yt, batch_size, rank=rank, world_size=world_size, **kw),
+            DigitsLoader(xv, yv, 8, rank=rank, world_size=world_size, shuffle=False, drop_last=False))
+
+
+def _train(cfg, digits, train_cls=DigitsLoader, **loader_kw):
+    trainer = Trainer(cfg, loaders=_loaders(digits, cfg.optim.batch_size, train_cls=train_cls, **loader_kw),
+                      log=lambda m: None)
+    try:
+        return trainer.train(), trainer
+    finally:
+        trainer.close()
+
+
+def _ckpt(cfg):
+    return torch.load(os.path.join(cfg.run.output, cfg.run_name, LAST), map_location='cpu', weights_only=False)
+
+
+def _assert_same_tensors(a, b, exact=True):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same_tensors(a[k], b[k], exact)
+    elif isinstance(a, (list, tuple)):
+        for x, y in zip(a, b):
+            _assert_same_tensors(x, y, exact)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b) if exact else torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    else:
+        assert a == b
+
+
+def test_topk_correct_matches_timm_accuracy():
+    from timm.utils import accuracy
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(50, 10, generator=g), torch.randint(0, 10, (50,), generator=g)
+    top1, top5 = accuracy(logits, target, topk=(1, 5))
+    counts = topk_correct(logits, target)
+    assert counts[0].item() / 50 * 100 == pytest.approx(top1.item())
+    assert counts[1].item() / 50 * 100 == pytest.approx(top5.item())
+
+
+def test_run_trains_evaluates_and_writes_its_files(tmp_path, digits):
+    cfg = tiny_config(tmp_path, epochs=2)
+    summary, _ = _train(cfg, digits)
+    run = tmp_path / 'runs' / 't'
+    assert {LAST, BEST, 'config.json', 'metrics.jsonl', 'summary.json', 'tb'} <= {p.name for p in run.iterdir()}
+    ckpt = _ckpt(cfg)
+    assert ckpt['step'] == summary['steps'] == 2 * (N_TRAIN // 16) and ckpt['arch'] == cfg.model.model
+    assert ckpt['epoch'] == 1 and ckpt['state_dict_ema'] is not None  # timm: the last epoch trained on
+    records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+    evals = [r for r in records if r['kind'] == 'eval']
+    assert len(evals) == 2 and {'top1', 'top5', 'loss', 'ema_top1', 'ema_top5', 'ema_loss'} <= evals[0].keys()
+    assert summary['best_top1'] == max(max(r['top1'], r['ema_top1']) for r in evals)
+    # timm itself loads our checkpoint (the seed's transfer recipe relies on it)
+    import timm
+    model = timm.create_model(cfg.model.model, num_classes=10, img_size=32, **cfg.model.model_kwargs)
+    timm.models.load_checkpoint(model, str(run / LAST), use_ema=True)
+    _assert_same_tensors(model.state_dict(), ckpt['state_dict_ema'])
+
+
+@pytest.mark.parametrize('stop_at', [3, 4])  # mid-epoch, and exactly at an epoch end
+def test_resume_is_bitwise_identical(tmp_path, digits, stop_at):
+    straight = tiny_config(tmp_path / 'a', epochs=2, checkpoint_interval=1)
+    _train(straight, digits)
+    part = tiny_config(tmp_path / 'b', epochs=2, max_steps=stop_at)
+    assert _train(part, digits)[0]['status'] == 'max_steps'
+    assert _ckpt(part)['step'] == stop_at
+    resumed = apply_overrides(part, {'resume': str(tmp_path / 'b' / 'runs' / 't'), 'max_steps': 0})
+    _train(resumed, digits)
+    a, b = _ckpt(straight), _ckpt(resumed)
+    for key in ('state_dict', 'state_dict_ema', 'optimizer', 'scheduler', 'step', 'train_state'):
+        _assert_same_tensors(a[key], b[key])
+
+
+class _SigtermAt(DigitsLoader):
+    """Sends this process SIGTERM while handing out batch 5 of epoch 0 (as a cluster's preemption would)."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if self.epoch == 0 and self.batches_done == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+
+def test_sigterm_checkpoints_then_stops_and_resume_finishes_exactly(tmp_path, digits):
+    cfg = tiny_config(tmp_path / 'p', epochs=2, batch_size=8)
+    summary, _ = _train(cfg, digits, train_cls=_SigtermAt)
+    assert summary['status'] == 'preempted'
+    assert _ckpt(cfg)['step'] == 5  # the step in flight finishes, is checkpointed, and the run stops
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+    _train(apply_overrides(cfg, {'resume': str(tmp_path / 'p' / 'runs' / 't')}), digits)
+    straight = tiny_config(tmp_path / 's', epochs=2, batch_size=8)
+    _train(straight, digits)
+    _assert_same_tensors(_ckpt(straight)['state_dict'], _ckpt(cfg)['state_dict'])
+
+
+class _NanAt(DigitsLoader):
+    """Batch 3 (0-based) of epoch 0 is all NaN, so step 4 has a NaN loss."""
+
+    def __iter__(self):
+        for images, labels in super().__iter__():
+            if self.epoch == 0 and self.batches_done == 4:
+                images = torch.full_like(images, float('nan'))
+            yield images, labels
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, digits):
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=8, checkpoint_interval=2, log_interval=3)
+    with pytest.raises(NonFiniteLossError, match=r'non-finite loss at step 4 \(epoch 0\).*last good checkpoint'):
+        _train(cfg, digits, train_cls=_NanAt)
+    ckpt = _ckpt(cfg)
+    assert ckpt['step'] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt['state_dict'].values())
+
+
+def test_grad_accumulation_equals_the_big_batch(tmp_path, digits):
+    sgd = dict(DETERMINISTIC, max_steps=2)
+    big = tiny_config(tmp_path / 'big', batch_size=16, **sgd)
+    acc = tiny_config(tmp_path / 'acc', batch_size=8, grad_accum_steps=2, **sgd)
+    _train(big, digits)
+    _train(acc, digits)
+    _assert_same_tensors(_ckpt(big)['state_dict'], _ckpt(acc)['state_dict'], exact=False)
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path, digits):
+    cfg = tiny_config(tmp_path, max_steps=1)
+    _train(cfg, digits)
+    changed = apply_overrides(cfg, {'resume': str(tmp_path / 'runs' / 't'), 'lr': 0.5, 'batch_size': 8})
+    with pytest.raises(UserInputError, match=r"--lr 0.5 \(checkpoint: 0.002\).*-b/--batch-size 8 \(checkpoint: 16\)"):
+        Trainer(changed, loaders=_loaders(digits, 8), log=lambda m: None)
+
+
+def test_fresh_run_into_an_existing_run_dir_needs_overwrite(tmp_path, digits):
+    cfg = tiny_config(tmp_path, max_steps=1, overwrite=False)
+    _train(cfg, digits)
+    with pytest.raises(UserInputError, match='already holds a run.*--resume.*--overwrite'):
+        Trainer(cfg, loaders=_loaders(digits, 16), log=lambda m: None)
+
+
+def test_transfer_from_a_checkpoint_with_another_class_count_and_image_size(tmp_path, digits):
+    from timm.layers import resample_abs_pos_embed
+    (xt, yt), val = digits
+    five = ((xt, yt % 5), val)
+    src = tiny_config(tmp_path / 'src', num_classes=5, max_steps=2)
+    _train(src, five)
+    src_ckpt = _ckpt(src)['state_dict_ema']
+    path = tmp_path / 'src' / 'runs' / 't' / LAST
+    lines = []
+    dst = tiny_config(tmp_path / 'dst', num_classes=10, img_size=48, initial_checkpoint=str(path))
+    trainer = Trainer(dst, loaders=_loaders(digits, 16), log=lines.append)
+    trainer.close()
+    sd = trainer.model.state_dict()
+    for k, v in src_ckpt.items():
+        if k.startswith('blocks.') or k in ('cls_token', 'norm.weight', 'patch_embed.proj.weight'):
+            assert torch.equal(sd[k], v), k
+    expected_pos = resample_abs_pos_embed(src_ckpt['pos_embed'], new_size=[12, 12], num_prefix_tokens=1)
+    assert torch.allclose(sd['pos_embed'], expected_pos, atol=1e-6)
+    assert sd['head.weight'].shape == (10, 48)
+    text = '\n'.join(lines)
+    assert 'loaded state_dict_ema' in text and 'classifier re-initialised' in text and 'head.weight' in text
+    assert 'missing keys (0)' in text and 'unexpected keys (0)' in text
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, digits):
+    src = tiny_config(tmp_path / 'src', max_steps=1)
+    _train(src, digits)
+    deeper = dict(src.model.model_kwargs, depth=3)
+    dst = tiny_config(tmp_path / 'dst', model_kwargs=deeper,
+                      initial_checkpoint=str(tmp_path / 'src' / 'runs' / 't' / LAST))
+    with pytest.raises(CheckpointError, match=r'from another architecture.*weights missing \(e.g. blocks\.2\.'):
+        Trainer(dst, loaders=_loaders(digits, 16), log=lambda m: None)
+
+
+# ------------------------------------------------------------------------------------------------------- DDP
+
+DDP_SETTINGS = dict(DETERMINISTIC, epochs=1)
+
+
+def _ddp_worker(rank, world_size, port, root, result_queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    x, y = digits_tensors(N_TRAIN + N_VAL)
+    digits = ((x[:32], y[:32]), (x[N_TRAIN:], y[N_TRAIN:]))
+    cfg = tiny_config(root, experiment='ddp', **DDP_SETTINGS, batch_size=8)  # 2 ranks x 8 = the global batch 16
+    summary, trainer = _train(cfg, digits, rank=rank, world_size=world_size, shuffle=False)
+    if rank == 0:
+        result_queue.put(summary)
+
+
+def _eval_record(run_dir):
+    records = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+    return next(r for r in records if r['kind'] == 'eval')
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path, digits):
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), tmp_path, queue), nprocs=2, join=True,
+                       start_method='spawn')
+    ddp_summary = queue.get(timeout=10)
+    (xt, yt), val = digits
+    single = tiny_config(tmp_path, experiment='single', **DDP_SETTINGS, batch_size=16)
+    summary, _ = _train(single, ((xt[:32], yt[:32]), val), shuffle=False)
+    ddp = torch.load(tmp_path / 'runs' / 'ddp' / LAST, map_location='cpu', weights_only=False)
+    one = _ckpt(single)
+    assert ddp['step'] == one['step'] == 2
+    _assert_same_tensors(ddp['state_dict'], one['state_dict'], exact=False)
+    _assert_same_tensors(ddp['state_dict_ema'], one['state_dict_ema'], exact=False)
+    # eval over 37 val samples split 19/18 across ranks: the sums across ranks give the single-process numbers
+    ddp_eval, one_eval = (_eval_record(tmp_path / 'runs' / name) for name in ('ddp', 'single'))
+    for key in ('top1', 'top5', 'ema_top1', 'ema_top5'):
+        assert ddp_eval[key] == one_eval[key], key
+    for key in ('loss', 'ema_loss'):
+        assert ddp_eval[key] == pytest.approx(one_eval[key], rel=1e-5), key
+    assert ddp_summary['best_top1'] == summary['best_top1']
+    assert len(ddp['loader']) == len(ddp['rng']) == 2  # per-rank resume state
+
+
+def test_distributed_config_is_not_needed_for_a_single_process(monkeypatch):
+    for var in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
+        monkeypatch.delenv(var, raising=False)
+    from neatt.train.distributed import init_distributed
+    info = init_distributed('cpu')
+    assert (info.rank, info.world_size, info.distributed, info.device.type) == (0, 1, False, 'cpu')
+
