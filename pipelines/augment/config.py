@@ -15,7 +15,7 @@ class AugmentConfig:
     """
 
     aa: Optional[str] = None
-    """timm `--aa` string (`v0`, `v0r`, `original`, `originalr`, `rand-m9-mstd0.5-inc1`, ...); None = no auto-augment."""
+    """timm `--aa` string (`v0`, `v0r`, `original`, `originalr`, `rand-m9-mstd0.5-inc1`, ...); None: no aa."""
     reprob: float = 0.0
     """timm `--reprob`: probability that an image gets random erasing (after normalization)."""
     remode: Literal['pixel', 'rand', 'const'] = 'pixel'

@@ -21,7 +21,7 @@ import torch
 
 from .config import AugmentConfig
 from .erasing import BatchRandomErasing
-from .ops import COLOR_OPS, GEOMETRIC_OPS, affine_matrix, is_identity, warp_affine
+from .ops import AXIS_OPS, COLOR_OPS, GEOMETRIC_OPS, affine_matrix, is_identity, warp_affine, warp_axis
 from .policy import BatchPolicy
 
 __all__ = ['DeviceAugment']
@@ -134,20 +134,27 @@ class DeviceAugment:
             return x.flip(3)
         geometric = len(self.policy.op_names)
         if key >= geometric:
-            return warp_affine(x, mats.to(dev, non_blocking=True), self.cfg.fill, bicubic=key == geometric + 1)
+            kind, bicubic = divmod(key - geometric, 2)
+            mats = mats.to(dev, non_blocking=True)
+            if kind == 0:
+                return warp_affine(x, mats, self.cfg.fill, bicubic=bool(bicubic))
+            return warp_axis(x, mats, self.cfg.fill, bicubic=bool(bicubic), axis='xy'[kind - 1])
         return COLOR_OPS[self.policy.op_names[key]](x, args.to(dev, non_blocking=True))
 
     def _draw_ops(self, batch_size: int, height: int, width: int, generator: Optional[torch.Generator]) -> _OpPlan:
         """Draw the batch's ops and turn them into group keys, arguments and warp matrices (CPU tensors)."""
         draw = self.policy.sample(batch_size, generator, 'cpu')
         names = self.policy.op_names
-        geometric = len(names)  # keys: op index for color ops, geometric + bicubic for the warps, -1 for none
+        # keys: op index for color ops; for the warps len(names) + 2 * kind + bicubic, kind 0 for a 2-D warp,
+        # 1 / 2 for a 1-D one along x / y (ops.AXIS_OPS); -1 for nothing to do
+        geometric = len(names)
         key = torch.full_like(draw.op, -1)
         mats = torch.zeros(draw.op.shape + (2, 3), dtype=torch.float64)
         for i, name in enumerate(names):
             sel = (draw.op == i) & draw.apply & ~is_identity(name, draw.arg)
             if name in GEOMETRIC_OPS:
-                key[sel] = geometric + draw.bicubic[sel].long()
+                kind = {'x': 1, 'y': 2}.get(AXIS_OPS.get(name), 0)
+                key[sel] = geometric + 2 * kind + draw.bicubic[sel].long()
                 mats[sel] = affine_matrix(name, draw.arg[sel], height, width)
             else:
                 key[sel] = i

@@ -1,12 +1,14 @@
-"""Random erasing for a whole normalized batch at once, with timm's RandomErasing semantics.
+"""Random erasing for a whole normalized batch, with timm's RandomErasing semantics and replayable draws.
 
-timm's `RandomErasing` (timm.data.random_erasing) loops over the images in Python and draws from Python's
-`random` and torch's global RNG: per batch of 64 at 224 px that loop costs more on CPU than the rest of the
-normalize step (tools/bench_augment.py prints both), and its draws cannot be replayed from the loader's
-per-batch generator, which exact resume needs. This version draws every box for the batch as tensors from the
-given CPU generator and paints them with one indexed write per box slot; its draws follow timm's algorithm step for step (probability,
-count in [min_count, max_count], up to 10 (area, log-aspect) attempts per box, first fitting attempt kept,
-uniform top/left), and tests/test_augment_erasing.py checks the resulting statistics against timm's.
+Why not timm's `RandomErasing` (timm.data.random_erasing) itself: it draws from Python's `random` and torch's
+global RNG, so a resumed run cannot replay a batch's boxes from the loader's per-batch generator; and on a GPU
+its Python loop launches a few kernels per erased image. Here every box of the batch is drawn up front from the
+given CPU generator, following timm's algorithm step for step (probability, count in [min_count, max_count], up
+to 10 (area, log-aspect) attempts per box, the first fitting one kept, uniform top/left); tests/
+test_augment_erasing.py checks the statistics against timm's. Painting: on accelerators one index_put per box
+slot for the whole batch; on the CPU a loop of slice writes over the erased images, as timm does, because there
+it is the cheaper one (tools/bench_augment.py prints "random erasing alone": timm's loop and ours both ~5-11 ms
+per batch of 64 at 224 px on the 2-core dev machine, while the indexed version took ~28-36 ms).
 """
 import math
 from typing import NamedTuple, Optional

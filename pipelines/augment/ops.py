@@ -1,8 +1,9 @@
 """Batched tensor twins of timm's PIL auto-augment ops: uint8 (N, C, H, W) in, uint8 out, one argument per image.
 
 Each op follows the PIL function timm calls (timm.data.auto_augment), including PIL's integer rounding, so a
-chain of ops quantizes as timm's does. Geometric ops are one `grid_sample` for all the images that need one,
-with a 2x3 matrix each. tests/test_augment_ops.py compares every op with timm's PIL op on real photos.
+chain of ops quantizes as timm's does. Rotations are one `grid_sample` for all the images that need one, with a
+2x3 matrix each; shears and translations are 1-D resamplings with PIL's own filter (`warp_axis`).
+tests/test_augment_ops.py compares every op with timm's PIL op on real photos.
 `arg` is a float64 tensor (N,) on the images' device; ops without an argument ignore it.
 """
 from typing import Sequence
@@ -11,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    'GEOMETRIC_OPS', 'COLOR_OPS', 'is_identity', 'affine_matrix', 'warp_affine', 'blend', 'grayscale',
-    'invert', 'posterize', 'solarize', 'solarize_add', 'color', 'contrast', 'brightness', 'sharpness',
-    'auto_contrast', 'equalize',
+    'GEOMETRIC_OPS', 'AXIS_OPS', 'COLOR_OPS', 'is_identity', 'affine_matrix', 'warp_affine', 'warp_axis',
+    'blend', 'grayscale', 'invert', 'posterize', 'solarize', 'solarize_add', 'color', 'contrast', 'brightness',
+    'sharpness', 'auto_contrast', 'equalize',
 ]
 
 
@@ -214,6 +215,56 @@ def warp_affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], bi
     fill_t = torch.tensor(list(fill), dtype=out.dtype, device=dev).view(1, c, 1, 1)
     out = torch.where(inside.unsqueeze(1), out.clamp_(0, 255), fill_t)
     return out.to(dtype=torch.uint8, memory_format=torch.channels_last)
+
+
+# ShearX/TranslateX move pixels along rows only, ShearY/TranslateY along columns only: PIL's 2-D filter then
+# samples the other axis exactly at a pixel centre (weights 0, 1, 0, 0), i.e. it is a 1-D resampling.
+AXIS_OPS = {'ShearX': 'x', 'TranslateX': 'x', 'TranslateXRel': 'x',
+            'ShearY': 'y', 'TranslateY': 'y', 'TranslateYRel': 'y'}
+
+
+def _pil_taps(frac: torch.Tensor, bicubic: bool):
+    """PIL's resampling weights for the taps at offsets (-1, 0, 1, 2) (bicubic, a = -1) or (0, 1) (bilinear)."""
+    d = frac
+    if not bicubic:
+        return (0, 1), (1 - d, d)
+    d2, d3 = d * d, d * d * d
+    return (-1, 0, 1, 2), (-d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, d3 - d2)
+
+
+def warp_axis(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], bicubic: bool, axis: str):
+    """PIL's affine transform for a shear/translate along one axis (`AXIS_OPS`), with PIL's own 1-D filter.
+
+    Along x, output pixel (i, j) reads x_in = j + 0.5 + (s (i + 0.5) + t) with s, t = matrix[0, 1], [0, 2]:
+    the fractional part, hence the tap weights, is the same for a whole row, and the taps are a per-row integer
+    shift, clamped at the edges like PIL. Along y, rows and columns swap. Result as PIL's (exact up to float
+    rounding), cheaper than a 2-D grid_sample.
+    """
+    n, c, h, w = img.shape
+    dev = img.device
+    along, across = (w, h) if axis == 'x' else (h, w)
+    s, t = (matrix[:, 0, 1], matrix[:, 0, 2]) if axis == 'x' else (matrix[:, 1, 0], matrix[:, 1, 2])
+    pos = s.view(n, 1) * (torch.arange(across, device=dev, dtype=torch.float64) + 0.5) + t.view(n, 1)  # (n, lines)
+    shift = torch.floor(pos)
+    taps, weights = _pil_taps((pos - shift).float(), bicubic)
+    j = torch.arange(along, device=dev)
+    src = j + shift.long().unsqueeze(2)  # (n, lines, along): first tap index for each output pixel
+    inside = (j + 0.5 + pos.unsqueeze(2) >= 0) & (j + 0.5 + pos.unsqueeze(2) < along)
+    lines = torch.arange(n * across, device=dev).view(n, across, 1)
+    pixels = img.permute(0, 2, 3, 1).reshape(n * h * w, c)  # rows of the channels_last memory
+    out = None
+    for k, wk in zip(taps, weights):
+        pos_k = (src + k).clamp_(0, along - 1)
+        # flat pixel index: x-lines are image rows, y-lines image columns
+        index = lines * along + pos_k if axis == 'x' else (lines // w * h + pos_k) * w + lines % w
+        value = pixels.index_select(0, index.view(-1)).view(n, across, along, c).float()
+        value.mul_(wk.view(n, across, 1, 1))
+        out = value if out is None else out.add_(value)
+    if axis == 'y':  # (n, w, h, c) -> (n, h, w, c)
+        out, inside = out.transpose(1, 2), inside.transpose(1, 2)
+    fill_t = torch.tensor(list(fill), dtype=out.dtype, device=dev)
+    out = torch.where(inside.unsqueeze(3), out.clamp_(0, 255), fill_t)  # (n, h, w, c)
+    return out.to(torch.uint8).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
 COLOR_OPS = {
