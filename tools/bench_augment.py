@@ -91,9 +91,9 @@ def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float
     pil_images = [Image.fromarray(p) for p in photos]
     dev = torch.device(device)
     batch = torch.from_numpy(photos).to(dev).permute(0, 3, 1, 2)  # NHWC memory = channels_last, as loaders give
-    tf = timm_transform(aa, img_size, reprob, remode, hflip)
     aug = DeviceAugment(AugmentConfig(aa=aa, reprob=reprob, remode=remode, hflip=hflip, img_size=img_size),
-                        chunk_size=chunk_size)
+                        chunk_size=chunk_size)  # first: it turns a bad --aa into a clear ValueError
+    tf = timm_transform(aa, img_size, reprob, remode, hflip)
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     gen = torch.Generator().manual_seed(0)
 
@@ -156,7 +156,7 @@ def bench_erasing(normalized: torch.Tensor, reprob: float, remode: str, rounds: 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--aa', default='v0', help="timm --aa string (default: v0)")
+    p.add_argument('--aa', default='v0', help="timm --aa string (default: v0); 'none': flip, normalize, erasing")
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--reprob', type=float, default=0.5)
@@ -169,9 +169,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         p.error(f'--device {args.device}: no CUDA device here; use --device cpu')
-    res = run(aa=args.aa, batch_size=args.batch_size, img_size=args.img_size, reprob=args.reprob,
-              remode=args.remode, rounds=args.rounds, threads=args.threads, device=args.device,
-              chunk_size=args.chunk)
+    aa = None if args.aa.lower() == 'none' else args.aa
+    try:
+        res = run(aa=aa, batch_size=args.batch_size, img_size=args.img_size, reprob=args.reprob,
+                  remode=args.remode, rounds=args.rounds, threads=args.threads, device=args.device,
+                  chunk_size=args.chunk)
+    except ValueError as e:
+        p.error(str(e))
     print(f"--aa {res['aa']}, {res['img_size']} px, batch {res['batch_size']}, reprob {res['reprob']} "
           f"({res['remode']}), {res['threads']} torch thread(s)")
     print(f"{'pipeline':<34}{'img/s':>10}{'x timm PIL':>12}")
