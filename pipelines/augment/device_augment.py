@@ -161,7 +161,7 @@ class DeviceAugment:
         return _OpPlan(key=key, arg=draw.arg, mats=mats)
 
     def _normalize(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        """out = x / 255 - mean) / std, computed on (N*H, W*C) views of the channels_last memory.
+        """out = (x / 255 - mean) / std, computed on (N*H, W*C) views of the channels_last memory.
 
         On that view the per-channel constants are one contiguous row (tiled W times), which vectorizes;
         a (1, C, 1, 1) broadcast over channels_last memory would run an inner loop of length C.

@@ -144,10 +144,10 @@ class BatchPolicy:
         self.magnitude_max = float(all_ops[0].magnitude_max or _LEVEL_DENOM)
         index = {n: i for i, n in enumerate(self.op_names)}
         if self.kind == 'auto':
-            # (S, L) tables; a sub-policy shorter than L is padded with a never-applied op
+            # (S, L) tables; a sub-policy shorter than L is padded with an op of probability -1 (never applied)
             pad = lambda s, f, v: [f(op) for op in s] + [v] * (self.num_layers - len(s))
             self.table_op = torch.tensor([pad(s, lambda o: index[o.name], 0) for s in slots])
-            self.table_prob = torch.tensor([pad(s, lambda o: float(o.prob), 0.0) for s in slots], dtype=torch.float64)
+            self.table_prob = torch.tensor([pad(s, lambda o: float(o.prob), -1.0) for s in slots], dtype=torch.float64)
             self.table_mag = torch.tensor([pad(s, lambda o: float(o.magnitude), 0.0) for s in slots],
                                           dtype=torch.float64)
         else:
