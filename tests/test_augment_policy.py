@@ -125,3 +125,12 @@ def test_sampling_is_deterministic_per_seed():
     c = p.sample(64, torch.Generator().manual_seed(4), 'cpu')
     assert torch.equal(a.op, b.op) and torch.equal(a.arg, b.arg) and torch.equal(a.apply, b.apply)
     assert not torch.equal(a.op, c.op)
+
+
+def test_random_interpolation_picks_bilinear_or_bicubic_per_image_and_op():
+    """--train-interpolation random: timm's AugmentOp picks from (BILINEAR, BICUBIC) at each call."""
+    fixed = BatchPolicy('v0', HPARAMS, random_interpolation=False, bicubic_default=False)
+    assert not fixed.sample(100, torch.Generator().manual_seed(0), 'cpu').bicubic.any()
+    p = BatchPolicy('v0', HPARAMS, random_interpolation=True)
+    share = float(p.sample(N, torch.Generator().manual_seed(0), 'cpu').bicubic.double().mean())
+    assert _within_binomial(share, 0.5, n=2 * N)
