@@ -115,6 +115,16 @@ def test_chunk_size_does_not_change_the_result():
     assert torch.equal(a, b)
 
 
+def test_out_buffer_receives_the_result():
+    x = _batch()
+    aug = DeviceAugment(AugmentConfig(aa='v0', reprob=0.5))
+    buf = torch.empty(x.shape, memory_format=torch.channels_last)
+    res = aug(x, torch.Generator().manual_seed(4), out=buf)
+    assert res is buf and torch.equal(buf, aug(x, torch.Generator().manual_seed(4)))
+    with pytest.raises(ValueError, match='out must be'):
+        aug(x, out=torch.empty(x.shape))  # not channels_last
+
+
 @pytest.mark.parametrize('images,fragment', [
     (torch.zeros(2, 3, 8, 8), 'uint8'),
     (torch.zeros(3, 8, 8, dtype=torch.uint8), 'uint8'),

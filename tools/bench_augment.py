@@ -9,7 +9,8 @@ scikit-image, cropped and resized; i.e. what comes out of RandomResizedCrop): ho
 policy -> to float / 255 -> normalize (ImageNet mean/std) -> random erasing (`--reprob`, `--remode`), ending
 with one float32 (B, 3, 224, 224) batch. timm: `create_transform(is_training=True, ...)` without its
 RandomResizedCrop, called per PIL image, then `torch.stack` (the DataLoader's collate). DeviceAugment: one
-call on the uint8 batch (channels_last, as the FFCV/DALI loaders give it). Rounds alternate between the two
+call on the uint8 batch (channels_last, as the FFCV/DALI loaders give it), into a new output tensor (the
+headline ratio) and, as an extra row, into a recycled one (`out=`). Rounds alternate between the two
 and the best round of each counts, so load from other processes hits both alike. Torch uses `--threads`
 threads on both sides (timm's ToTensor/Normalize/RandomErasing run in torch too).
 
@@ -102,18 +103,21 @@ def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float
         torch.stack([tf(im) for im in pil_images])
         return time.perf_counter() - t0
 
-    def device_round():
+    buffer = torch.empty(batch.shape, device=dev, memory_format=torch.channels_last)
+
+    def device_round(out=None):
         sync()
         t0 = time.perf_counter()
-        aug(batch, gen)
+        aug(batch, gen, out=out)
         sync()
         return time.perf_counter() - t0
 
-    timm_round(), device_round()  # warm-up
-    timm_s, device_s = [], []
+    timm_round(), device_round(), device_round(buffer)  # warm-up
+    timm_s, device_s, recycled_s = [], [], []
     for _ in range(rounds):
         timm_s.append(timm_round())
         device_s.append(device_round())
+        recycled_s.append(device_round(buffer))
     timm_ips, device_ips = batch_size / min(timm_s), batch_size / min(device_s)
     erasing = bench_erasing(aug(batch, gen), reprob, remode, rounds) if reprob > 0 else None
     return {
@@ -121,6 +125,7 @@ def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float
         'hflip': hflip, 'threads': threads, 'device': str(dev), 'rounds': rounds,
         'timm_pil': {'img_per_s': timm_ips, 'round_s': timm_s},
         'device_augment': {'img_per_s': device_ips, 'round_s': device_s, 'chunk_size': chunk_size},
+        'device_augment_recycled_out': {'img_per_s': batch_size / min(recycled_s), 'round_s': recycled_s},
         'ratio': device_ips / timm_ips,
         'erasing': erasing,
     }
@@ -182,6 +187,8 @@ def main(argv=None):
     print(f"{'timm PIL per image (+stack)':<34}{res['timm_pil']['img_per_s']:>10.0f}{1.0:>12.2f}")
     print(f"{'DeviceAugment on ' + res['device']:<34}{res['device_augment']['img_per_s']:>10.0f}"
           f"{res['ratio']:>12.2f}")
+    recycled = res['device_augment_recycled_out']['img_per_s']
+    print(f"{'  same, recycled output buffer':<34}{recycled:>10.0f}{recycled / res['timm_pil']['img_per_s']:>12.2f}")
     if res['erasing']:
         e = res['erasing']
         print(f"random erasing alone, ms per batch: timm RandomErasing {e['timm_ms_per_batch']:.1f}, "

@@ -77,13 +77,19 @@ class DeviceAugment:
     def __repr__(self):
         return f'{type(self).__name__}({self.cfg})'
 
-    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Augment and normalize `images` (uint8 (B, C, H, W), any memory format and device; left unchanged).
 
         `generator`: a CPU torch.Generator (seed it per batch for reproducible augmentation); None uses torch's
-        default CPU generator. Returns float32 (B, C, H, W) in channels_last on `images.device`.
+        default CPU generator. Returns float32 (B, C, H, W) in channels_last on `images.device`: `out` if given
+        (a buffer of that kind the caller recycles; on CPU fresh memory costs page faults), else a new tensor.
         """
         self._check(images, generator)
+        if out is not None and (out.shape != images.shape or out.dtype != torch.float32 or out.device != images.device
+                                or not out.is_contiguous(memory_format=torch.channels_last)):
+            raise ValueError(f'DeviceAugment: out must be a float32 channels_last tensor of shape '
+                             f'{tuple(images.shape)} on {images.device}')
         B, C, H, W = images.shape
         device = images.device
         stages = []  # (key (B,), args (B,), mats (B, 2, 3) or None): the flip, then each aa slot
@@ -119,7 +125,8 @@ class DeviceAugment:
                 start += n
         if not torch.equal(order, torch.arange(B)):
             x = _take(x, torch.argsort(order))
-        out = torch.empty((B, C, H, W), dtype=torch.float32, device=device, memory_format=torch.channels_last)
+        if out is None:
+            out = torch.empty((B, C, H, W), dtype=torch.float32, device=device, memory_format=torch.channels_last)
         for lo in range(0, B, chunk):
             hi = min(lo + chunk, B)
             self._normalize(x[lo:hi], out[lo:hi])
