@@ -141,7 +141,10 @@ def equalize(img: torch.Tensor, arg=None) -> torch.Tensor:
     """PIL ImageOps.equalize: per channel, the histogram's cumulative sum as a lookup table (PIL's integer steps)."""
     n, c, h, w = img.shape
     index = _lut_index(img)
-    hist = torch.bincount(index, minlength=n * c * 256).view(n, c, 256)
+    # index_add_ rather than bincount, which syncs a GPU to size its output
+    ones = torch.ones((), dtype=torch.int32, device=img.device).expand(index.numel())
+    hist = torch.zeros(n * c * 256, dtype=torch.int32, device=img.device).index_add_(0, index, ones)
+    hist = hist.view(n, c, 256).long()
     levels = torch.arange(256, device=img.device)
     top = torch.where(hist > 0, levels, 0).amax(dim=2, keepdim=True)  # the last non-empty bin of each channel
     step = (h * w - hist.gather(2, top)) // 255
