@@ -240,34 +240,39 @@ def warp_axis(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], bicu
 
     Along x, output pixel (i, j) reads x_in = j + 0.5 + (s (i + 0.5) + t) with s, t = matrix[0, 1], [0, 2]:
     the fractional part, hence the tap weights, is the same for a whole row, and the taps are a per-row integer
-    shift, clamped at the edges like PIL. Along y, rows and columns swap. Result as PIL's (exact up to float
-    rounding), cheaper than a 2-D grid_sample.
+    shift, clamped at the edges like PIL. Along y the image is transposed (one uint8 copy) so that the taps
+    are read along rows too. Result as PIL's up to float rounding, cheaper than a 2-D grid_sample.
     """
+    if axis == 'y':
+        cl = torch.channels_last
+        out = _resample_rows(img.transpose(2, 3).contiguous(memory_format=cl), matrix[:, 1, 0], matrix[:, 1, 2],
+                             fill, bicubic)
+        return out.transpose(2, 3).contiguous(memory_format=cl)
+    return _resample_rows(img, matrix[:, 0, 1], matrix[:, 0, 2], fill, bicubic)
+
+
+def _resample_rows(img: torch.Tensor, s: torch.Tensor, t: torch.Tensor, fill: Sequence[int], bicubic: bool):
+    """Row i of image b resampled at x_in = j + 0.5 + s[b] (i + 0.5) + t[b] (PIL coordinates), fill outside."""
     n, c, h, w = img.shape
     dev = img.device
-    along, across = (w, h) if axis == 'x' else (h, w)
-    s, t = (matrix[:, 0, 1], matrix[:, 0, 2]) if axis == 'x' else (matrix[:, 1, 0], matrix[:, 1, 2])
-    pos = s.view(n, 1) * (torch.arange(across, device=dev, dtype=torch.float64) + 0.5) + t.view(n, 1)  # (n, lines)
+    pos = s.view(n, 1) * (torch.arange(h, device=dev, dtype=torch.float64) + 0.5) + t.view(n, 1)  # (n, h)
     shift = torch.floor(pos)
     taps, weights = _pil_taps((pos - shift).float(), bicubic)
-    j = torch.arange(along, device=dev)
-    src = j + shift.long().unsqueeze(2)  # (n, lines, along): first tap index for each output pixel
-    inside = (j + 0.5 + pos.unsqueeze(2) >= 0) & (j + 0.5 + pos.unsqueeze(2) < along)
-    lines = torch.arange(n * across, device=dev).view(n, across, 1)
+    j = torch.arange(w, device=dev)
+    first = j + (shift.long() + torch.arange(n * h, device=dev).view(n, h) * w).unsqueeze(2)  # (n, h, w)
+    row_start = (torch.arange(n * h, device=dev) * w).view(n, h, 1)
+    src = (j + 0.5 + pos.unsqueeze(2))
+    inside = (src >= 0) & (src < w)
     pixels = img.permute(0, 2, 3, 1).reshape(n * h * w, c)  # rows of the channels_last memory
     out = None
     for k, wk in zip(taps, weights):
-        pos_k = (src + k).clamp_(0, along - 1)
-        # flat pixel index: x-lines are image rows, y-lines image columns
-        index = lines * along + pos_k if axis == 'x' else (lines // w * h + pos_k) * w + lines % w
-        value = pixels.index_select(0, index.view(-1)).view(n, across, along, c).float()
-        value.mul_(wk.view(n, across, 1, 1))
+        index = torch.minimum(torch.maximum(first + k, row_start), row_start + w - 1)  # clamp within the row
+        value = pixels.index_select(0, index.view(-1)).view(n, h, w, c).float()
+        value.mul_(wk.view(n, h, 1, 1))
         out = value if out is None else out.add_(value)
-    if axis == 'y':  # (n, w, h, c) -> (n, h, w, c)
-        out, inside = out.transpose(1, 2), inside.transpose(1, 2)
     fill_t = torch.tensor(list(fill), dtype=out.dtype, device=dev)
     out = torch.where(inside.unsqueeze(3), out.clamp_(0, 255), fill_t)  # (n, h, w, c)
-    return out.to(torch.uint8).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    return out.to(torch.uint8).permute(0, 3, 1, 2)
 
 
 COLOR_OPS = {
