@@ -69,6 +69,14 @@ def _init_worker():
     cv2.setNumThreads(1)  # parallelism comes from the pool; OpenCV's own threads would oversubscribe the cores
 
 
+def _pool(workers: int):
+    """A process pool whose workers fork from a clean server process, not from this one: forking a process that
+    runs threads (OpenCV's, tqdm's monitor, a loader's) can copy a held lock into the child, which then hangs."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["neatt.datasets.convert"])
+    return ctx.Pool(workers, initializer=_init_worker)
+
+
 def _start_manifest(out_dir: str, source: DatasetSource, policy: ImagePolicy, force: bool) -> dict:
     """The manifest to continue from. An existing one made with other settings is an error without ``force`` and
     is replaced with it; ``force`` with the same settings drops only the splits being converted now."""
@@ -148,7 +156,7 @@ def _run_split(source: DatasetSource, split: str, out_dir: str, todo: list, opts
     bar = tqdm(total=len(samples), desc=f"{source.name}/{split} decode+encode", unit="img",
                disable=not opts.progress, file=sys.stderr, dynamic_ncols=True)
     t0 = time.perf_counter()
-    pool = mp.get_context("fork").Pool(workers, initializer=_init_worker) if workers > 1 else None
+    pool = _pool(workers) if workers > 1 else None
     try:
         results = pool.imap(_prepare_one, tasks, chunksize=16) if pool else map(_prepare_one, tasks)
         for i, res in results:
