@@ -52,14 +52,14 @@ layout: see docs/architecture.md; class indices are the sorted class folder name
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
+    p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=sources.DATASETS, help="source kind")
     p.add_argument("--src", help="source path (not for digits): ImageNet root, CIFAR-100 tar.gz or folder, "
                                  "ImageFolder root")
     p.add_argument("--out", required=True, help="output root; the dataset goes to <out>/<dataset>/")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of %(default)s")
-    p.add_argument("--splits", default="train,val", help="comma list (default %(default)s; folder: the subfolders)")
+    p.add_argument("--splits", default="train,val", help="comma list of split folders/names (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     g = p.add_argument_group("image storage (defaults depend on the dataset, see below)")
     g.add_argument("--max-resolution", type=int, help="longer side limit in pixels")
