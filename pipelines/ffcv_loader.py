@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode
+from ffcv.libffcv import ctypes_imdecode
 from ffcv.loader import Loader as _FfcvLoader, OrderOption
 from ffcv.pipeline.compiler import Compiler
 from ffcv.traversal_order.base import TraversalOrder
@@ -53,9 +53,16 @@ def _voidptr(typingctx, address):
     return types.voidptr(address), codegen
 
 
-# Plain njit (cached) rather than FFCV's Compiler.compile: it adds fastmath, which may reorder the float
-# arithmetic of the coefficients and lose Pillow-exactness.
-@njit(cache=True)
+# Plain njit rather than FFCV's Compiler.compile: it adds fastmath, which may reorder the float arithmetic of the
+# coefficients and lose Pillow's results. Signatures are given, so everything compiles (or loads from the cache)
+# at import: a dispatcher that compiles lazily inside FFCV's thread was seen to fail there with a KeyError from
+# numba's overload table (and FFCV's thread then dies silently).
+_U8_HWC = types.Array(types.uint8, 3, "C")
+_U8_HWC_RO = types.Array(types.uint8, 3, "C", readonly=True)  # FFCV's raw records are read-only memory
+_I64 = types.int64
+
+
+@njit(types.float64(types.float64), cache=True)
 def _bicubic(x):
     a = -0.5
     x = abs(x)
@@ -66,7 +73,7 @@ def _bicubic(x):
     return 0.0
 
 
-@njit(cache=True)
+@njit(types.Tuple((types.int64[:, ::1], types.int64[:, ::1]))(_I64, _I64, _I64, _I64), cache=True)
 def _coeffs(in_size, out_size, first, count):
     """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for output positions ``first .. first+count``
     of an ``in_size -> out_size`` bicubic resize: (bounds (count, 2) = start, taps; int64 fixed-point weights)."""
@@ -99,7 +106,7 @@ def _coeffs(in_size, out_size, first, count):
     return bounds, kk
 
 
-@njit(cache=True)
+@njit(_I64(_I64), cache=True)
 def _clip8(v):
     if v >= (1 << _PRECISION_BITS << 8):
         return 255
@@ -108,7 +115,8 @@ def _clip8(v):
     return v >> _PRECISION_BITS
 
 
-@njit(cache=True, nogil=True)
+@njit([types.void(src, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _U8_HWC) for src in (_U8_HWC, _U8_HWC_RO)],
+      cache=True, nogil=True)
 def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
     """Pillow's bicubic resize of ``src[y0:y0+h, x0:x0+w]`` (HWC uint8) to ``out_h x out_w``, writing the
     ``dst.shape[:2]`` window at ``(oy, ox)`` of the result into ``dst``: train passes the crop and
@@ -159,7 +167,6 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
         jpg = IMAGE_MODES["jpg"]
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
         resample_c = resample_bicubic
         address, num_rows = self.table.ctypes.data, self.table.shape[0]
 
@@ -174,7 +181,8 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
                 width = np.uint32(field["width"])
                 if field["mode"] == jpg:
                     temp_buffer = temp_storage[dst_ix]
-                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    ctypes_imdecode(image_data.ctypes.data, image_data.size, height, width, temp_buffer.ctypes.data,
+                                    height, width, 0, 0, 1, 1, False, False)
                     image = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
                 else:
                     image = image_data.reshape(height, width, 3)
@@ -240,6 +248,21 @@ class FfcvLoader(Loader):
         order = _PlannedOrder(self._ffcv)
         order.indices = indices.astype(np.uint64)
         self._ffcv.traversal_order = order
-        for images, labels in self._ffcv:
-            # FFCV reuses its buffers a few batches later: labels are copied, images are consumed by augment
-            yield images, labels.view(-1).to(torch.int64, copy=True)
+        epoch_iterator = iter(self._ffcv)
+        try:
+            while True:
+                # FFCV's thread dies silently on an exception and its __next__ then waits forever: watch it
+                while epoch_iterator.output_queue.empty() and epoch_iterator.is_alive():
+                    epoch_iterator.join(0.002)
+                if epoch_iterator.output_queue.empty():
+                    raise RuntimeError(f"FFCV's decoding thread for {self._ffcv.fname} stopped mid-epoch; its "
+                                       "exception is printed above (\"Exception in thread\")")
+                try:
+                    images, labels = next(epoch_iterator)
+                except StopIteration:
+                    return
+                # FFCV reuses its buffers a few batches later: labels are copied, images are consumed by augment
+                yield images, labels.view(-1).to(torch.int64, copy=True)
+        finally:  # a pass cut short: stop FFCV's thread before the table is rewritten for another pass
+            epoch_iterator.close()
+            epoch_iterator.join()

@@ -1,0 +1,194 @@
+"""The three loader backends on CPU, on datasets made by the real converter (tools/convert_datasets.py).
+
+References are independent of pipelines/: labels and pixels in stored order from the library readers in
+tests/datasets_builders.py (stock FFCV Loader, DALI's webdataset reader), torchvision/PIL for the transforms,
+and pipelines.sharding (tested in test_sharding.py) for which samples a rank reads.
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from datasets_builders import make_folder_tree, read_ffcv, run_convert_cli
+from pipelines.augment import AugmentConfig
+from pipelines.base import LoaderError, build_loader
+from pipelines.sharding import ShardedOrder
+
+BACKENDS = ["ffcv", "dali", "torch"]
+BS, SIZE = 64, 32
+TRAIN_AUG = AugmentConfig(aa="rand-m9-mstd0.5-inc1", reprob=0.25, hflip=0.5)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("loader_data")
+    rc, err = run_convert_cli(["digits", "--out", str(out), "--workers", "1", "--no-progress"])
+    assert rc == 0, err
+    return str(out / "digits")
+
+
+@pytest.fixture(scope="module")
+def stored_labels(digits):
+    """Labels in stored order, read by stock FFCV (the converter's order contract)."""
+    return {split: read_ffcv(os.path.join(digits, f"{split}.beton"))[1] for split in ("train", "val")}
+
+
+def _build(data, backend, split="train", **kw):
+    args = dict(split=split, backend=backend, batch_size=BS, image_size=SIZE, train=split == "train",
+                num_workers=1, seed=11, augment=TRAIN_AUG)
+    args.update(kw)
+    return build_loader(data, **args)
+
+
+def _uint8_epoch(loader, epoch):
+    """The backend's uint8 batches (before on-device augmentation) of one epoch, copied."""
+    return [(x.clone(), y.clone()) for x, y in loader._iter_uint8(epoch, 0)]
+
+
+def _image_keys(batches):
+    return sorted(hashlib.sha1(img.contiguous().numpy().tobytes()).hexdigest()
+                  for x, _ in batches for img in x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_batches_follow_the_contract(digits, stored_labels, backend):
+    """Train and val: shapes, dtype, channels-last, device, labels of the sharded order; then exact resume."""
+    for split in ("train", "val"):
+        loader = _build(digits, backend, split)
+        loader.set_epoch(1)
+        batches = [(x.clone(), y.clone()) for x, y in loader]
+        order = ShardedOrder(len(stored_labels[split]), batch_size=BS, seed=11, shuffle=split == "train",
+                             pad=split == "train", drop_last=split == "train")
+        assert len(batches) == len(loader) == order.num_batches
+        for images, labels in batches:
+            assert images.dtype == torch.float32 and images.device.type == "cpu"
+            assert images.shape[1:] == (3, SIZE, SIZE) and images.shape[0] == labels.shape[0]
+            assert images.is_contiguous(memory_format=torch.channels_last)
+            assert labels.dtype == torch.int64
+        labels = torch.cat([y for _, y in batches]).numpy()
+        assert np.array_equal(labels, stored_labels[split][order.indices(1)])
+        if split == "val":
+            assert sorted(labels.tolist()) == sorted(stored_labels["val"].tolist())  # every sample once
+
+    # resume: stop after 3 batches of epoch 1, rebuild, load the state: the same remaining batches, bit for bit
+    loader = _build(digits, backend, num_workers=2 if backend == "torch" else 1)
+    loader.set_epoch(1)
+    full, state = [], None
+    for k, (x, y) in enumerate(loader):
+        full.append((x.clone(), y.clone()))
+        if k == 2:
+            state = loader.state_dict()
+    assert state["epoch"] == 1 and state["batches_done"] == 3
+    resumed = _build(digits, backend)
+    resumed.load_state_dict(json.loads(json.dumps(state)))  # states go through checkpoints
+    resumed.set_epoch(1)  # what the trainer calls; the same epoch keeps the position
+    rest = [(x.clone(), y.clone()) for x, y in resumed]
+    assert len(rest) == len(full) - 3
+    for (xa, ya), (xb, yb) in zip(full[3:], rest):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    resumed.set_epoch(2)  # a new epoch starts at its first batch, in another order
+    nxt = next(iter(resumed))
+    assert resumed.state_dict()["batches_done"] == 1
+    assert not torch.equal(nxt[1], full[0][1])
+
+
+@pytest.mark.parametrize("backend,world_sizes", [("torch", (2, 3)), ("ffcv", (3,)), ("dali", (3,))])
+def test_val_ranks_cover_every_sample_exactly_once(digits, backend, world_sizes):
+    whole = _image_keys(_uint8_epoch(_build(digits, backend, "val"), 0))
+    assert len(set(whole)) > 0.9 * len(whole)  # images tell samples apart (digits repeat a little)
+    for ws in world_sizes:
+        parts = [_uint8_epoch(_build(digits, backend, "val", rank=r, world_size=ws), 0) for r in range(ws)]
+        assert sorted(k for p in parts for k in _image_keys(p)) == whole
+
+
+def test_backends_read_the_same_samples_in_the_same_order(digits):
+    """Same labels batch by batch; pixels as close as the decoders allow (FFCV's libjpeg-turbo settings differ
+    from PIL's; DALI resamples with its own cubic filter)."""
+    for split in ("train", "val"):
+        out = {b: _uint8_epoch(_build(digits, b, split), 3) for b in BACKENDS}
+        ref = out["torch"]
+        for b in ("ffcv", "dali"):
+            assert len(out[b]) == len(ref)
+            diffs = []
+            for (xa, ya), (xb, yb) in zip(out[b], ref):
+                assert torch.equal(ya, yb)
+                assert xa.shape == xb.shape and xa.dtype == xb.dtype == torch.uint8
+                diffs.append((xa.int() - xb.int()).abs().float().flatten())
+            mean = torch.cat(diffs).mean().item()
+            assert mean < 3.0, (b, split, mean)
+
+
+def test_non_square_photos_same_geometry_in_every_backend(tmp_path):
+    """Real photo tiles of 36x52: the crop windows and the val center crop land on the same pixels everywhere
+    (a misplaced window would differ by far more than the decoders do)."""
+    make_folder_tree(str(tmp_path / "src"), classes=("a", "b"), per_class=6, size=(36, 52))
+    rc, err = run_convert_cli(["folder", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                               "--workers", "1", "--no-progress"])
+    assert rc == 0, err
+    data = str(tmp_path / "out" / "folder")
+    for split in ("train", "val"):
+        out = {b: _uint8_epoch(_build(data, b, split, batch_size=4, image_size=24), 0) for b in BACKENDS}
+        for b in ("ffcv", "dali"):
+            for (xa, ya), (xb, yb) in zip(out[b], out["torch"]):
+                assert torch.equal(ya, yb)
+                assert (xa.int() - xb.int()).abs().float().mean() < 4.0, (b, split)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def test_missing_dataset_dir_and_manifest(tmp_path):
+    with pytest.raises(LoaderError, match="convert_datasets"):
+        build_loader(str(tmp_path / "nope"), backend="torch")
+    with pytest.raises(LoaderError, match="manifest.json"):
+        build_loader(str(tmp_path), backend="torch")
+
+
+def test_unknown_backend_split_and_bad_numbers(digits):
+    with pytest.raises(LoaderError, match="'ffcv', 'torch'|\\['dali', 'ffcv', 'torch'\\]"):
+        build_loader(digits, backend="tfrecord")
+    with pytest.raises(LoaderError, match="split"):
+        build_loader(digits, split="test", backend="torch")
+    with pytest.raises(LoaderError, match="rank"):
+        build_loader(digits, backend="torch", rank=2, world_size=2)
+    with pytest.raises(LoaderError, match="crop_pct"):
+        build_loader(digits, backend="torch", crop_pct=1.5)
+
+
+def test_format_not_converted(digits, tmp_path):
+    data = tmp_path / "digits"
+    shutil.copytree(digits, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["formats"]["ffcv"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LoaderError, match="'ffcv' format.*convert_datasets"):
+        build_loader(str(data), backend="ffcv")
+
+
+def test_backend_not_installed(digits, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali now raises ImportError
+    monkeypatch.delitem(sys.modules, "pipelines.dali_loader", raising=False)
+    with pytest.raises(LoaderError, match="pip install nvidia-dali"):
+        build_loader(digits, backend="dali")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's message")
+def test_cuda_device_without_gpu(digits):
+    with pytest.raises(LoaderError, match="no usable CUDA GPU.*device='cpu'"):
+        build_loader(digits, backend="dali", device="cuda")
+
+
+def test_image_size_above_stored_resolution_warns_and_works(digits):
+    with pytest.warns(UserWarning, match="max_resolution=32.*re-convert"):
+        loader = build_loader(digits, backend="torch", image_size=48, batch_size=8, num_workers=0)
+    images, _ = next(iter(loader))
+    assert images.shape == (8, 3, 48, 48)
+
+
+def test_resume_state_from_other_settings_is_refused(digits):
+    state = build_loader(digits, backend="torch", batch_size=8, num_workers=0).state_dict()
+    with pytest.raises(LoaderError, match="batch_size=8"):
+        build_loader(digits, backend="torch", batch_size=16, num_workers=0).load_state_dict(state)
