@@ -1,0 +1,144 @@
+"""Loader throughput per backend on the same dataset, side by side, in images/s (higher is better).
+
+    .venv/bin/python tools/bench_loader.py --make-photos 2000 --data /tmp/neatt-photos --json bench-loader.json
+    .venv/bin/python tools/bench_loader.py --data data/imagenet --batch-size 128 --workers 8 --device cuda
+
+Every backend reads the same converted dataset's train split with the same batch size, worker count, image
+size and seed, and delivers what the trainer gets: decode + random-resized-crop (bicubic) + horizontal flip +
+normalize, as float32 channels-last batches on ``--device`` (no auto-augment or erasing: those are measured
+separately, by tools/bench_augment.py's ``run()``, whose figures are included). Rounds alternate between the
+backends and each backend's best full epoch counts, so load from other processes hits them alike; the first
+pass of each backend (FFCV's numba compilation, worker start-up) is not timed.
+
+``--make-photos N`` first builds an ImageNet-like dataset: N JPEGs of about 400x350 px (random crops of the
+photos that scikit-learn and scikit-image ship, resized and re-encoded at quality 90) in 10 classes, 90/10
+train/val, written as a class-folder tree under ``<data>/src`` and converted with
+``tools/convert_datasets.py folder`` into ``<data>/out/folder`` (the dataset dir then benchmarked).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from pipelines.augment import AugmentConfig  # noqa: E402
+from pipelines.base import BACKENDS, build_loader  # noqa: E402
+
+
+def make_photos(root: str, n: int, seed: int = 0) -> str:
+    """Write ``n`` ~400x350 photo JPEGs as ``<root>/src/{train,val}/class_k/*.jpg``, convert them; return the
+    dataset dir."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+    photos = list(load_sample_images().images) + [skimage.data.astronaut(), skimage.data.coffee(),
+                                                    skimage.data.chelsea()]
+    rng = np.random.default_rng(seed)
+    src = os.path.join(root, "src")
+    for i in range(n):
+        p = photos[rng.integers(len(photos))]
+        ch, cw = rng.integers(200, min(300, p.shape[0]) + 1), rng.integers(220, min(450, p.shape[1]) + 1)
+        y, x = rng.integers(0, p.shape[0] - ch + 1), rng.integers(0, p.shape[1] - cw + 1)
+        size = (int(rng.integers(360, 441)), int(rng.integers(315, 386)))  # (w, h) around 400x350
+        img = Image.fromarray(p[y:y + ch, x:x + cw]).resize(size, Image.BICUBIC)
+        split = "val" if i % 10 == 9 else "train"
+        path = os.path.join(src, split, f"class_{i % 10}", f"{i:06d}.jpg")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        img.save(path, quality=90)
+    out = os.path.join(root, "out")
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_datasets.py"), "folder", "--src", src,
+                    "--out", out, "--no-progress", "--force"], check=True)
+    return os.path.join(out, "folder")
+
+
+def time_epochs(loaders: dict, rounds: int, device: torch.device, workers: int) -> dict:
+    """Best full-epoch images/s per backend, rounds alternating between backends."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {name: [] for name in loaders}
+    counts = {}
+    for r in range(rounds + 1):
+        for name, loader in loaders.items():
+            torch.set_num_threads(workers)  # FFCV changes torch's thread count; give every backend the same
+            loader.set_epoch(r)
+            sync()
+            t0 = time.perf_counter()
+            n = 0
+            for images, _ in loader:
+                n += images.shape[0]
+            sync()
+            if r > 0:  # round 0 warms up (compilation, first reads)
+                times[name].append(time.perf_counter() - t0)
+            counts[name] = n
+    return {name: {"img_per_s": counts[name] / min(t), "epoch_s": t, "images_per_epoch": counts[name]}
+            for name, t in times.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="dataset dir (or, with --make-photos, where to build one)")
+    p.add_argument("--make-photos", type=int, default=0, metavar="N", help="first build N photo JPEGs")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma list of ffcv,dali,torch")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--workers", type=int, default=2, help="decoding workers/threads of every backend")
+    p.add_argument("--rounds", type=int, default=2, help="timed epochs per backend (after one warm-up)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--aa", default="v0", help="--aa policy of the augmentation comparison (bench_augment)")
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = set(backends) - set(BACKENDS)
+    if unknown:
+        p.error(f"--backends: unknown {sorted(unknown)}; choose from {sorted(BACKENDS)}")
+    data = make_photos(args.data, args.make_photos) if args.make_photos else args.data
+
+    device = torch.device(args.device)
+    augment = AugmentConfig(aa=None, reprob=0.0, hflip=0.5)  # flip + normalize: what every backend must do
+    loaders = {b: build_loader(data, split="train", backend=b, batch_size=args.batch_size,
+                               image_size=args.image_size, train=True, seed=0, device=device,
+                               num_workers=args.workers, augment=augment) for b in backends}
+    results = time_epochs(loaders, args.rounds, device, args.workers)
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import bench_augment
+    aug = bench_augment.run(aa=args.aa, batch_size=args.batch_size, img_size=args.image_size,
+                            threads=args.workers, device=args.device)
+
+    base = results.get("torch", {}).get("img_per_s")
+    print(f"loaders: {data} train, batch {args.batch_size}, {args.image_size} px, {args.workers} workers, "
+          f"device {device}, best of {args.rounds} epochs")
+    print(f"{'backend':10s} {'img/s':>10s} {'x torch':>8s}")
+    for name, r in results.items():
+        ratio = f"{r['img_per_s'] / base:8.2f}" if base else "       -"
+        print(f"{name:10s} {r['img_per_s']:10.1f} {ratio}")
+    print(f"augmentation --aa {args.aa} (bench_augment.run): timm PIL {aug['timm_pil']['img_per_s']:.1f} img/s, "
+          f"DeviceAugment {aug['device_augment']['img_per_s']:.1f} img/s, ratio {aug['ratio']:.2f}")
+
+    if args.json:
+        out = {
+            "backends": results,
+            "ratios_to_torch": {n: r["img_per_s"] / base for n, r in results.items()} if base else None,
+            "augment": aug,
+            "config": {k: v for k, v in vars(args).items() if k != "json"} | {"data": data},
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                        "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
