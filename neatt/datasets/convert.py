@@ -191,6 +191,12 @@ def _run_split(source: DatasetSource, split: str, out_dir: str, todo: list, opts
         lines = "\n".join(f"  {p}: {r}" for p, r in skipped)
         raise ConvertError(f"--strict: {len(skipped)} input(s) of {source.name}/{split} could not be converted:\n"
                            f"{lines}\nNothing was written for this split.")
+    if not labels:
+        for w in (dali, staging):
+            if w is not None:
+                (w.abort if w is dali else w.remove)()
+        raise ConvertError(f"{source.name}/{split}: none of its {len(samples)} input(s) could be converted"
+                           + "".join(f"\n  {p}: {r}" for p, r in skipped[:20]))
     out = {"count": len(labels),
            "label_counts": np.bincount(np.asarray(labels, dtype=np.int64),
                                        minlength=len(source.classes)).tolist(),
@@ -249,7 +255,7 @@ def convert(source: DatasetSource, out_root: str, opts: ConvertOptions, log=None
             t0 = time.perf_counter()
             rel = f"{split}.beton"
             try:
-                write_beton(os.path.join(out_dir, rel), res["staging"], opts.policy)
+                write_beton(os.path.join(out_dir, rel), res["staging"], opts.policy, opts.progress)
             except BaseException:
                 res["staging"].remove()
                 raise

@@ -1,12 +1,14 @@
 """FFCV output: ``<split>.beton`` with fields ``image`` (RGBImageField) and ``label`` (IntField).
 
-Why not FFCV's ``DatasetWriter`` with its own parallel workers: its workers claim file pages in whatever order they
-finish, report their allocation tables in that order, and draw ``write_mode="proportion"`` decisions from
-``np.random.rand()``, so two runs give different files. neatt decodes, resizes and encodes in its own worker pool
-(``neatt.datasets.convert``), appends each finished record in sample order to a staging file, and then lets
-``DatasetWriter`` (one worker, so pages follow sample order) copy the records into the ``.beton``. The image field's
-``encode`` is swapped for one that stores the already-encoded record: same metadata and storage as
-``RGBImageField.encode`` (mode, height, width, data pointer), minus the second resize and encode.
+Why not FFCV's ``DatasetWriter.from_indexed_dataset`` with its parallel workers: its workers claim file pages in
+whatever order they finish, report their allocation tables in that order, and draw ``write_mode="proportion"``
+decisions from ``np.random.rand()``, so two runs give different files; and if a worker dies, its parent polls for
+the missing samples forever. neatt decodes, resizes and encodes in its own worker pool (``neatt.datasets.convert``),
+appends each finished record in sample order to a staging file, and then assembles the ``.beton`` in this process
+with FFCV's own writer parts (``DatasetWriter.prepare``/``finalize`` for header, field descriptors and allocation
+table, ``MemoryAllocator`` for pages, ``handle_sample`` per record), so pages follow sample order and any error is
+raised here. The image field's ``encode`` is swapped for one that stores the already-encoded record: the same
+metadata and storage as ``RGBImageField.encode`` (mode, height, width, data pointer), minus a second resize and encode.
 """
 from __future__ import annotations
 
@@ -74,10 +76,12 @@ def _encode_staged(destination, value, malloc):
     storage[:] = data
 
 
-def write_beton(path: str, staging: BetonStaging, policy) -> None:
-    """Write ``path`` (through ``path.partial`` and a rename) from a closed staging file, then delete the staging."""
+def write_beton(path: str, staging: BetonStaging, policy, progress: bool = False) -> None:
+    """Write ``path`` (through ``path.partial`` and a rename) from a staging file, then delete the staging."""
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter, MIN_PAGE_SIZE
+    from ffcv.memory_allocator import MemoryAllocator
+    from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter, handle_sample
+    from tqdm import tqdm
 
     staging.close()
     image = RGBImageField(write_mode=policy.write_mode, max_resolution=policy.max_resolution,
@@ -88,7 +92,24 @@ def write_beton(path: str, staging: BetonStaging, policy) -> None:
     # FFCV's 8 MiB default pages (a page is also the loader's read unit).
     page_size = max(MIN_PAGE_SIZE, 4 << int(largest).bit_length())
     tmp = path + PARTIAL
+    records = _StagedRecords(staging)
     writer = DatasetWriter(tmp, {"image": image, "label": IntField()}, page_size=page_size, num_workers=1)
-    writer.from_indexed_dataset(_StagedRecords(staging), chunksize=1000)
+    writer.num_samples = len(records)
+    writer.prepare()
+    try:
+        metadata = np.frombuffer(writer.metadata_sm.buf, dtype=writer.metadata_type)
+        allocator = MemoryAllocator(tmp, writer.data_region_start, page_size)
+        names = writer.metadata_type.names
+        with allocator:
+            for i in tqdm(range(len(records)), desc=f"{os.path.basename(path)} assembly", unit="img",
+                          disable=not progress, dynamic_ncols=True):
+                handle_sample(records[i], i, names, metadata, allocator, writer.fields)
+        del metadata  # the shared memory cannot close while a view of it exists
+        writer.finalize(allocator.allocations)
+    finally:
+        writer.metadata_sm.close()
+        writer.metadata_sm.unlink()
+        if records._f is not None:
+            records._f.close()
     os.replace(tmp, path)
     staging.remove()
