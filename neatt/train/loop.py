@@ -49,6 +49,23 @@ def check_num_classes(cfg: Config) -> None:
                              f'pass --num-classes {n}')
 
 
+@contextlib.contextmanager
+def loader_rng_isolation():
+    """Keep the loader from moving the global RNGs (torch CPU, numpy, python) that the model, mixup and dropout
+    draw from. Loaders seed their own randomness from (seed, epoch, rank, batch); a stock torch DataLoader still
+    draws its base seed from torch's global RNG at `iter()`, which would make a resumed run's noise differ."""
+    import random
+
+    import numpy as np
+    state = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
+
+
 class Trainer:
     # config
     cfg: Config
@@ -365,7 +382,8 @@ class Trainer:
         t0 = time.perf_counter()
         for micro in range(accum):
             t_wait = time.perf_counter()
-            images, labels = next(it)
+            with loader_rng_isolation():
+                images, labels = next(it)
             wait += time.perf_counter() - t_wait
             if self.mixup is not None:
                 images, labels = self.mixup(images, labels)
@@ -423,7 +441,8 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.updates_per_epoch, initial=self.batches_done // accum, desc=f'epoch {self.epoch}',
                    disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
-        it = iter(self.train_loader)
+        with loader_rng_isolation():
+            it = iter(self.train_loader)
         try:
             while self.batches_done < total:
                 self._train_step(it)
