@@ -126,24 +126,33 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
     vb, vk = _coeffs(h, out_h, oy, oh)
     row0 = vb[0, 0]
     rows = vb[oh - 1, 0] + vb[oh - 1, 1] - row0
-    tmp = np.empty((rows, ow, 3), np.uint8)  # Pillow's horizontal pass first, into 8-bit rows
+    tmp = np.empty((rows, ow * 3), np.uint8)  # Pillow's horizontal pass first, into 8-bit rows
     half = 1 << (_PRECISION_BITS - 1)
     for r in range(rows):
+        line = src[y0 + row0 + r]
         for xx in range(ow):
-            start, taps = hb[xx, 0], hb[xx, 1]
-            for c in range(3):
-                ss = half
-                for k in range(taps):
-                    ss += np.int64(src[y0 + row0 + r, x0 + start + k, c]) * hk[xx, k]
-                tmp[r, xx, c] = _clip8(ss)
-    for yy in range(oh):
+            start, taps = x0 + hb[xx, 0], hb[xx, 1]
+            s0 = s1 = s2 = half
+            for k in range(taps):
+                wk = hk[xx, k]
+                s0 += np.int64(line[start + k, 0]) * wk
+                s1 += np.int64(line[start + k, 1]) * wk
+                s2 += np.int64(line[start + k, 2]) * wk
+            tmp[r, 3 * xx] = _clip8(s0)
+            tmp[r, 3 * xx + 1] = _clip8(s1)
+            tmp[r, 3 * xx + 2] = _clip8(s2)
+    acc = np.empty(ow * 3, np.int64)
+    flat = dst.reshape(oh, ow * 3)
+    for yy in range(oh):  # vertical pass row by row over contiguous memory (vectorizes)
         start, taps = vb[yy, 0] - row0, vb[yy, 1]
-        for xx in range(ow):
-            for c in range(3):
-                ss = half
-                for k in range(taps):
-                    ss += np.int64(tmp[start + k, xx, c]) * vk[yy, k]
-                dst[yy, xx, c] = _clip8(ss)
+        acc[:] = half
+        for k in range(taps):
+            wk = vk[yy, k]
+            row = tmp[start + k]
+            for i in range(ow * 3):
+                acc[i] += np.int64(row[i]) * wk
+        for i in range(ow * 3):
+            flat[yy, i] = _clip8(acc[i])
 
 
 class TableCropDecoder(ResizedCropRGBImageDecoder):

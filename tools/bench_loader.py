@@ -61,24 +61,29 @@ def make_photos(root: str, n: int, seed: int = 0) -> str:
 
 
 def time_epochs(loaders: dict, rounds: int, device: torch.device, workers: int) -> dict:
-    """Best full-epoch images/s per backend, rounds alternating between backends."""
+    """Best full-epoch images/s per backend, rounds alternating between backends: ``img_per_s`` for what the
+    trainer gets (with flip + normalize on the device), ``uint8_img_per_s`` for the backend alone (decode + crop +
+    resize to uint8 batches on the device, the loader's ``_iter_uint8``)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {name: [] for name in loaders}
+    times = {name: {"full": [], "uint8": []} for name in loaders}
     counts = {}
     for r in range(rounds + 1):
         for name, loader in loaders.items():
-            torch.set_num_threads(workers)  # FFCV changes torch's thread count; give every backend the same
-            loader.set_epoch(r)
-            sync()
-            t0 = time.perf_counter()
-            n = 0
-            for images, _ in loader:
-                n += images.shape[0]
-            sync()
-            if r > 0:  # round 0 warms up (compilation, first reads)
-                times[name].append(time.perf_counter() - t0)
-            counts[name] = n
-    return {name: {"img_per_s": counts[name] / min(t), "epoch_s": t, "images_per_epoch": counts[name]}
+            for kind in ("full", "uint8") if r > 0 else ("full",):  # round 0 warms up (compilation, reads)
+                torch.set_num_threads(workers)  # FFCV changes torch's thread count; give every backend the same
+                loader.set_epoch(r)
+                sync()
+                t0 = time.perf_counter()
+                n = 0
+                for images, _ in (loader if kind == "full" else loader._iter_uint8(r, 0)):
+                    n += images.shape[0]
+                sync()
+                if r > 0:
+                    times[name][kind].append(time.perf_counter() - t0)
+                counts[name] = n
+    return {name: {"img_per_s": counts[name] / min(t["full"]), "epoch_s": t["full"],
+                   "uint8_img_per_s": counts[name] / min(t["uint8"]), "uint8_epoch_s": t["uint8"],
+                   "images_per_epoch": counts[name]}
             for name, t in times.items()}
 
 
@@ -116,10 +121,13 @@ def main(argv=None) -> int:
     base = results.get("torch", {}).get("img_per_s")
     print(f"loaders: {data} train, batch {args.batch_size}, {args.image_size} px, {args.workers} workers, "
           f"device {device}, best of {args.rounds} epochs")
-    print(f"{'backend':10s} {'img/s':>10s} {'x torch':>8s}")
+    base8 = results.get("torch", {}).get("uint8_img_per_s")
+    print(f"{'backend':10s} {'img/s':>10s} {'x torch':>8s} {'uint8 img/s':>12s} {'x torch':>8s}   "
+          "(img/s: with flip+normalize on the device; uint8: the backend alone)")
     for name, r in results.items():
         ratio = f"{r['img_per_s'] / base:8.2f}" if base else "       -"
-        print(f"{name:10s} {r['img_per_s']:10.1f} {ratio}")
+        ratio8 = f"{r['uint8_img_per_s'] / base8:8.2f}" if base8 else "       -"
+        print(f"{name:10s} {r['img_per_s']:10.1f} {ratio} {r['uint8_img_per_s']:12.1f} {ratio8}")
     print(f"augmentation --aa {args.aa} (bench_augment.run): timm PIL {aug['timm_pil']['img_per_s']:.1f} img/s, "
           f"DeviceAugment {aug['device_augment']['img_per_s']:.1f} img/s, ratio {aug['ratio']:.2f}")
 
@@ -127,6 +135,8 @@ def main(argv=None) -> int:
         out = {
             "backends": results,
             "ratios_to_torch": {n: r["img_per_s"] / base for n, r in results.items()} if base else None,
+            "uint8_ratios_to_torch": ({n: r["uint8_img_per_s"] / base8 for n, r in results.items()}
+                                      if base8 else None),
             "augment": aug,
             "config": {k: v for k, v in vars(args).items() if k != "json"} | {"data": data},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
