@@ -264,3 +264,38 @@ def test_distributed_config_is_not_needed_for_a_single_process(monkeypatch):
     info = init_distributed('cpu')
     assert (info.rank, info.world_size, info.distributed, info.device.type) == (0, 1, False, 'cpu')
 
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, digits, monkeypatch):
+    def broken_compile(module, **kwargs):
+        def fails_at_first_call(*args):
+            raise RuntimeError('inductor: no C++ compiler')
+        return fails_at_first_call
+
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    eager = tiny_config(tmp_path / 'eager', max_steps=2)
+    compiled = tiny_config(tmp_path / 'compiled', max_steps=2, compile=True)
+    _train(eager, digits)
+    with pytest.warns(UserWarning, match='--compile: compiling the model failed at the first step.*eager'):
+        _train(compiled, digits)
+    _assert_same_tensors(_ckpt(eager)['state_dict'], _ckpt(compiled)['state_dict'])
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_amp_on_request_on_cpu(tmp_path, digits, dtype):
+    cfg = tiny_config(tmp_path, max_steps=2, amp=True, amp_dtype=dtype)
+    trainer = Trainer(cfg, loaders=_loaders(digits, 16), log=lambda m: None)
+    try:
+        assert trainer.amp and trainer.scaler.is_enabled() == (dtype == 'float16')  # GradScaler only for fp16
+        trainer.train()
+    finally:
+        trainer.close()
+    ckpt = _ckpt(cfg)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in ckpt['state_dict'].values())
+    assert (ckpt['scaler'] is not None) == (dtype == 'float16')
+
+
+def test_no_autocast_on_cpu_unless_asked(tmp_path, digits):
+    trainer = Trainer(tiny_config(tmp_path), loaders=_loaders(digits, 16), log=lambda m: None)
+    trainer.close()
+    assert trainer.amp is False and not trainer.scaler.is_enabled()
