@@ -172,13 +172,13 @@ def test_backend_not_installed(digits, monkeypatch):
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali now raises ImportError
     monkeypatch.delitem(sys.modules, "pipelines.dali_loader", raising=False)
     with pytest.raises(LoaderError, match="pip install nvidia-dali"):
-        build_loader(digits, backend="dali")
+        build_loader(digits, backend="dali", image_size=SIZE)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's message")
 def test_cuda_device_without_gpu(digits):
     with pytest.raises(LoaderError, match="no usable CUDA GPU.*device='cpu'"):
-        build_loader(digits, backend="dali", device="cuda")
+        build_loader(digits, backend="dali", image_size=SIZE, device="cuda")
 
 
 def test_image_size_above_stored_resolution_warns_and_works(digits):
@@ -189,6 +189,7 @@ def test_image_size_above_stored_resolution_warns_and_works(digits):
 
 
 def test_resume_state_from_other_settings_is_refused(digits):
-    state = build_loader(digits, backend="torch", batch_size=8, num_workers=0).state_dict()
+    state = build_loader(digits, backend="torch", image_size=SIZE, batch_size=8, num_workers=0).state_dict()
     with pytest.raises(LoaderError, match="batch_size=8"):
-        build_loader(digits, backend="torch", batch_size=16, num_workers=0).load_state_dict(state)
+        build_loader(digits, backend="torch", image_size=SIZE, batch_size=16,
+                      num_workers=0).load_state_dict(state)
