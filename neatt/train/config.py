@@ -116,7 +116,8 @@ class OptimConfig:
     opt_eps: Optional[float] = _opt(None, 'optimizer epsilon (None: the optimizer default)')
     clip_grad: Optional[float] = _opt(None, 'clip gradients to this norm/value (None: no clipping)')
     clip_mode: str = _opt('norm', 'gradient clipping mode', choices=('norm', 'value', 'agc'))
-    sched: str = _opt('cosine', 'timm scheduler name (cosine, step, multistep, poly, constant, ...); updated every optimizer step')
+    sched: str = _opt('cosine', 'timm scheduler name (cosine, step, multistep, poly, constant, ...); '
+                                'updated every optimizer step')
     warmup_epochs: float = _opt(3, 'linear warmup epochs (fractions allowed)')
     warmup_lr: float = _opt(1e-6, 'learning rate at the start of warmup')
     min_lr: float = _opt(1e-7, 'lower lr bound of the schedule')
@@ -160,6 +161,8 @@ class RunConfig:
     amp: Optional[bool] = _opt(
         None, 'autocast: None = bf16 on GPU and off on CPU; --amp forces it on (also on CPU), --no-amp off')
     amp_dtype: str = _opt('bfloat16', 'autocast dtype; float16 adds a GradScaler', choices=('bfloat16', 'float16'))
+    threads: int = _opt(0, 'torch intra-op threads per process (torch.set_num_threads); 0 keeps torch\'s default. '
+                           'On a small CPU, 1 leaves the other cores to the loader\'s decode threads')
     device: str = _opt('auto', 'cuda / cpu / auto (cuda:LOCAL_RANK when CUDA is available)')
     resume: str = _opt('', 'checkpoint (or run directory) to continue exactly: model, EMA, optimizer, scheduler, '
                            'scaler, RNG and loader position')
@@ -169,7 +172,7 @@ class RunConfig:
 
     def __post_init__(self):
         _check_choice('amp_dtype', self.amp_dtype, ('bfloat16', 'float16'))
-        for name in ('checkpoint_interval', 'max_steps'):
+        for name in ('checkpoint_interval', 'max_steps', 'threads'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{flag_name(name)} must be >= 0, got {getattr(self, name)}')
         if self.log_interval < 1:
@@ -222,8 +225,8 @@ SECTIONS = ('model', 'data', 'aug', 'optim', 'ema', 'run')
 
 # Fields a resumed run may change: they steer the process, not the result.
 RESUME_MUTABLE_FIELDS = frozenset({
-    'resume', 'workers', 'log_interval', 'checkpoint_interval', 'max_steps', 'compile', 'device', 'output',
-    'overwrite', 'experiment', 'data_dir', 'initial_checkpoint',
+    'resume', 'workers', 'threads', 'log_interval', 'checkpoint_interval', 'max_steps', 'compile', 'device',
+    'output', 'overwrite', 'experiment', 'data_dir', 'initial_checkpoint',
 })
 
 

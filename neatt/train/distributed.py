@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistInfo', 'init_distributed', 'all_reduce_sum', 'all_reduce_max', 'all_gather_object', 'broadcast_object', 'barrier',
+__all__ = ['DistInfo', 'init_distributed', 'all_reduce_sum', 'all_reduce_max', 'all_gather_object',
            'destroy_distributed']
 
 
@@ -78,20 +78,6 @@ def all_gather_object(obj: Any) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank `src`'s `obj` on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def destroy_distributed() -> None:

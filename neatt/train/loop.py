@@ -25,7 +25,8 @@ from tqdm import tqdm
 from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, load_checkpoint, load_initial_checkpoint,
                          resolve_resume_path, restore_rng_state, save_checkpoint)
 from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
-from .distributed import DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed, init_distributed
+from .distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed,
+                          init_distributed)
 from .metrics import EvalAccumulator, MetricLoggers, ThroughputMeter, write_json_atomic
 
 __all__ = ['Trainer', 'UserInputError', 'NonFiniteLossError']
@@ -92,6 +93,8 @@ class Trainer:
         they come from `pipelines.build_loader` on `cfg.data`."""
         self.cfg = cfg
         self.dist = init_distributed(cfg.run.device)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         self._log = log or (lambda msg: tqdm.write(str(msg)))
         self.run_dir = Path(cfg.run.output) / cfg.run_name
         self._stop_signal: Optional[int] = None
