@@ -299,3 +299,18 @@ def test_no_autocast_on_cpu_unless_asked(tmp_path, digits):
     trainer = Trainer(tiny_config(tmp_path), loaders=_loaders(digits, 16), log=lambda m: None)
     trainer.close()
     assert trainer.amp is False and not trainer.scaler.is_enabled()
+
+
+def test_mixup_cutmix_train_with_soft_targets(tmp_path, digits):
+    from timm.loss import SoftTargetCrossEntropy
+    cfg = tiny_config(tmp_path, max_steps=3, mixup=0.8, cutmix=1.0, log_interval=1)
+    trainer = Trainer(cfg, loaders=_loaders(digits, 16), log=lambda m: None)
+    try:
+        assert isinstance(trainer.train_loss_fn, SoftTargetCrossEntropy)
+        assert trainer.mixup.label_smoothing == cfg.aug.smoothing and trainer.mixup.num_classes == 10
+        trainer.train()
+    finally:
+        trainer.close()
+    losses = [json.loads(line)['loss'] for line in (tmp_path / 'runs' / 't' / 'metrics.jsonl').read_text().splitlines()
+              if '"train"' in line]
+    assert len(losses) == 3 and all(0 < x < 10 for x in losses)

@@ -292,18 +292,22 @@ def demo() -> Config:
     """A small Ne-Att on the embedded digits dataset that trains on 2 CPU cores in minutes.
 
     Digits are 8x8 originals (stored upscaled to 32 px), so 16 px loses nothing: with 4 px patches that is
-    17 tokens, and 6 blocks of width 128 keep a step cheap on a CPU.
+    16 tokens + cls, and 4 blocks of width 96 keep a step cheap on a CPU. Average pooling of the patch tokens
+    (timm's global_pool='avg') learns much faster than the cls token on 1,437 images. Eval keeps timm's
+    crop_pct 0.875: the train crops (RandomResizedCrop, scale 0.08-1) show digits enlarged, and the slightly
+    zoomed eval view matches them (the FixRes effect; +2-3 points here). One torch thread leaves the second
+    core to the loader.
     """
     return Config(
         preset='demo',
         model=ModelConfig(model='neatt_vit_tiny_patch4_32', num_classes=10, img_size=16,
-                          model_kwargs={'depth': 6, 'embed_dim': 128, 'num_heads': 4}),
-        data=DataConfig(backend='ffcv', workers=2, crop_pct=1.0),
+                          model_kwargs={'depth': 4, 'embed_dim': 96, 'num_heads': 3, 'global_pool': 'avg'}),
+        data=DataConfig(backend='ffcv', workers=1, crop_pct=0.875),
         aug=AugConfig(aa=None, reprob=0.0, hflip=0.0, smoothing=0.1),
-        optim=OptimConfig(opt='adamw', lr=2e-3, weight_decay=0.05, sched='cosine', warmup_epochs=1,
-                          warmup_lr=1e-5, min_lr=1e-5, epochs=15, batch_size=64),
+        optim=OptimConfig(opt='adamw', lr=1e-3, weight_decay=0.05, sched='cosine', warmup_epochs=1,
+                          warmup_lr=1e-5, min_lr=1e-5, epochs=40, batch_size=32),
         ema=EmaConfig(model_ema=True, model_ema_decay=0.99),
-        run=RunConfig(overwrite=True, log_interval=10),
+        run=RunConfig(overwrite=True, log_interval=10, threads=1),
     )
 
 
