@@ -105,22 +105,26 @@ def test_resume_is_bitwise_identical(tmp_path, digits, stop_at):
         _assert_same_tensors(a[key], b[key])
 
 
-class _SigtermAt(DigitsLoader):
-    """Sends this process SIGTERM while handing out batch 5 of epoch 0 (as a cluster's preemption would)."""
+def _signal_at_batch_5(signum):
+    class SignalAt(DigitsLoader):
+        """Signals this process while handing out batch 5 of epoch 0 (as a cluster's preemption would)."""
 
-    def __iter__(self):
-        for batch in super().__iter__():
-            if self.epoch == 0 and self.batches_done == 5:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield batch
+        def __iter__(self):
+            for batch in super().__iter__():
+                if self.epoch == 0 and self.batches_done == 5:
+                    os.kill(os.getpid(), signum)
+                yield batch
+    return SignalAt
 
 
-def test_sigterm_checkpoints_then_stops_and_resume_finishes_exactly(tmp_path, digits):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_checkpoints_then_stops_and_resume_finishes_exactly(tmp_path, digits, signum):
+    before = signal.getsignal(signum)
     cfg = tiny_config(tmp_path / 'p', epochs=2, batch_size=8)
-    summary, _ = _train(cfg, digits, train_cls=_SigtermAt)
+    summary, _ = _train(cfg, digits, train_cls=_signal_at_batch_5(signum))
     assert summary['status'] == 'preempted'
     assert _ckpt(cfg)['step'] == 5  # the step in flight finishes, is checkpointed, and the run stops
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+    assert signal.getsignal(signum) == before  # handler restored
     _train(apply_overrides(cfg, {'resume': str(tmp_path / 'p' / 'runs' / 't')}), digits)
     straight = tiny_config(tmp_path / 's', epochs=2, batch_size=8)
     _train(straight, digits)
