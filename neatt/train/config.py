@@ -368,7 +368,6 @@ def _add_field(group, f, hint) -> None:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     optional = origin is typing.Union and type(None) in args
     base = next(a for a in args if a is not type(None)) if optional else hint
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     if base is bool:
         kwargs['action'] = argparse.BooleanOptionalAction
     elif base is dict:
@@ -381,7 +380,7 @@ def _add_field(group, f, hint) -> None:
         if f.metadata.get('choices'):
             kwargs['choices'] = f.metadata['choices']
         kwargs['metavar'] = f.name.upper()
-    kwargs['help'] = f'{help_text} (default: {default!r})'
+    kwargs['help'] = help_text
     group.add_argument(*flags, **kwargs)
 
 
@@ -389,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The train_fast.py parser: --preset, --print-config, and one flag per config field."""
     parser = argparse.ArgumentParser(
         prog='train_fast.py', usage='%(prog)s [--preset NAME] [--data-dir DIR] [options]',
-        description='Train a (Ne-Att) ViT with timm. A preset gives every setting; flags override them.',
+        description='Train a (Ne-Att) ViT with timm. A preset gives every setting; flags override them. '
+                    'See a preset\'s values with --preset NAME --print-config.',
         epilog='Distributed: torchrun --nproc_per_node 8 train_fast.py --preset vitb16_300ep --data-dir DIR. '
                'Multi-node: add torchrun --nnodes N --node_rank R --rdzv_backend c10d --rdzv_endpoint HOST:PORT '
                '(or --master_addr/--master_port). World size != 8 with vitb16_300ep: the per-GPU batch stays 64 and '
