@@ -32,6 +32,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines.augment import AugmentConfig, DeviceAugment  # noqa: E402
+from neatt.runtime import configure_cpu_allocator  # noqa: E402
 
 
 def sample_photos(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -172,6 +173,7 @@ def main(argv=None):
     p.add_argument('--chunk', type=int, default=None, help='DeviceAugment chunk_size (default: its own)')
     p.add_argument('--json', default=None, help='also write the results to this JSON file')
     args = p.parse_args(argv)
+    configure_cpu_allocator()  # as the trainer does; applies to both sides of the comparison
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         p.error(f'--device {args.device}: no CUDA device here; use --device cpu')
     aa = None if args.aa.lower() == 'none' else args.aa

@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from pipelines.augment import AugmentConfig  # noqa: E402
+from neatt.runtime import configure_cpu_allocator  # noqa: E402
 from pipelines.base import BACKENDS, build_loader  # noqa: E402
 
 
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--aa", default="v0", help="--aa policy of the augmentation comparison (bench_augment)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
+    configure_cpu_allocator()  # as the trainer does; applies to both sides of the comparison
     backends = [b for b in args.backends.split(",") if b]
     unknown = set(backends) - set(BACKENDS)
     if unknown:

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 import neatt  # noqa: E402,F401  (registers neatt_vit_*)
 from neatt.models import load_checkpoint  # noqa: E402
+from neatt.runtime import configure_cpu_allocator  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -130,6 +131,7 @@ def write_json(path: str, payload: dict) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    allocator_tuned = configure_cpu_allocator()  # as the trainer does; both models alike
     amp = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
     device_type = torch.device(args.device).type
     models = build_models(args)
@@ -161,7 +163,8 @@ def main(argv=None) -> dict:
         'model': args.model, 'depth': depth, 'batch_size': args.batch_size, 'img_size': list(size), 'amp': args.amp,
         'device': device_name, 'grad_checkpointing': args.grad_checkpointing, 'warmup': args.warmup,
         'repeats': args.repeats, 'torch': torch.__version__, 'timm': timm.__version__,
-        'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': results,
+        'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'host_allocator_tuned': allocator_tuned,
+        'results': results,
     }
     if args.json:
         write_json(args.json, payload)

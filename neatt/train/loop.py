@@ -22,6 +22,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from neatt.runtime import configure_cpu_allocator
+
 from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, load_checkpoint, load_initial_checkpoint,
                          resolve_resume_path, restore_rng_state, save_checkpoint)
 from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
@@ -93,6 +95,7 @@ class Trainer:
         they come from `pipelines.build_loader` on `cfg.data`."""
         self.cfg = cfg
         self.dist = init_distributed(cfg.run.device)
+        configure_cpu_allocator()  # reuse freed host memory: no page faults per step (neatt/runtime.py)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self._log = log or (lambda msg: tqdm.write(str(msg)))

@@ -1,0 +1,36 @@
+"""neatt.runtime.configure_cpu_allocator: large host allocations must come from the reusable heap afterwards."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Prints whether a fresh 64 MiB numpy buffer lies inside the process's brk heap ([heap] in /proc/self/maps).
+# glibc's default serves such a request with its own mmap (outside [heap]) and unmaps it on free.
+_PROBE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from neatt.runtime import configure_cpu_allocator
+    if sys.argv[1] == 'tuned':
+        assert configure_cpu_allocator()
+    buf = np.empty(64 << 20, dtype=np.uint8)
+    addr = buf.ctypes.data
+    for line in open('/proc/self/maps'):
+        if line.rstrip().endswith('[heap]'):
+            lo, hi = (int(x, 16) for x in line.split()[0].split('-'))
+            if lo <= addr < hi:
+                print('heap'); break
+    else:
+        print('mmap')
+""")
+
+
+def _where(mode):
+    out = subprocess.run([sys.executable, '-c', _PROBE, mode], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt')
+def test_large_allocations_come_from_the_heap_once_configured():
+    assert _where('default') == 'mmap'
+    assert _where('tuned') == 'heap'
