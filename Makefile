@@ -24,9 +24,11 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
-## bench: the side-by-side benchmarks on this machine (JSON in bench-*.json)
+## bench: the side-by-side benchmarks on this machine (JSON in bench-*.json; docs/benchmarks.md records them)
 bench: setup
 	$(PY) tools/bench_model.py --json bench-model.json
+	$(PY) tools/bench_convert.py --json bench-convert.json
+	$(PY) tools/bench_loader.py --make-photos 2000 --data $(DATA)/bench-photos --json bench-loader.json
 
 clean-demo:
 	rm -rf $(DATA)/digits $(RUNS)/demo
