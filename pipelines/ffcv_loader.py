@@ -1,4 +1,4 @@
-"""FFCV backend: JPEG decode + crop + bicubic resize in FFCV's compiled (numba) pipeline, then on-device augment.
+"""FFCV backend: JPEG decode + crop + resize in FFCV's compiled (numba) pipeline, then on-device augment.
 
 Two things differ from FFCV's stock ``RandomResizedCropRGBImageDecoder``, on purpose:
 
@@ -13,6 +13,10 @@ Two things differ from FFCV's stock ``RandomResizedCropRGBImageDecoder``, on pur
   for numba), which is what timm's torchvision transforms use. It equals Pillow's two single-axis passes
   bit for bit; Pillow 13's one-call resize sometimes runs the vertical pass first, one level apart at most.
   FFCV's JPEG decoder itself differs from PIL's by a few levels (tests/test_loader.py measures it).
+  That exactness is this backend's main cost (tools/bench_loader.py measures both), so ``resize="fast"`` trades it
+  for OpenCV
+  (``resample_cv2``): ``INTER_AREA`` when the window shrinks on both axes (what ffcv-imagenet gets from the stock
+  decoder), ``INTER_CUBIC`` otherwise. Either way the windows come from the same table, so resume stays exact.
 
 The epoch order is ``pipelines.sharding``'s: FFCV's ``Loader`` is built ``SEQUENTIAL`` over this rank's indices,
 and before each epoch its traversal order is replaced by one returning exactly the batches still to read (a
@@ -23,9 +27,10 @@ import math
 import os
 from typing import Iterator, Tuple
 
+import cv2
 import numpy as np
 import torch
-from numba import carray, njit, types
+from numba import carray, njit, objmode, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -40,7 +45,7 @@ from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 from .base import Loader
 from .crop import eval_resize_geometry, rrc_windows
 
-__all__ = ["FfcvLoader", "TableCropDecoder", "resample_bicubic"]
+__all__ = ["FfcvLoader", "TableCropDecoder", "resample_bicubic", "resample_cv2", "RESAMPLERS"]
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
 
@@ -155,8 +160,32 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
             flat[yy, i] = _clip8(acc[i])
 
 
+def _cv2_resize(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
+    """``resample_cv2``'s body, in Python (cv2 releases the GIL while it resizes)."""
+    interpolation = cv2.INTER_AREA if h >= out_h and w >= out_w else cv2.INTER_CUBIC
+    crop = src[y0:y0 + h, x0:x0 + w]
+    oh, ow = dst.shape[:2]
+    if (out_h, out_w, oy, ox) == (oh, ow, 0, 0):
+        cv2.resize(crop, (ow, oh), dst=dst, interpolation=interpolation)
+    else:
+        dst[:] = cv2.resize(crop, (out_w, out_h), interpolation=interpolation)[oy:oy + oh, ox:ox + ow]
+
+
+@njit([types.void(src, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _U8_HWC) for src in (_U8_HWC, _U8_HWC_RO)],
+      cache=True)  # not nogil: object mode takes the GIL anyway (the caller's nogil covers the rest)
+def resample_cv2(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
+    """``resample_bicubic``'s contract with ``cv2.resize``: ``INTER_AREA`` if ``h >= out_h and w >= out_w``,
+    else ``INTER_CUBIC``. Compiled code cannot call OpenCV (FFCV's own ``libffcv.resize`` is ``INTER_AREA``
+    only), so it goes through numba's object mode."""
+    with objmode():
+        _cv2_resize(src, y0, x0, h, w, out_h, out_w, oy, ox, dst)
+
+
+RESAMPLERS = {"pillow": resample_bicubic, "fast": resample_cv2}  # build_loader's ``resize`` -> resampler
+
+
 class TableCropDecoder(ResizedCropRGBImageDecoder):
-    """FFCV ``RGBImageField`` decoder: decode, then bicubic-resize the window that ``table[sample]`` names.
+    """FFCV ``RGBImageField`` decoder: decode, then resize the window that ``table[sample]`` names.
 
     Parameters
     ----------
@@ -165,18 +194,21 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
     table : np.ndarray
         int64 ``(num_samples, 8)``: ``y0, x0, h, w, out_h, out_w, oy, ox`` per sample (see
         ``resample_bicubic``). The loader rewrites it in place between epochs; it must outlive the loader.
+    resize : str
+        A key of ``RESAMPLERS``: ``"pillow"`` (exact Pillow bicubic) or ``"fast"`` (OpenCV).
     """
 
-    def __init__(self, output_size, table: np.ndarray):
+    def __init__(self, output_size, table: np.ndarray, resize: str = "pillow"):
         super().__init__(output_size)
         assert table.dtype == np.int64 and table.flags.c_contiguous and table.shape[1] == 8
         self.table = table
+        self.resample = RESAMPLERS[resize]
 
     def generate_code(self):
         jpg = IMAGE_MODES["jpg"]
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        resample_c = resample_bicubic
+        resample_c = self.resample
         address, num_rows = self.table.ctypes.data, self.table.shape[0]
 
         def decode(batch_indices, my_storage, metadata, storage_state):
@@ -215,9 +247,10 @@ class _PlannedOrder(TraversalOrder):
 
 
 class FfcvLoader(Loader):
-    """Reads ``<data_dir>/<split>.beton``; ``num_workers`` is FFCV's decoding thread count."""
+    """Reads ``<data_dir>/<split>.beton``; ``num_workers`` is FFCV's decoding thread count; ``resize`` picks the
+    resampler (``RESAMPLERS``)."""
 
-    def __init__(self, data_dir: str, manifest: dict, **kwargs):
+    def __init__(self, data_dir: str, manifest: dict, resize: str = "pillow", **kwargs):
         super().__init__(data_dir, manifest, **kwargs)
         path = os.path.join(data_dir, manifest["formats"]["ffcv"][self.split]["file"])
         self.table = np.zeros((self.num_samples, 8), np.int64)
@@ -225,7 +258,7 @@ class FfcvLoader(Loader):
         cuda = self.device.type == "cuda"
         to_device = [ToDevice(self.device, non_blocking=True)] if cuda else []
         pipelines = {
-            "image": [TableCropDecoder(size, self.table), ToTensor(), *to_device,
+            "image": [TableCropDecoder(size, self.table, resize), ToTensor(), *to_device,
                       ToTorchImage(channels_last=True, convert_back_int16=False)],
             "label": [IntDecoder(), ToTensor(), *to_device],
         }
