@@ -67,8 +67,11 @@ class TorchLoader(Loader):
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         keys = [(int(i), epoch) for i in self.order.remaining(epoch, start_batch)]
         cuda = self.device.type == "cuda"
+        # The workers draw nothing random (crops come from the keys), but DataLoader still takes a base seed at
+        # iter(): from its own generator here, so that reading data never moves torch's global RNG.
+        generator = torch.Generator().manual_seed(self.seed + epoch)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, num_workers=self.num_workers,
-                            pin_memory=cuda, drop_last=False)
+                            pin_memory=cuda, drop_last=False, generator=generator)
         for images, labels in loader:  # images (B, H, W, 3) contiguous: NCHW permute is channels-last
             yield (images.to(self.device, non_blocking=cuda).permute(0, 3, 1, 2),
                    labels.to(self.device, non_blocking=cuda))

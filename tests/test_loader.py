@@ -156,6 +156,14 @@ def test_ffcv_fast_resize_is_opencvs(digits, split, size):
         assert np.array_equal(out[k], ref[oy:oy + size, ox:ox + size]), (split, size, k, i)
 
 
+def test_torch_backend_leaves_the_global_rng_alone(digits):
+    # The trainer's bitwise resume needs the global RNG (dropout, Ne-Att noise, mixup) untouched by data reading.
+    loader = _build(digits, "torch")
+    before = torch.get_rng_state()
+    next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_non_square_photos_same_geometry_in_every_backend(tmp_path):
     """Real photo tiles of 36x52: the crop windows and the val center crop land on the same pixels everywhere
     (a misplaced window would differ by far more than the decoders do)."""

@@ -55,8 +55,9 @@ def check_num_classes(cfg: Config) -> None:
 @contextlib.contextmanager
 def loader_rng_isolation():
     """Keep the loader from moving the global RNGs (torch CPU, numpy, python) that the model, mixup and dropout
-    draw from. Loaders seed their own randomness from (seed, epoch, rank, batch); a stock torch DataLoader still
-    draws its base seed from torch's global RNG at `iter()`, which would make a resumed run's noise differ."""
+    draw from. Our loaders seed their own randomness from (seed, epoch, rank, batch) and leave the global RNGs
+    alone; this guard keeps that true whatever a backend library does (a DataLoader built without a generator
+    draws its base seed from torch's global RNG at `iter()`), since a moved RNG makes a resumed run differ."""
     import random
 
     import numpy as np
