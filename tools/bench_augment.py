@@ -19,7 +19,6 @@ timm's posterize with one that returns a black image for 0 bits (the TF Efficien
 implements), only while it builds the timm transform.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines.augment import AugmentConfig, DeviceAugment  # noqa: E402
 from neatt.runtime import configure_cpu_allocator  # noqa: E402
+from neatt.fileio import write_json_atomic  # noqa: E402
 
 
 def sample_photos(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -196,10 +196,7 @@ def main(argv=None):
         print(f"random erasing alone, ms per batch: timm RandomErasing {e['timm_ms_per_batch']:.1f}, "
               f"batched {e['batched_ms_per_batch']:.1f}")
     if args.json:
-        tmp = args.json + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(res, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json_atomic(res, args.json)
     return res
 
 

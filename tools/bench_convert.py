@@ -20,7 +20,6 @@ FFCV's single-process .beton assembly which runs after the parallel pass; both t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from neatt.datasets.convert import ConvertOptions, convert  # noqa: E402
 from neatt.datasets.images import ImagePolicy, prepare_image  # noqa: E402
 from neatt.datasets.sources import folder_source  # noqa: E402
+from neatt.fileio import write_json_atomic  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
 POLICY = ImagePolicy(max_resolution=500, jpeg_quality=90, write_mode="proportion", compress_probability=0.5)
@@ -141,11 +141,10 @@ def main(argv=None):
               f"and checksums), unchanged on the big machine; the .beton assembly is single-process and follows "
               f"the parallel pass.")
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"source": stats, "policy": POLICY.as_dict(), "cpu_count": os.cpu_count(), "runs": rows,
-                           "single_process_ms_per_image": per_image_cpu * 1e3,
-                           "projection": {"cores": args.cores, "efficiency": args.efficiency,
-                                          "disk_mb_s": args.disk_mb_s, **proj}}, f, indent=1)
+            write_json_atomic({"source": stats, "policy": POLICY.as_dict(), "cpu_count": os.cpu_count(), "runs": rows,
+                               "single_process_ms_per_image": per_image_cpu * 1e3,
+                               "projection": {"cores": args.cores, "efficiency": args.efficiency,
+                                              "disk_mb_s": args.disk_mb_s, **proj}}, args.json, indent=1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -19,7 +19,6 @@ train/val, written as a class-folder tree under ``<data>/src`` and converted wit
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -35,6 +34,7 @@ sys.path.insert(0, ROOT)
 
 from pipelines.augment import AugmentConfig  # noqa: E402
 from neatt.runtime import configure_cpu_allocator  # noqa: E402
+from neatt.fileio import write_json_atomic  # noqa: E402
 from pipelines.base import BACKENDS, RESIZES, build_loader  # noqa: E402
 
 # table row -> (backend, resize): every backend with its default resize, plus each backend's other resizes
@@ -151,10 +151,7 @@ def main(argv=None) -> int:
                         "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomic(out, args.json, indent=1)
     return 0
 
 

@@ -13,11 +13,9 @@ Both models have the same weights (the vanilla state dict is loaded into Ne-Att)
 on, sigma 1). Steps alternate between the two models so that both see the same machine load.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, Optional
 
@@ -29,6 +27,7 @@ import timm  # noqa: E402
 import neatt  # noqa: E402,F401  (registers neatt_vit_*)
 from neatt.models import load_checkpoint  # noqa: E402
 from neatt.runtime import configure_cpu_allocator  # noqa: E402
+from neatt.fileio import write_json_atomic  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,14 +118,6 @@ def measure(steps: Dict[str, Callable[[], None]], args) -> Dict[str, Dict[str, O
             for name in steps}
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Atomic write: temp file in the target's directory, then os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> dict:
@@ -167,7 +158,7 @@ def main(argv=None) -> dict:
         'results': results,
     }
     if args.json:
-        write_json(args.json, payload)
+        write_json_atomic(payload, args.json)
     return payload
 
 

@@ -11,6 +11,8 @@ import json
 import os
 from typing import Optional
 
+from neatt.fileio import write_json_atomic
+
 __all__ = ["FORMAT_VERSION", "TOOL", "MANIFEST_NAME", "ManifestError", "new_manifest", "read_manifest",
            "write_manifest", "validate_manifest", "file_sha256"]
 
@@ -84,13 +86,7 @@ def write_manifest(data_dir: str, m: dict) -> None:
     """Validate, then write through a temporary file and ``os.replace``, so readers never see half a manifest."""
     path = os.path.join(data_dir, MANIFEST_NAME)
     validate_manifest(m, path)
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        json.dump(m, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(m, path, indent=1)
 
 
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:

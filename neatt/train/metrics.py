@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from neatt.fileio import write_json_atomic
+
 from .distributed import all_reduce_sum
 
 __all__ = ['topk_correct', 'EvalAccumulator', 'ThroughputMeter', 'JsonlLogger', 'TensorBoardLogger',
@@ -81,14 +83,6 @@ class ThroughputMeter:
         return self._rates(self.total_images, self.total_time, self.total_wait)
 
 
-def write_json_atomic(obj, path: os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + '\n')
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class JsonlLogger:
