@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from pipelines.base import BACKENDS as LOADER_BACKENDS
+
 __all__ = [
     'Config', 'ModelConfig', 'DataConfig', 'AugConfig', 'OptimConfig', 'EmaConfig', 'RunConfig',
     'PRESETS', 'REQUIRED', 'build_parser', 'config_from_args', 'config_from_dict', 'config_to_dict',
@@ -21,7 +23,7 @@ __all__ = [
 ]
 
 REQUIRED = '???'  # OmegaConf's marker for a value the user must supply; checked by `Config.check_required`.
-BACKENDS = ('ffcv', 'dali', 'torch')
+BACKENDS = tuple(LOADER_BACKENDS)  # the loader registry's names: a new backend needs no edit here
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = '', *flags: str, choices=None, factory=None):
