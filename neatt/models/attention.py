@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .head_mix_cpu import head_mix as _fused_head_mix
+
 __all__ = ['HeadMix', 'NestedAttention']
 
 
@@ -47,9 +49,9 @@ class HeadMix(nn.Module):
 
     Linear(H, 4H) -> LeakyReLU(0.2) -> Linear(4H, 4H) -> LeakyReLU(0.2) -> Linear(4H, H), xavier-uniform init
     with gain 1/sqrt(2) and zero biases (as CODA's `head_ffn`). The weights live in `nn.Linear`s (`fc1`, `fc2`,
-    `fc3`) for readable state-dict keys, but `forward` applies them as batched matmuls over the head axis of the
-    (B, H, N*N) logits: the head axis is already the row axis of each batch item there, so no permute to a
-    (B, N, N, H) layout (and back) is ever copied, and the residual `s + g(s)` is folded into the last matmul.
+    `fc3`) for readable state-dict keys. `forward` applies them over the head axis of the head-major (H, B*N*N)
+    logits, with no permute to a (B, N, N, H) layout: on CPU float32 in one fused kernel (`head_mix_cpu`),
+    elsewhere as matmuls with the residual `s + g(s)` folded into the last one.
     """
 
     def __init__(
@@ -86,8 +88,16 @@ class HeadMix(nn.Module):
             nn.init.zeros_(fc.bias)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        """Return `s + g(s)` for head-major logits `s` of shape (H, ...), e.g. (H, B, N, N)."""
+        """Return `s + g(s)` for head-major logits `s` of shape (H, ...), e.g. (H, B, N, N).
+
+        float32 on CPU goes to the fused kernel (`head_mix_cpu`), several times faster than the GEMMs there;
+        CUDA and autocast (bf16/fp16) keep the GEMMs.
+        """
         x = s.reshape(s.shape[0], -1)
+        if (s.device.type == 'cpu' and s.dtype == torch.float32 and self.fc1.weight.dtype == torch.float32
+                and not torch.is_autocast_enabled('cpu')):
+            return _fused_head_mix(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                                   self.fc3.weight, self.fc3.bias, self.negative_slope).view(s.shape)
         h = _LeakyReLU.apply(torch.addmm(self.fc1.bias[:, None], self.fc1.weight, x), self.negative_slope)
         h = _LeakyReLU.apply(torch.addmm(self.fc2.bias[:, None], self.fc2.weight, h), self.negative_slope)
         # residual folded in: addmm computes x + W3 @ h in one pass over the logits
