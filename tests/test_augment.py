@@ -58,22 +58,12 @@ def test_hflip_one_flips_every_image():
     assert torch.equal(out, ref)
 
 
-@pytest.mark.parametrize('aa', ['v0', 'rand-m9-mstd0.5-inc1'])
-def test_drawn_ops_replayed_with_timm_pil_ops_give_the_same_images(aa):
-    """Every image's drawn ops, replayed one by one with timm's PIL op functions, give our output.
-
-    Bilinear warps (each within 1 level of PIL); where a warp precedes a histogram op (Equalize,
-    AutoContrast) a 1-level difference can move a pixel to the next histogram step, hence the quantile bound.
-    """
-    x = _batch(8)
-    cfg = AugmentConfig(aa=aa, reprob=0.0, hflip=0.0, interpolation='bilinear')
-    aug = DeviceAugment(cfg)
-    out = _to_levels(aug(x, torch.Generator().manual_seed(11)), cfg)
-    # with no flip and no erasing, the policy's draws are the only ones taken from the generator
-    draw = aug.policy.sample(x.shape[0], torch.Generator().manual_seed(11), 'cpu')
-    kwargs = dict(fillcolor=cfg.fill, resample=Image.BILINEAR)
-    applied = 0
-    for i, im in enumerate(photos() * 8):
+def _replay_with_timm(aug: DeviceAugment, x: torch.Tensor, seed: int, resample) -> list:
+    """Every image's drawn ops (no flip, no erasing) replayed one by one with timm's PIL op functions."""
+    draw = aug.policy.sample(x.shape[0], torch.Generator().manual_seed(seed), 'cpu')
+    kwargs = dict(fillcolor=aug.cfg.fill, resample=resample)
+    images, applied = [], 0
+    for i, im in enumerate(photos() * (x.shape[0] // len(photos()))):
         for slot in range(aug.policy.num_layers):
             if draw.apply[i, slot]:
                 name = aug.policy.op_names[int(draw.op[i, slot])]
@@ -86,9 +76,52 @@ def test_drawn_ops_replayed_with_timm_pil_ops_give_the_same_images(aa):
                     arg = int(arg) if name.startswith(('Posterize', 'Solarize')) else arg
                     im = taa.NAME_TO_OP[name](im, arg, **kwargs)
                 applied += 1
-        diff = np.abs(out[i] - np.asarray(im, dtype=np.float64))
-        assert diff.max() < 2.5 or np.quantile(diff, 0.99) < 2.5, (i, diff.max())
+        images.append(np.asarray(im, dtype=np.float64))
     assert applied >= x.shape[0] // 2
+    return images
+
+
+@pytest.mark.parametrize('aa', ['v0', 'rand-m9-mstd0.5-inc1'])
+def test_drawn_ops_replayed_with_timm_pil_ops_give_the_same_images(aa):
+    """The batched torch path: every image's drawn ops, replayed one by one with timm's PIL op functions, give
+    our output.
+
+    Bilinear warps (each within 1 level of PIL); where a warp precedes a histogram op (Equalize,
+    AutoContrast) a 1-level difference can move a pixel to the next histogram step, hence the quantile bound.
+    """
+    x = _batch(8)
+    cfg = AugmentConfig(aa=aa, reprob=0.0, hflip=0.0, interpolation='bilinear')
+    aug = DeviceAugment(cfg, compiled_cpu=False)
+    out = _to_levels(aug(x, torch.Generator().manual_seed(11)), cfg)
+    # with no flip and no erasing, the policy's draws are the only ones taken from the generator
+    for i, ref in enumerate(_replay_with_timm(aug, x, 11, Image.BILINEAR)):
+        diff = np.abs(out[i] - ref)
+        assert diff.max() < 2.5 or np.quantile(diff, 0.99) < 2.5, (i, diff.max())
+
+
+@pytest.mark.parametrize('interpolation,resample', [('bicubic', Image.BICUBIC), ('bilinear', Image.BILINEAR)])
+@pytest.mark.parametrize('aa', ['v0', 'rand-m9-mstd0.5-inc1'])
+def test_compiled_cpu_path_gives_timm_pil_images(aa, interpolation, resample):
+    """The compiled CPU path (the default on CPU) does Pillow's arithmetic: the replayed PIL chain exactly,
+    up to the float32 normalization (1e-3 levels)."""
+    x = _batch(8)
+    cfg = AugmentConfig(aa=aa, reprob=0.0, hflip=0.0, interpolation=interpolation)
+    aug = DeviceAugment(cfg)
+    out = _to_levels(aug(x, torch.Generator().manual_seed(11)), cfg)
+    for i, ref in enumerate(_replay_with_timm(aug, x, 11, resample)):
+        np.testing.assert_allclose(out[i], ref, rtol=0, atol=1e-3, err_msg=f'image {i}')
+
+
+def test_compiled_and_batched_paths_draw_the_same_choices():
+    """Same seed, both CPU paths: the same flips, ops and erasing boxes (so CPU and GPU runs agree); pixels
+    within the batched path's bilinear tolerance (see above), the erased boxes ('const': 0) identical."""
+    x = _batch(8)
+    cfg = AugmentConfig(aa='v0', reprob=0.5, remode='const', hflip=0.5, interpolation='bilinear')
+    a = DeviceAugment(cfg)(x, torch.Generator().manual_seed(3))
+    b = DeviceAugment(cfg, compiled_cpu=False)(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a == 0, b == 0)
+    diff = np.abs(_to_levels(a, cfg) - _to_levels(b, cfg))
+    assert np.quantile(diff, 0.99) < 2.5, np.quantile(diff, 0.99)
 
 
 def test_images_in_one_batch_get_different_ops():
@@ -110,8 +143,8 @@ def test_same_seed_same_batch_other_seed_other_batch():
 def test_chunk_size_does_not_change_the_result():
     x = _batch(3)
     cfg = AugmentConfig(aa='v0', reprob=0.5, remode='const', recount=2)
-    a = DeviceAugment(cfg, chunk_size=5)(x, torch.Generator().manual_seed(2))
-    b = DeviceAugment(cfg, chunk_size=64)(x, torch.Generator().manual_seed(2))
+    a = DeviceAugment(cfg, chunk_size=5, compiled_cpu=False)(x, torch.Generator().manual_seed(2))
+    b = DeviceAugment(cfg, chunk_size=64, compiled_cpu=False)(x, torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
 
 

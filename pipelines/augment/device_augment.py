@@ -9,16 +9,23 @@ images an op touches are gathered without a GPU->CPU sync, and one seed gives th
 (resume and the tests rely on it). Only the per-pixel erasing noise is drawn on the batch's device, from a
 generator seeded by the CPU one.
 
-Per stage (the flip, then each aa slot) the images are sorted by the op they drew (one row gather of the
-uint8 batch), so every op runs once, on one contiguous slice holding exactly the images that drew it: the work
-follows what the policy asks for, not (number of ops) x (batch), and there is no per-image Python loop. On CPU
-a slice goes through in chunks of a few images so that the float temporaries stay small; on an accelerator it
-is one call. Ops that change nothing at their drawn argument (`ops.is_identity`) are skipped.
+Two ways to run the drawn choices, with the same results up to the warps' interpolation:
+
+* CPU batches (default): cpu_kernels.py, one compiled pass per image (flip, its ops in Pillow's exact
+  arithmetic, normalization), images spread over torch's thread count; `compiled_cpu=False` turns it off.
+* Any device: the batched torch ops of ops.py. Per stage (the flip, then each aa slot) the images are sorted by
+  the op they drew (one row gather of the uint8 batch), so every op runs once, on one contiguous slice holding
+  exactly the images that drew it: the work follows what the policy asks for, not (number of ops) x (batch), and
+  there is no per-image Python loop. On CPU a slice goes through in chunks of a few images so that the float
+  temporaries stay small; on an accelerator it is one call.
+
+Either way ops that change nothing at their drawn argument (`ops.is_identity`) are skipped.
 """
 from typing import NamedTuple, Optional
 
 import torch
 
+from . import cpu_kernels
 from .config import AugmentConfig
 from .erasing import BatchRandomErasing
 from .ops import AXIS_OPS, COLOR_OPS, GEOMETRIC_OPS, affine_matrix, is_identity, warp_affine, warp_axis
@@ -26,7 +33,7 @@ from .policy import BatchPolicy
 
 __all__ = ['DeviceAugment']
 
-_CPU_CHUNK = 8  # images per op call on CPU (tools/bench_augment.py --chunk compares sizes)
+_CPU_CHUNK = 8  # images per op call of the batched path on CPU
 _FLIP = 10_000  # group key of the horizontal flip stage (aa keys are op indices, far below)
 
 
@@ -53,18 +60,27 @@ class DeviceAugment:
     cfg : AugmentConfig
         aa policy, erasing, flip, mean/std; `AugmentConfig(aa=None, reprob=0, hflip=0)` is eval (normalize only).
     chunk_size : int, optional
-        At most this many images per op call; default 8 on CPU, the whole batch elsewhere. Speed only: the
-        result does not depend on it.
+        Batched torch path only: at most this many images per op call; default 8 on CPU, the whole batch
+        elsewhere. Speed only: the result does not depend on it.
+    compiled_cpu : bool
+        On CPU batches, run the compiled per-image chain of cpu_kernels.py (default); False runs the batched
+        torch ops that accelerators run (tools/bench_augment.py compares the two).
     """
 
-    def __init__(self, cfg: AugmentConfig, chunk_size: Optional[int] = None):
+    def __init__(self, cfg: AugmentConfig, chunk_size: Optional[int] = None, compiled_cpu: bool = True):
         self.cfg = cfg
         self.chunk_size = chunk_size
+        self.compiled_cpu = compiled_cpu
         self.policy = None
         if cfg.aa:
             hparams = dict(translate_const=int(cfg.img_size * 0.45), img_mean=cfg.fill)
             self.policy = BatchPolicy(cfg.aa, hparams, random_interpolation=cfg.interpolation == 'random',
                                       bicubic_default=cfg.interpolation == 'bicubic')
+            # group key (see _draw_ops) -> cpu_kernels op code: color ops by name, then 3 warp kinds x bicubic
+            warps = [cpu_kernels.WARP_BICUBIC if bicubic else cpu_kernels.WARP_BILINEAR
+                     for _ in range(3) for bicubic in (0, 1)]
+            self._kernel_code = torch.tensor(
+                [cpu_kernels.OP_CODES.get(name, cpu_kernels.NONE) for name in self.policy.op_names] + warps)
         self.erasing = (BatchRandomErasing(cfg.reprob, mode=cfg.remode, max_count=cfg.recount)
                         if cfg.reprob > 0 else None)
         std = torch.tensor(cfg.std, dtype=torch.float32)
@@ -92,17 +108,44 @@ class DeviceAugment:
                              f'{tuple(images.shape)} on {images.device}')
         B, C, H, W = images.shape
         device = images.device
-        stages = []  # (key (B,), args (B,), mats (B, 2, 3) or None): the flip, then each aa slot
-        if self.cfg.hflip > 0:
-            flip = torch.rand(B, generator=generator) < self.cfg.hflip
-            stages.append((torch.where(flip, _FLIP, -1), None, None))
-        if self.policy is not None:
-            plan = self._draw_ops(B, H, W, generator)
-            stages += [(plan.key[:, s], plan.arg[:, s], plan.mats[:, s]) for s in range(self.policy.num_layers)]
+        flip = torch.rand(B, generator=generator) < self.cfg.hflip if self.cfg.hflip > 0 else None
+        plan = self._draw_ops(B, H, W, generator) if self.policy is not None else None
         erase = self.erasing.sample(B, C, H, W, generator) if self.erasing is not None else None
         noise_gen = self._noise_generator(device, generator) if erase is not None else None
-        chunk = self.chunk_size or (_CPU_CHUNK if device.type == 'cpu' else B)
+        if out is None:
+            out = torch.empty((B, C, H, W), dtype=torch.float32, device=device, memory_format=torch.channels_last)
+        if device.type == 'cpu' and self.compiled_cpu:
+            self._augment_compiled(images, flip, plan, out)
+        else:
+            self._augment_batched(images, flip, plan, out)
+        if erase is not None:
+            self.erasing.paint(out, erase, noise_gen)
+        return out
 
+    def _augment_compiled(self, images: torch.Tensor, flip: Optional[torch.Tensor], plan: Optional[_OpPlan],
+                          out: torch.Tensor) -> None:
+        """CPU: every image's flip, ops and normalization in one compiled pass (cpu_kernels.py)."""
+        B = images.shape[0]
+        if plan is None:  # no aa: zero op slots
+            plan = _OpPlan(key=torch.full((B, 0), -1), arg=torch.zeros(B, 0, dtype=torch.float64),
+                           mats=torch.zeros(B, 0, 2, 3, dtype=torch.float64))
+            code = plan.key
+        else:
+            code = torch.where(plan.key >= 0, self._kernel_code[plan.key.clamp(min=0)], cpu_kernels.NONE)
+        cpu_kernels.augment(images.contiguous(memory_format=torch.channels_last),
+                            flip if flip is not None else torch.zeros(B, dtype=torch.bool), code, plan.arg,
+                            plan.mats, self.cfg.fill, self._scale, self._shift, out)
+
+    def _augment_batched(self, images: torch.Tensor, flip: Optional[torch.Tensor], plan: Optional[_OpPlan],
+                         out: torch.Tensor) -> None:
+        """Any device: the batched torch ops of ops.py, one call per op and group of images, then normalize."""
+        B = images.shape[0]
+        stages = []  # (key (B,), args (B,), mats (B, 2, 3) or None): the flip, then each aa slot
+        if flip is not None:
+            stages.append((torch.where(flip, _FLIP, -1), None, None))
+        if plan is not None:
+            stages += [(plan.key[:, s], plan.arg[:, s], plan.mats[:, s]) for s in range(self.policy.num_layers)]
+        chunk = self.chunk_size or (_CPU_CHUNK if images.device.type == 'cpu' else B)
         x = images.contiguous(memory_format=torch.channels_last)
         order = torch.arange(B)  # x[j] holds batch image order[j]
         for key, args, mats in stages:
@@ -125,14 +168,9 @@ class DeviceAugment:
                 start += n
         if not torch.equal(order, torch.arange(B)):
             x = _take(x, torch.argsort(order))
-        if out is None:
-            out = torch.empty((B, C, H, W), dtype=torch.float32, device=device, memory_format=torch.channels_last)
         for lo in range(0, B, chunk):
             hi = min(lo + chunk, B)
             self._normalize(x[lo:hi], out[lo:hi])
-        if erase is not None:
-            self.erasing.paint(out, erase, noise_gen)
-        return out
 
     def _run_op(self, key: int, x: torch.Tensor, args: Optional[torch.Tensor], mats: Optional[torch.Tensor]):
         """Apply the op of group `key` to the images `x`, with their CPU-drawn arguments or matrices."""

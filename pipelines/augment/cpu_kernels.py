@@ -1,0 +1,312 @@
+"""DeviceAugment's CPU path: each image's whole chain (flip, aa ops, normalize) in one compiled numba kernel.
+
+Why hand-written: on the CPU the batched torch ops (ops.py, the path kept for accelerators) spend their time on
+float temporaries and in grid_sample, and no library runs a per-image chain of Pillow-exact uint8 ops over a
+batch. Here each image lives in two small uint8 buffers (cache-resident) while its drawn ops run, then is written
+once, normalized, into the float output; `prange` spreads the images over numba's threads (`augment` sets their
+number to torch's). Each op follows Pillow's C code, float types and rounding included (Blend.c in float32,
+Geometry.c's affine filters in float64, the 3x3 SMOOTH filter rounded), so the results are Pillow's own:
+tests/test_augment_cpu.py compares every op with timm's PIL op.
+"""
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+__all__ = ['OP_CODES', 'NONE', 'WARP_BILINEAR', 'WARP_BICUBIC', 'augment']
+
+NONE = 0  # no op in this slot
+WARP_BILINEAR, WARP_BICUBIC = 11, 12  # Pillow's affine transform; the kernel spots 1-D shears/translations
+OP_CODES = {
+    'AutoContrast': 1, 'Equalize': 2, 'Invert': 3,
+    'Posterize': 4, 'PosterizeIncreasing': 4, 'PosterizeOriginal': 4,
+    'Solarize': 5, 'SolarizeIncreasing': 5, 'SolarizeAdd': 6,
+    'Color': 7, 'ColorIncreasing': 7, 'Contrast': 8, 'ContrastIncreasing': 8,
+    'Brightness': 9, 'BrightnessIncreasing': 9, 'Sharpness': 10, 'SharpnessIncreasing': 10,
+}
+
+
+@njit(inline='always')
+def _u8(v):
+    """Pillow's clip to 0..255 then truncation (Blend.c, Geometry.c)."""
+    if v <= 0.0:
+        return 0
+    if v >= 255.0:
+        return 255
+    return int(v)
+
+
+@njit(inline='always')
+def _blend(d, i, f):
+    """Pillow's ImagingBlend on one value: float32 `d + f * (i - d)`, clipped, truncated."""
+    return _u8(np.float32(d) + f * np.float32(i - d))
+
+
+@njit(inline='always')
+def _gray(px):
+    """Pillow's RGB -> L (L24 in Convert.c)."""
+    return (px[0] * 19595 + px[1] * 38470 + px[2] * 7471 + 0x8000) >> 16
+
+
+@njit
+def _lut_op(src, dst, lut):
+    h, w, c = src.shape
+    for y in range(h):
+        for x in range(w):
+            for k in range(c):
+                dst[y, x, k] = lut[k, src[y, x, k]]
+
+
+@njit
+def _histogram(src):
+    h, w, c = src.shape
+    hist = np.zeros((c, 256), np.int64)
+    for y in range(h):
+        for x in range(w):
+            for k in range(c):
+                hist[k, src[y, x, k]] += 1
+    return hist
+
+
+@njit
+def _equalize(src, dst):
+    """ImageOps.equalize: per channel, PIL's integer steps over the histogram's cumulative sum."""
+    hist = _histogram(src)
+    c = src.shape[2]
+    lut = np.empty((c, 256), np.uint8)
+    for k in range(c):
+        last, nonzero, total = 0, 0, 0
+        for v in range(256):
+            if hist[k, v]:
+                last, nonzero = v, nonzero + 1
+            total += hist[k, v]
+        step = (total - hist[k, last]) // 255 if nonzero > 1 else 0
+        n = step // 2
+        for v in range(256):
+            lut[k, v] = v if step == 0 else min(n // step, 255)
+            n += hist[k, v]
+    _lut_op(src, dst, lut)
+
+
+@njit
+def _auto_contrast(src, dst):
+    """ImageOps.autocontrast (cutoff 0): `int(i * scale + offset)` in float64, as Pillow's Python does."""
+    hist = _histogram(src)
+    c = src.shape[2]
+    lut = np.empty((c, 256), np.uint8)
+    for k in range(c):
+        lo, hi = 0, 255
+        while lo < 255 and hist[k, lo] == 0:
+            lo += 1
+        while hi > 0 and hist[k, hi] == 0:
+            hi -= 1
+        if hi <= lo:
+            for v in range(256):
+                lut[k, v] = v
+        else:
+            scale = 255.0 / (hi - lo)
+            offset = -lo * scale
+            for v in range(256):
+                lut[k, v] = min(max(int(v * scale + offset), 0), 255)
+    _lut_op(src, dst, lut)
+
+
+@njit
+def _point(src, dst, code, arg):
+    """Invert, posterize (0 bits: black), solarize, solarize_add: one 256-entry table for all channels."""
+    lut = np.empty((src.shape[2], 256), np.uint8)
+    a = int(arg)
+    mask = (0xFF << (8 - min(max(a, 0), 8))) & 0xFF
+    for v in range(256):
+        if code == 3:
+            out = 255 - v
+        elif code == 4:
+            out = v & mask
+        elif code == 5:
+            out = 255 - v if v >= a else v
+        else:
+            out = min(255, v + a) if v < 128 else v
+        lut[:, v] = out
+    _lut_op(src, dst, lut)
+
+
+@njit
+def _color(src, dst, f):
+    """ImageEnhance.Color: blend with the grayscale image."""
+    h, w, c = src.shape
+    for y in range(h):
+        for x in range(w):
+            g = _gray(src[y, x])
+            for k in range(c):
+                dst[y, x, k] = _blend(g, src[y, x, k], f)
+
+
+@njit
+def _blend_const(src, dst, d, f):
+    """Blend with a constant degenerate: Brightness (0) and Contrast (the rounded mean of the gray image)."""
+    h, w, c = src.shape
+    for y in range(h):
+        for x in range(w):
+            for k in range(c):
+                dst[y, x, k] = _blend(d, src[y, x, k], f)
+
+
+@njit
+def _gray_mean(src):
+    """ImageEnhance.Contrast's degenerate: int(mean of the L image + 0.5)."""
+    h, w, _ = src.shape
+    total = 0
+    for y in range(h):
+        for x in range(w):
+            total += _gray(src[y, x])
+    return int(total / (h * w) + 0.5)
+
+
+@njit
+def _sharpness(src, dst, f):
+    """ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH (1 1 1 / 1 5 1 / 1 1 1, / 13, rounded to nearest;
+    the 1-pixel border keeps the image, so blending leaves it as it is)."""
+    h, w, c = src.shape
+    dst[0] = src[0]
+    dst[h - 1] = src[h - 1]
+    for y in range(1, h - 1):
+        dst[y, 0] = src[y, 0]
+        dst[y, w - 1] = src[y, w - 1]
+        for x in range(1, w - 1):
+            for k in range(c):
+                s = 4 * np.int32(src[y, x, k])
+                for dy in range(-1, 2):
+                    s += np.int32(src[y + dy, x - 1, k]) + np.int32(src[y + dy, x, k]) + np.int32(src[y + dy, x + 1, k])
+                dst[y, x, k] = _blend((2 * s + 13) // 26, src[y, x, k], f)
+
+
+@njit(inline='always')
+def _cubic(v1, v2, v3, v4, d):
+    """Pillow's BICUBIC macro (Geometry.c, a = -1), float64, in its own operation order."""
+    p2 = -v1 + v3
+    p3 = 2 * (v1 - v2) + v3 - v4
+    p4 = -v1 + v2 - v3 + v4
+    return v2 + d * (p2 + d * (p3 + d * p4))
+
+
+@njit(inline='always')
+def _clamp(i, n):
+    return min(max(i, 0), n - 1)
+
+
+@njit
+def _warp(src, dst, m, fill, bicubic):
+    """Image.transform(AFFINE, m, BILINEAR or BICUBIC, fillcolor=fill) as Geometry.c computes it.
+
+    Pillow samples at x + 0.5, y + 0.5; a source point outside [0, w) x [0, h) keeps the fill; taps clamp to the
+    edge. Shears and translations along one axis sample the other axis exactly at a pixel centre (weight 1 in
+    Pillow's filter), so those take a 1-D loop with the same arithmetic.
+    """
+    h, w, c = src.shape
+    along_x = m[3] == 0.0 and m[4] == 1.0 and m[5] == 0.0  # yin == y + 0.5 exactly
+    along_y = m[0] == 1.0 and m[1] == 0.0 and m[2] == 0.0
+    for y in range(h):
+        for x in range(w):
+            xin = m[0] * (x + 0.5) + m[1] * (y + 0.5) + m[2]
+            yin = m[3] * (x + 0.5) + m[4] * (y + 0.5) + m[5]
+            if not (0.0 <= xin < w and 0.0 <= yin < h):
+                for k in range(c):
+                    dst[y, x, k] = fill[k]
+                continue
+            xin -= 0.5
+            yin -= 0.5
+            fx, fy = np.floor(xin), np.floor(yin)
+            dx, dy = xin - fx, yin - fy
+            ix, iy = int(fx), int(fy)
+            if bicubic:
+                x0, x1, x2, x3 = _clamp(ix - 1, w), _clamp(ix, w), _clamp(ix + 1, w), _clamp(ix + 2, w)
+                y0, y1, y2, y3 = _clamp(iy - 1, h), _clamp(iy, h), _clamp(iy + 1, h), _clamp(iy + 2, h)
+                for k in range(c):
+                    if along_x:
+                        r = src[y1]
+                        v = _cubic(float(r[x0, k]), float(r[x1, k]), float(r[x2, k]), float(r[x3, k]), dx)
+                    elif along_y:
+                        v = _cubic(float(src[y0, x1, k]), float(src[y1, x1, k]), float(src[y2, x1, k]),
+                                   float(src[y3, x1, k]), dy)
+                    else:
+                        r = src[y0]
+                        v1 = _cubic(float(r[x0, k]), float(r[x1, k]), float(r[x2, k]), float(r[x3, k]), dx)
+                        r = src[y1]
+                        v2 = _cubic(float(r[x0, k]), float(r[x1, k]), float(r[x2, k]), float(r[x3, k]), dx)
+                        r = src[y2]
+                        v3 = _cubic(float(r[x0, k]), float(r[x1, k]), float(r[x2, k]), float(r[x3, k]), dx)
+                        r = src[y3]
+                        v4 = _cubic(float(r[x0, k]), float(r[x1, k]), float(r[x2, k]), float(r[x3, k]), dx)
+                        v = _cubic(v1, v2, v3, v4, dy)
+                    dst[y, x, k] = _u8(v)
+            else:
+                x0, x1 = _clamp(ix, w), _clamp(ix + 1, w)
+                y0, y1 = _clamp(iy, h), _clamp(iy + 1, h)
+                for k in range(c):
+                    a, b = float(src[y0, x0, k]), float(src[y0, x1, k])
+                    v1 = a + (b - a) * dx
+                    a, b = float(src[y1, x0, k]), float(src[y1, x1, k])
+                    v2 = a + (b - a) * dx
+                    dst[y, x, k] = int(v1 + (v2 - v1) * dy)  # in range: Pillow truncates without a clip
+
+
+@njit
+def _apply(src, dst, code, arg, mat, fill):
+    """One op, src -> dst (both (H, W, C) uint8)."""
+    if code == 1:
+        _auto_contrast(src, dst)
+    elif code == 2:
+        _equalize(src, dst)
+    elif code <= 6:
+        _point(src, dst, code, arg)
+    elif code == 7:
+        _color(src, dst, np.float32(arg))
+    elif code == 8:
+        _blend_const(src, dst, _gray_mean(src), np.float32(arg))
+    elif code == 9:
+        _blend_const(src, dst, 0, np.float32(arg))
+    elif code == 10:
+        _sharpness(src, dst, np.float32(arg))
+    else:
+        _warp(src, dst, mat, fill, code == WARP_BICUBIC)
+
+
+@njit(parallel=True, cache=True)
+def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
+    n, h, w, c = src.shape
+    for b in prange(n):
+        bufs = np.empty((2, h, w, c), np.uint8)
+        cur, held = src[b], -1  # held: which of bufs `cur` is (-1: the input image)
+        if flip[b]:
+            for y in range(h):
+                for x in range(w):
+                    for k in range(c):
+                        bufs[0, y, x, k] = cur[y, w - 1 - x, k]
+            cur, held = bufs[0], 0
+        for s in range(code.shape[1]):
+            if code[b, s] != NONE:
+                held = 1 if held == 0 else 0
+                _apply(cur, bufs[held], code[b, s], arg[b, s], mats[b, s], fill)
+                cur = bufs[held]
+        # (x / 255 - mean) / std as x * scale - shift along each row of W * C values
+        pixels = cur.reshape(h, w * c)
+        dst = out[b].reshape(h, w * c)
+        for y in range(h):
+            for i in range(w * c):
+                dst[y, i] = np.float32(pixels[y, i]) * scale_row[i] - shift_row[i]
+
+
+def augment(images: torch.Tensor, flip: torch.Tensor, code: torch.Tensor, arg: torch.Tensor, mats: torch.Tensor,
+            fill, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:
+    """Write each image's chain into `out`: flip if `flip[b]`, then the ops `code[b, s]` in slot order, then
+    `x * scale - shift` per channel.
+
+    images: uint8 (B, C, H, W) CPU, channels_last; out: float32 of the same shape, channels_last. flip (B,) bool;
+    code (B, L) int64 (`OP_CODES`, `WARP_*`, `NONE`); arg (B, L) float64 (the ops' argument as timm passes it);
+    mats (B, L, 2, 3) float64 (Pillow's affine data for warps); fill: C ints; scale, shift: (C,) float32.
+    """
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    b, c, h, w = images.shape
+    _augment(images.permute(0, 2, 3, 1).numpy(), flip.numpy(), code.numpy(), arg.numpy(),
+             mats.reshape(b, -1, 6).numpy(), np.asarray(fill, np.uint8),
+             scale.float().repeat(w).numpy(), shift.float().repeat(w).numpy(), out.permute(0, 2, 3, 1).numpy())

@@ -1,0 +1,75 @@
+"""The compiled CPU path (pipelines/augment/cpu_kernels.py) against timm's PIL ops: Pillow's exact pixels."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import auto_augment as taa
+
+from pipelines.augment import cpu_kernels, ops
+from tests._augment_data import HEIGHT, WIDTH, photos, to_arrays, to_batch
+from tests.test_augment_ops import COLOR_CASES, FILL, GEOMETRIC_CASES
+
+torch.set_num_threads(1)
+N = len(photos())
+
+
+def _kernel(code, args, mats=None, flip=None, mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255)):
+    """cpu_kernels.augment on the photos: code (N, L), args (N, L); returns float (N, H, W, 3)."""
+    x = to_batch(photos())
+    code, args = torch.as_tensor(code).long(), torch.as_tensor(args, dtype=torch.float64)
+    if mats is None:
+        mats = torch.zeros(code.shape + (2, 3), dtype=torch.float64)
+    flip = torch.zeros(N, dtype=torch.bool) if flip is None else flip
+    std_t = torch.tensor(std)
+    out = torch.empty(x.shape, memory_format=torch.channels_last)
+    cpu_kernels.augment(x, flip, code, args, mats, FILL, 1 / (255 * std_t), torch.tensor(mean) / std_t, out)
+    return out.permute(0, 2, 3, 1).numpy()
+
+
+def _timm(name, args, **kwargs):
+    fn = taa.NAME_TO_OP[name]
+    return np.stack([np.asarray(fn(im, *([] if a is None else [a]), **kwargs)) for im, a in zip(photos(), args)])
+
+
+@pytest.mark.parametrize('name,args', [c[:2] for c in COLOR_CASES], ids=[c[0] for c in COLOR_CASES])
+def test_color_op_is_pillows(name, args):
+    a = [[0.0 if v is None else float(v)] for v in args]
+    ours = _kernel([[cpu_kernels.OP_CODES[name]]] * N, a)  # identity normalization: out = levels
+    np.testing.assert_array_equal(ours, _timm(name, args))
+
+
+@pytest.mark.parametrize('bicubic', [False, True], ids=['bilinear', 'bicubic'])
+@pytest.mark.parametrize('name,args', GEOMETRIC_CASES, ids=[c[0] for c in GEOMETRIC_CASES])
+def test_warp_is_pillows(name, args, bicubic):
+    mats = ops.affine_matrix(name, torch.tensor(args, dtype=torch.float64), HEIGHT, WIDTH).view(N, 1, 2, 3)
+    code = cpu_kernels.WARP_BICUBIC if bicubic else cpu_kernels.WARP_BILINEAR
+    ours = _kernel([[code]] * N, [[0.0]] * N, mats)
+    ref = _timm(name, args, resample=Image.BICUBIC if bicubic else Image.BILINEAR, fillcolor=FILL)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_posterize_zero_bits_is_black():
+    ours = _kernel([[cpu_kernels.OP_CODES['Posterize']]] * N, [[0.0]] * N)
+    assert ours.max() == 0
+
+
+def test_chain_flip_then_ops_in_slot_order_then_normalize():
+    """Image i: flip (odd i), Equalize, then Rotate by 7 degrees (bicubic), normalized with ImageNet's mean/std;
+    reference: Pillow's flip, timm's ops and the normalization written out in float64."""
+    flip = torch.arange(N) % 2 == 1
+    code = [[cpu_kernels.OP_CODES['Equalize'], cpu_kernels.WARP_BICUBIC]] * N
+    mats = torch.zeros(N, 2, 2, 3, dtype=torch.float64)
+    mats[:, 1] = ops.affine_matrix('Rotate', torch.full((N,), 7.0, dtype=torch.float64), HEIGHT, WIDTH)
+    ours = _kernel(code, [[0.0, 0.0]] * N, mats, flip, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    for i, im in enumerate(photos()):
+        if flip[i]:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        im = taa.rotate(taa.equalize(im), 7.0, resample=Image.BICUBIC, fillcolor=FILL)
+        ref = (np.asarray(im) / 255.0 - np.array(IMAGENET_DEFAULT_MEAN)) / np.array(IMAGENET_DEFAULT_STD)
+        np.testing.assert_allclose(ours[i], ref, rtol=0, atol=2e-6)
+
+
+def test_empty_slots_leave_the_image():
+    ours = _kernel([[cpu_kernels.NONE, cpu_kernels.NONE]] * N, [[5.0, 5.0]] * N)
+    np.testing.assert_array_equal(ours, to_arrays(to_batch(photos())))
