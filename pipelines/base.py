@@ -19,7 +19,7 @@ import torch
 from .crop import hash_uniform
 from .sharding import ShardedOrder
 
-__all__ = ["LoaderError", "Loader", "build_loader", "BACKENDS", "RESIZES"]
+__all__ = ["LoaderError", "Loader", "build_loader", "BACKENDS"]
 
 # backend name -> (module, class, manifest format it reads, pip package that provides it)
 BACKENDS = {
@@ -27,10 +27,6 @@ BACKENDS = {
     "dali": ("pipelines.dali_loader", "DaliLoader", "dali", "nvidia-dali-cuda130"),
     "torch": ("pipelines.torch_loader", "TorchLoader", "dali", "torchvision"),
 }
-
-# build_loader's ``resize`` choices -> the backends that offer them (the default, Pillow's bicubic, is everywhere)
-RESIZES = {"pillow": tuple(BACKENDS), "fast": ("ffcv",)}
-
 
 class LoaderError(ValueError):
     """A loader cannot be built from what the user gave; the message says what to do."""
@@ -122,8 +118,7 @@ def _resolve_device(device) -> torch.device:
 def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", batch_size: int = 64,
                  image_size: int = 224, train: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0,
                  device: Union[str, torch.device] = "cpu", num_workers: int = 2, augment=None,
-                 crop_pct: float = 0.875, drop_last: Optional[bool] = None,
-                 resize: str = "pillow") -> Loader:
+                 crop_pct: float = 0.875, drop_last: Optional[bool] = None) -> Loader:
     """Build the loader of one split of a converted dataset (docs/architecture.md, section 2).
 
     Parameters
@@ -155,12 +150,6 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         Val: resize the shorter side to ``floor(image_size / crop_pct)``, then center-crop.
     drop_last : bool, optional
         Drop each rank's partial final batch; default ``train``.
-    resize : str
-        Resampler of the crop (train) or image (val). ``"pillow"``: Pillow's antialiased bicubic, what timm's
-        transforms do (the paper recipe; dali approximates it with its own antialiased cubic). ``"fast"``, ffcv
-        backend only: OpenCV's ``INTER_AREA`` when the window shrinks on both axes (as ffcv-imagenet),
-        ``INTER_CUBIC`` otherwise; cheaper, not Pillow's pixels. The dali and torch backends refuse ``"fast"``
-        (``LoaderError``); the crop windows are the same in both modes.
     """
     from .augment import AugmentConfig, DeviceAugment
     from neatt.datasets.manifest import ManifestError, read_manifest
@@ -174,11 +163,6 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
                           f"num_workers={num_workers} >= 0")
     if not 0 < crop_pct <= 1:
         raise LoaderError(f"crop_pct={crop_pct} must be in (0, 1]")
-    if resize not in RESIZES:
-        raise LoaderError(f"resize={resize!r} is not one of {sorted(RESIZES)}")
-    if backend not in RESIZES[resize]:
-        raise LoaderError(f"resize={resize!r} is only offered by backend(s) {list(RESIZES[resize])}, not "
-                          f"{backend!r}; use resize='pillow' with {backend!r}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise LoaderError(f"rank={rank} world_size={world_size}: need 0 <= rank < world_size")
     if not os.path.isdir(data_dir):
@@ -210,8 +194,7 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
     augment = dataclasses.replace(augment, img_size=image_size)  # timm derives translate_const from it
     if not train:
         augment = dataclasses.replace(augment, aa=None, reprob=0.0, hflip=0.0)
-    options = {"resize": resize} if resize != "pillow" else {}  # only backends offering it get it
     return getattr(module, class_name)(
-        data_dir, manifest, **options, split=split, batch_size=batch_size, image_size=image_size, train=train,
+        data_dir, manifest, split=split, batch_size=batch_size, image_size=image_size, train=train,
         rank=rank, world_size=world_size, seed=seed, device=device, num_workers=num_workers,
         augment=DeviceAugment(augment), crop_pct=crop_pct, drop_last=train if drop_last is None else drop_last)

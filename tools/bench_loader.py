@@ -6,9 +6,7 @@
 Every row reads the same converted dataset's train split with the same batch size, worker count, image
 size and seed, and delivers what the trainer gets: decode + random-resized-crop (bicubic) + horizontal flip +
 normalize, as float32 channels-last batches on ``--device`` (no auto-augment or erasing: those are measured
-separately, by tools/bench_augment.py's ``run()``, whose figures are included). Row ``ffcv-fast`` is the ffcv
-backend with ``resize="fast"`` (OpenCV area/cubic instead of Pillow's exact bicubic, see
-pipelines/ffcv_loader.py). Rounds alternate between the rows and each row's best full epoch counts, so load from
+separately, by tools/bench_augment.py's ``run()``, whose figures are included). Rounds alternate between the rows and each row's best full epoch counts, so load from
 other processes hits them alike; the first pass of each row (FFCV's numba compilation, worker start-up) is not
 timed.
 
@@ -35,12 +33,7 @@ sys.path.insert(0, ROOT)
 from pipelines.augment import AugmentConfig  # noqa: E402
 from neatt.runtime import configure_cpu_allocator  # noqa: E402
 from neatt.fileio import write_json_atomic  # noqa: E402
-from pipelines.base import BACKENDS, RESIZES, build_loader  # noqa: E402
-
-# table row -> (backend, resize): every backend with its default resize, plus each backend's other resizes
-ROWS = {b: (b, "pillow") for b in BACKENDS} | {f"{b}-{r}": (b, r) for r in RESIZES if r != "pillow"
-                                                for b in RESIZES[r]}
-
+from pipelines.base import BACKENDS, build_loader  # noqa: E402
 
 def make_photos(root: str, n: int, seed: int = 0) -> str:
     """Write ``n`` ~400x350 photo JPEGs as ``<root>/src/{train,val}/class_k/*.jpg``, convert them; return the
@@ -98,7 +91,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset dir (or, with --make-photos, where to build one)")
     p.add_argument("--make-photos", type=int, default=0, metavar="N", help="first build N photo JPEGs")
-    p.add_argument("--backends", default=",".join(ROWS), help=f"comma list of {','.join(ROWS)}")
+    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma list of {','.join(BACKENDS)}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--workers", type=int, default=2, help="decoding workers/threads of every backend")
@@ -109,14 +102,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     configure_cpu_allocator()  # as the trainer does; applies to both sides of the comparison
     backends = [b for b in args.backends.split(",") if b]
-    unknown = set(backends) - set(ROWS)
+    unknown = set(backends) - set(BACKENDS)
     if unknown:
-        p.error(f"--backends: unknown {sorted(unknown)}; choose from {sorted(ROWS)}")
+        p.error(f"--backends: unknown {sorted(unknown)}; choose from {sorted(BACKENDS)}")
     data = make_photos(args.data, args.make_photos) if args.make_photos else args.data
 
     device = torch.device(args.device)
     augment = AugmentConfig(aa=None, reprob=0.0, hflip=0.5)  # flip + normalize: what every backend must do
-    loaders = {b: build_loader(data, split="train", backend=ROWS[b][0], resize=ROWS[b][1],
+    loaders = {b: build_loader(data, split="train", backend=b,
                                batch_size=args.batch_size, image_size=args.image_size, train=True, seed=0,
                                device=device, num_workers=args.workers, augment=augment) for b in backends}
     results = time_epochs(loaders, args.rounds, device, args.workers)
