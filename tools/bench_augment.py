@@ -10,9 +10,11 @@ policy -> to float / 255 -> normalize (ImageNet mean/std) -> random erasing (`--
 with one float32 (B, 3, 224, 224) batch. timm: `create_transform(is_training=True, ...)` without its
 RandomResizedCrop, called per PIL image, then `torch.stack` (the DataLoader's collate). DeviceAugment: one
 call on the uint8 batch (channels_last, as the FFCV/DALI loaders give it), into a new output tensor (the
-headline ratio) and, as an extra row, into a recycled one (`out=`). Rounds alternate between the two
-and the best round of each counts, so load from other processes hits both alike. Torch uses `--threads`
-threads on both sides (timm's ToTensor/Normalize/RandomErasing run in torch too).
+headline ratio) and, as extra rows, into a recycled one (`out=`) and, on CPU, through the batched torch ops
+that accelerators run (`compiled_cpu=False`) instead of the compiled CPU kernel. Rounds alternate between the
+pipelines and the best round of each counts, so load from other processes hits all alike; the warm-up round
+(numba's compilation or cache load) is not timed. Torch uses `--threads` threads on both sides (timm's
+ToTensor/Normalize/RandomErasing run in torch too), and the compiled kernel as many numba threads.
 
 timm's v0/v0r policies ask for Posterize with 0 bits, which Pillow >= 11 rejects; this benchmark replaces
 timm's posterize with one that returns a black image for 0 bits (the TF EfficientNet behaviour DeviceAugment
@@ -93,8 +95,9 @@ def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float
     pil_images = [Image.fromarray(p) for p in photos]
     dev = torch.device(device)
     batch = torch.from_numpy(photos).to(dev).permute(0, 3, 1, 2)  # NHWC memory = channels_last, as loaders give
-    aug = DeviceAugment(AugmentConfig(aa=aa, reprob=reprob, remode=remode, hflip=hflip, img_size=img_size),
-                        chunk_size=chunk_size)  # first: it turns a bad --aa into a clear ValueError
+    cfg = AugmentConfig(aa=aa, reprob=reprob, remode=remode, hflip=hflip, img_size=img_size)
+    aug = DeviceAugment(cfg, chunk_size=chunk_size)  # first: it turns a bad --aa into a clear ValueError
+    batched = DeviceAugment(cfg, chunk_size=chunk_size, compiled_cpu=False) if dev.type == 'cpu' else None
     tf = timm_transform(aa, img_size, reprob, remode, hflip)
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     gen = torch.Generator().manual_seed(0)
@@ -106,19 +109,23 @@ def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float
 
     buffer = torch.empty(batch.shape, device=dev, memory_format=torch.channels_last)
 
-    def device_round(out=None):
+    def device_round(out=None, fn=aug):
         sync()
         t0 = time.perf_counter()
-        aug(batch, gen, out=out)
+        fn(batch, gen, out=out)
         sync()
         return time.perf_counter() - t0
 
     timm_round(), device_round(), device_round(buffer)  # warm-up
-    timm_s, device_s, recycled_s = [], [], []
+    if batched is not None:
+        device_round(fn=batched)
+    timm_s, device_s, recycled_s, batched_s = [], [], [], []
     for _ in range(rounds):
         timm_s.append(timm_round())
         device_s.append(device_round())
         recycled_s.append(device_round(buffer))
+        if batched is not None:
+            batched_s.append(device_round(fn=batched))
     timm_ips, device_ips = batch_size / min(timm_s), batch_size / min(device_s)
     erasing = bench_erasing(aug(batch, gen), reprob, remode, rounds) if reprob > 0 else None
     return {
@@ -127,6 +134,8 @@ def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float
         'timm_pil': {'img_per_s': timm_ips, 'round_s': timm_s},
         'device_augment': {'img_per_s': device_ips, 'round_s': device_s, 'chunk_size': chunk_size},
         'device_augment_recycled_out': {'img_per_s': batch_size / min(recycled_s), 'round_s': recycled_s},
+        'device_augment_batched_torch': ({'img_per_s': batch_size / min(batched_s), 'round_s': batched_s}
+                                         if batched_s else None),
         'ratio': device_ips / timm_ips,
         'erasing': erasing,
     }
@@ -191,6 +200,9 @@ def main(argv=None):
           f"{res['ratio']:>12.2f}")
     recycled = res['device_augment_recycled_out']['img_per_s']
     print(f"{'  same, recycled output buffer':<34}{recycled:>10.0f}{recycled / res['timm_pil']['img_per_s']:>12.2f}")
+    if res['device_augment_batched_torch']:
+        b = res['device_augment_batched_torch']['img_per_s']
+        print(f"{'  batched torch ops (not compiled)':<34}{b:>10.0f}{b / res['timm_pil']['img_per_s']:>12.2f}")
     if res['erasing']:
         e = res['erasing']
         print(f"random erasing alone, ms per batch: timm RandomErasing {e['timm_ms_per_batch']:.1f}, "

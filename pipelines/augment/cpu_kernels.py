@@ -28,43 +28,40 @@ OP_CODES = {
 
 @njit(inline='always')
 def _u8(v):
-    """Pillow's clip to 0..255 then truncation (Blend.c, Geometry.c)."""
-    if v <= 0.0:
-        return 0
-    if v >= 255.0:
-        return 255
-    return int(v)
+    """Pillow's clip to 0..255 then truncation (Blend.c, Geometry.c); branchless, so that loops vectorize."""
+    return np.uint8(min(max(v, 0.0), 255.0))
 
 
 @njit(inline='always')
 def _blend(d, i, f):
-    """Pillow's ImagingBlend on one value: float32 `d + f * (i - d)`, clipped, truncated."""
-    return _u8(np.float32(d) + f * np.float32(i - d))
-
-
-@njit(inline='always')
-def _gray(px):
-    """Pillow's RGB -> L (L24 in Convert.c)."""
-    return (px[0] * 19595 + px[1] * 38470 + px[2] * 7471 + 0x8000) >> 16
+    """Pillow's ImagingBlend on one value: float32 `d + f * (i - d)` (the int difference is exact in float32),
+    clipped, truncated."""
+    fd = np.float32(d)
+    return np.uint8(min(max(fd + f * (np.float32(i) - fd), np.float32(0)), np.float32(255)))
 
 
 @njit
 def _lut_op(src, dst, lut):
-    h, w, c = src.shape
+    """dst = lut[channel, src] (the aa ops run on RGB: channels unrolled, which is what makes the loops fast)."""
+    h, w, _ = src.shape
+    l0, l1, l2 = lut[0], lut[1], lut[2]
     for y in range(h):
+        s, d = src[y], dst[y]
         for x in range(w):
-            for k in range(c):
-                dst[y, x, k] = lut[k, src[y, x, k]]
+            d[x, 0], d[x, 1], d[x, 2] = l0[s[x, 0]], l1[s[x, 1]], l2[s[x, 2]]
 
 
 @njit
 def _histogram(src):
     h, w, c = src.shape
     hist = np.zeros((c, 256), np.int64)
+    h0, h1, h2 = hist[0], hist[1], hist[2]
     for y in range(h):
+        s = src[y]
         for x in range(w):
-            for k in range(c):
-                hist[k, src[y, x, k]] += 1
+            h0[s[x, 0]] += 1
+            h1[s[x, 1]] += 1
+            h2[s[x, 2]] += 1
     return hist
 
 
@@ -113,42 +110,41 @@ def _auto_contrast(src, dst):
 
 @njit
 def _point(src, dst, code, arg):
-    """Invert, posterize (0 bits: black), solarize, solarize_add: one 256-entry table for all channels."""
-    lut = np.empty((src.shape[2], 256), np.uint8)
+    """Invert, posterize (0 bits: black), solarize, solarize_add, as arithmetic on the flat image."""
+    s, o = src.reshape(-1), dst.reshape(-1)
     a = int(arg)
-    mask = (0xFF << (8 - min(max(a, 0), 8))) & 0xFF
-    for v in range(256):
-        if code == 3:
-            out = 255 - v
-        elif code == 4:
-            out = v & mask
-        elif code == 5:
-            out = 255 - v if v >= a else v
-        else:
-            out = min(255, v + a) if v < 128 else v
-        lut[:, v] = out
-    _lut_op(src, dst, lut)
+    if code == 3:
+        for i in range(s.size):
+            o[i] = 255 - s[i]
+    elif code == 4:
+        mask = np.uint8((0xFF << (8 - min(max(a, 0), 8))) & 0xFF)
+        for i in range(s.size):
+            o[i] = s[i] & mask
+    elif code == 5:
+        for i in range(s.size):
+            o[i] = 255 - s[i] if s[i] >= a else s[i]
+    else:
+        for i in range(s.size):
+            o[i] = min(255, s[i] + a) if s[i] < 128 else s[i]
 
 
 @njit
 def _color(src, dst, f):
     """ImageEnhance.Color: blend with the grayscale image."""
-    h, w, c = src.shape
+    h, w, _ = src.shape
     for y in range(h):
+        s, d = src[y], dst[y]
         for x in range(w):
-            g = _gray(src[y, x])
-            for k in range(c):
-                dst[y, x, k] = _blend(g, src[y, x, k], f)
+            g = (s[x, 0] * 19595 + s[x, 1] * 38470 + s[x, 2] * 7471 + 0x8000) >> 16  # Pillow's RGB -> L
+            d[x, 0], d[x, 1], d[x, 2] = _blend(g, s[x, 0], f), _blend(g, s[x, 1], f), _blend(g, s[x, 2], f)
 
 
 @njit
 def _blend_const(src, dst, d, f):
     """Blend with a constant degenerate: Brightness (0) and Contrast (the rounded mean of the gray image)."""
-    h, w, c = src.shape
-    for y in range(h):
-        for x in range(w):
-            for k in range(c):
-                dst[y, x, k] = _blend(d, src[y, x, k], f)
+    s, o = src.reshape(-1), dst.reshape(-1)
+    for i in range(s.size):
+        o[i] = _blend(d, s[i], f)
 
 
 @njit
@@ -157,8 +153,9 @@ def _gray_mean(src):
     h, w, _ = src.shape
     total = 0
     for y in range(h):
+        s = src[y]
         for x in range(w):
-            total += _gray(src[y, x])
+            total += (s[x, 0] * 19595 + s[x, 1] * 38470 + s[x, 2] * 7471 + 0x8000) >> 16
     return int(total / (h * w) + 0.5)
 
 
@@ -251,6 +248,18 @@ def _warp(src, dst, m, fill, bicubic):
 
 
 @njit
+def _flip(src, dst):
+    h, w, c = src.shape
+    for y in range(h):
+        s, d = src[y], dst[y]
+        for x in range(w):
+            if c == 3:
+                d[x, 0], d[x, 1], d[x, 2] = s[w - 1 - x, 0], s[w - 1 - x, 1], s[w - 1 - x, 2]
+            else:
+                d[x] = s[w - 1 - x]
+
+
+@njit
 def _apply(src, dst, code, arg, mat, fill):
     """One op, src -> dst (both (H, W, C) uint8)."""
     if code == 1:
@@ -278,10 +287,7 @@ def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
         bufs = np.empty((2, h, w, c), np.uint8)
         cur, held = src[b], -1  # held: which of bufs `cur` is (-1: the input image)
         if flip[b]:
-            for y in range(h):
-                for x in range(w):
-                    for k in range(c):
-                        bufs[0, y, x, k] = cur[y, w - 1 - x, k]
+            _flip(cur, bufs[0])
             cur, held = bufs[0], 0
         for s in range(code.shape[1]):
             if code[b, s] != NONE:
