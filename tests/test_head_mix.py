@@ -60,7 +60,7 @@ def test_head_mix_module_uses_the_fused_op_on_cpu_float32():
             p.normal_(0, 0.5)
     s = torch.randn(3, 2, 17, 17, requires_grad=True)
     z = mix(s)
-    assert 'head_mix' in z.grad_fn.next_functions[0][0].name()  # under the final view
+    assert 'head_mix' in z.grad_fn.name()  # the op's own output: no view node for the in-place noise to copy
     ref = _reference(s.detach().double().reshape(3, -1), [p.detach().double() for p in w]).reshape(s.shape)
     _close(z.detach(), ref, 'z')
 

@@ -182,27 +182,30 @@ def _np(t: Tensor) -> np.ndarray:
 @torch.library.custom_op('neatt::head_mix', mutates_args=())
 def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tensor, b3: Tensor,
              negative_slope: float) -> Tensor:
-    """y = x + g(x) for x of shape (H, P); all float32 CPU tensors, weights as `nn.Linear` stores them.
+    """y = x + g(x) for head-major x of shape (H, ...); all float32 CPU tensors, weights as `nn.Linear` stores them.
 
-    A custom op, so that autograd uses the fused backward and `torch.compile` keeps it as one opaque call.
+    A custom op, so that autograd uses the fused backward and `torch.compile` keeps it as one opaque call. It
+    takes and returns the logits' own shape: a view of its output would turn the caller's in-place noise add
+    into a CopySlices node that copies the whole gradient in backward.
     """
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     _threads()
-    _forward(_np(x), _np(w1), _np(b1), _np(w2), _np(b2), _np(w3), _np(b3), np.float32(negative_slope),
-             _tile(w1.shape[0]), y.numpy())
+    _forward(_np(x).reshape(x.shape[0], -1), _np(w1), _np(b1), _np(w2), _np(b2), _np(w3), _np(b3),
+             np.float32(negative_slope), _tile(w1.shape[0]), y.numpy().reshape(x.shape[0], -1))
     return y
 
 
 @torch.library.custom_op('neatt::head_mix_backward', mutates_args=())
 def _head_mix_backward(gy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tensor,
                        negative_slope: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(gx, gw1, gb1, gw2, gb2, gw3, gb3) of `head_mix` for the upstream gradient gy."""
+    """(gx, gw1, gb1, gw2, gb2, gw3, gb3) of `head_mix` for the upstream gradient gy (x's shape)."""
     nchunks = _threads()
     F, H = w1.shape
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
     grads = [torch.empty(nchunks, *shape) for shape in ((F, H), (F,), (F, F), (F,), (H, F), (H,))]
-    _backward(_np(gy), _np(x), _np(w1), _np(b1), _np(w2), _np(b2), _np(w3), _np(w1.t()), _np(w2.t()), _np(w3.t()),
-              np.float32(negative_slope), _tile(F), nchunks, gx.numpy(), *(g.numpy() for g in grads))
+    _backward(_np(gy).reshape(H, -1), _np(x).reshape(H, -1), _np(w1), _np(b1), _np(w2), _np(b2), _np(w3),
+              _np(w1.t()), _np(w2.t()), _np(w3.t()), np.float32(negative_slope), _tile(F), nchunks,
+              gx.numpy().reshape(H, -1), *(g.numpy() for g in grads))
     return (gx, *(g.sum(0) for g in grads))
 
 
