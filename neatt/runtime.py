@@ -7,13 +7,17 @@ fault per 4 KiB touched: on the 2-core development VM that made a plain normaliz
 vs 45 ms). Raising the mmap and trim thresholds keeps freed memory in the heap for reuse, the effect of
 MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, set from inside the process since glibc reads the
 environment only at start-up. PyTorch's CUDA allocator caches on its own; this only concerns host memory.
+
+`use_threadsafe_numba` is for the compiled CPU kernels (the head mix, the augmentation): FFCV runs its numba
+`parallel` decoder in its own thread while the main thread runs theirs, and numba's last-resort threading layer
+(workqueue, picked when neither TBB nor OpenMP is found) aborts the process on such concurrent launches.
 """
 import ctypes
 import ctypes.util
 import logging
 import sys
 
-__all__ = ['configure_cpu_allocator']
+__all__ = ['configure_cpu_allocator', 'use_threadsafe_numba']
 
 _logger = logging.getLogger(__name__)
 
@@ -39,3 +43,12 @@ def configure_cpu_allocator() -> bool:
     if not ok:
         _logger.debug('mallopt refused the thresholds; host allocations keep the default behaviour')
     return ok
+
+
+def use_threadsafe_numba() -> None:
+    """Make numba pick a threadsafe threading layer (TBB or OpenMP; an ImportError naming them if neither is
+    installed) instead of aborting later. A layer chosen through NUMBA_THREADING_LAYER is left alone. Takes effect
+    only before numba's first parallel launch, so the kernel modules call it when imported."""
+    import numba
+    if numba.config.THREADING_LAYER == 'default':
+        numba.config.THREADING_LAYER = 'threadsafe'

@@ -1,4 +1,5 @@
 """neatt.runtime.configure_cpu_allocator: large host allocations must come from the reusable heap afterwards."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -34,3 +35,31 @@ def _where(mode):
 def test_large_allocations_come_from_the_heap_once_configured():
     assert _where('default') == 'mmap'
     assert _where('tuned') == 'heap'
+
+
+_LAYER_PROBE = textwrap.dedent("""
+    import numba
+    import numpy as np
+    import pipelines.augment.cpu_kernels  # noqa: F401  (a module with numba parallel kernels)
+
+    @numba.njit(parallel=True)
+    def bump(a):
+        for i in numba.prange(a.shape[0]):
+            a[i] += 1
+
+    bump(np.zeros(4))
+    print(numba.config.THREADING_LAYER, numba.threading_layer())
+""")
+
+
+@pytest.mark.parametrize('env, want_config', [(None, 'threadsafe'), ('omp', 'omp')])
+def test_kernel_modules_ask_numba_for_a_threadsafe_layer(env, want_config):
+    """FFCV's decoder thread and the main thread launch numba kernels at once; the workqueue layer aborts on that.
+    A layer the user picked through NUMBA_THREADING_LAYER is kept."""
+    environ = {k: v for k, v in os.environ.items() if k != 'NUMBA_THREADING_LAYER'}
+    if env:
+        environ['NUMBA_THREADING_LAYER'] = env
+    out = subprocess.run([sys.executable, '-c', _LAYER_PROBE], capture_output=True, text=True, check=True,
+                         env=environ).stdout.split()
+    assert out[0] == want_config
+    assert out[1] in ('tbb', 'omp')

@@ -13,7 +13,11 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from neatt.runtime import use_threadsafe_numba
+
 __all__ = ['OP_CODES', 'NONE', 'WARP_BILINEAR', 'WARP_BICUBIC', 'augment']
+
+use_threadsafe_numba()
 
 NONE = 0  # no op in this slot
 WARP_BILINEAR, WARP_BICUBIC = 11, 12  # Pillow's affine transform; the kernel spots 1-D shears/translations
