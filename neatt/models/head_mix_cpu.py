@@ -14,7 +14,11 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from neatt.runtime import use_threadsafe_numba
+
 __all__ = ['head_mix']
+
+use_threadsafe_numba()
 
 
 def _tile(hidden: int) -> int:
