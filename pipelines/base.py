@@ -16,7 +16,7 @@ from typing import Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .crop import hash_uniform
+from .crop import DEFAULT_RATIO, DEFAULT_SCALE, hash_uniform
 from .sharding import ShardedOrder
 
 __all__ = ["LoaderError", "Loader", "build_loader", "BACKENDS"]
@@ -41,7 +41,8 @@ class Loader:
 
     def __init__(self, data_dir: str, manifest: dict, *, split: str, batch_size: int, image_size: int,
                  train: bool, rank: int, world_size: int, seed: int, device: torch.device, num_workers: int,
-                 augment, crop_pct: float, drop_last: bool):
+                 augment, crop_pct: float, drop_last: bool, scale: Tuple[float, float],
+                 ratio: Tuple[float, float]):
         self.data_dir = data_dir
         self.manifest = manifest
         self.split = split
@@ -54,6 +55,7 @@ class Loader:
         self.device = device
         self.num_workers = num_workers
         self.crop_pct = crop_pct
+        self.scale, self.ratio = tuple(scale), tuple(ratio)  # random-resized-crop ranges (pipelines.crop)
         self.num_samples = int(manifest["splits"][split]["count"])
         self.order = ShardedOrder(self.num_samples, rank=rank, world_size=world_size, batch_size=batch_size,
                                   seed=seed, shuffle=train, pad=train, drop_last=drop_last)
@@ -118,7 +120,8 @@ def _resolve_device(device) -> torch.device:
 def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", batch_size: int = 64,
                  image_size: int = 224, train: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0,
                  device: Union[str, torch.device] = "cpu", num_workers: int = 2, augment=None,
-                 crop_pct: float = 0.875, drop_last: Optional[bool] = None) -> Loader:
+                 crop_pct: float = 0.875, drop_last: Optional[bool] = None,
+                 scale: Tuple[float, float] = DEFAULT_SCALE, ratio: Tuple[float, float] = DEFAULT_RATIO) -> Loader:
     """Build the loader of one split of a converted dataset (docs/architecture.md, section 2).
 
     Parameters
@@ -150,6 +153,9 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         Val: resize the shorter side to ``floor(image_size / crop_pct)``, then center-crop.
     drop_last : bool, optional
         Drop each rank's partial final batch; default ``train``.
+    scale, ratio : (float, float)
+        Train: random-resized-crop ranges of the window's area (a fraction of the image's) and aspect ratio,
+        torchvision's defaults (timm's ``--scale``, ``--ratio``).
     """
     from .augment import AugmentConfig, DeviceAugment
     from neatt.datasets.manifest import ManifestError, read_manifest
@@ -163,6 +169,10 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
                           f"num_workers={num_workers} >= 0")
     if not 0 < crop_pct <= 1:
         raise LoaderError(f"crop_pct={crop_pct} must be in (0, 1]")
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise LoaderError(f"scale={tuple(scale)} must be (min, max) with 0 < min <= max <= 1")
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise LoaderError(f"ratio={tuple(ratio)} must be (min, max) with 0 < min <= max")
     if world_size < 1 or not 0 <= rank < world_size:
         raise LoaderError(f"rank={rank} world_size={world_size}: need 0 <= rank < world_size")
     if not os.path.isdir(data_dir):
@@ -197,4 +207,5 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
     return getattr(module, class_name)(
         data_dir, manifest, split=split, batch_size=batch_size, image_size=image_size, train=train,
         rank=rank, world_size=world_size, seed=seed, device=device, num_workers=num_workers,
-        augment=DeviceAugment(augment), crop_pct=crop_pct, drop_last=train if drop_last is None else drop_last)
+        augment=DeviceAugment(augment), crop_pct=crop_pct, drop_last=train if drop_last is None else drop_last,
+        scale=scale, ratio=ratio)

@@ -45,7 +45,7 @@ class DaliLoader(Loader):
         sizes = np.array([Image.open(io.BytesIO(j)).size for j in jpegs], dtype=np.int64).reshape(-1, 2)
         widths, heights = sizes[:, 0], sizes[:, 1]
         if self.train:
-            top, left, h, w = rrc_windows(heights, widths, indices, self.seed, epoch).T
+            top, left, h, w = rrc_windows(heights, widths, indices, self.seed, epoch, self.scale, self.ratio).T
             start, end = np.stack([top, left], 1), np.stack([top + h, left + w], 1)
         else:
             geo = np.array([eval_resize_geometry(h, w, self.image_size, self.crop_pct)

@@ -258,7 +258,8 @@ class FfcvLoader(Loader):
         if len(indices) == 0:
             return
         if self.train:
-            win = rrc_windows(self._heights[indices], self._widths[indices], indices, self.seed, epoch)
+            win = rrc_windows(self._heights[indices], self._widths[indices], indices, self.seed, epoch, self.scale,
+                              self.ratio)
             self.table[indices, 0:4] = win
             self.table[indices, 4:6] = self.image_size
             self.table[indices, 6:8] = 0

@@ -28,11 +28,13 @@ __all__ = ["TorchLoader"]
 class _JpegDataset(Dataset):
     """Item ``(index, epoch)`` -> (uint8 HWC crop, label); the epoch in the key fixes the crop."""
 
-    def __init__(self, reader: ShardReader, image_size: int, train: bool, crop_pct: float, seed: int):
+    def __init__(self, reader: ShardReader, image_size: int, train: bool, crop_pct: float, seed: int,
+                 scale: Tuple[float, float], ratio: Tuple[float, float]):
         self.reader = reader
         self.image_size = image_size
         self.train = train
         self.seed = seed
+        self.scale, self.ratio = scale, ratio
         self.eval_transform = transforms.Compose([
             transforms.Resize(math.floor(image_size / crop_pct), interpolation=InterpolationMode.BICUBIC),
             transforms.CenterCrop(image_size),
@@ -45,7 +47,8 @@ class _JpegDataset(Dataset):
         index, epoch = key
         img = Image.open(io.BytesIO(self.reader.jpeg(index))).convert("RGB")
         if self.train:
-            top, left, h, w = (int(v) for v in rrc_windows([img.height], [img.width], [index], self.seed, epoch)[0])
+            top, left, h, w = (int(v) for v in rrc_windows([img.height], [img.width], [index], self.seed, epoch,
+                                                                self.scale, self.ratio)[0])
             img = F.resized_crop(img, top, left, h, w, [self.image_size, self.image_size],
                                  interpolation=InterpolationMode.BICUBIC)
         else:
@@ -62,7 +65,8 @@ class TorchLoader(Loader):
         if len(reader) != self.num_samples:
             raise ValueError(f"{data_dir}: DALI shards of {self.split!r} hold {len(reader)} samples, manifest "
                              f"says {self.num_samples}; re-run tools/convert_datasets.py with --force")
-        self.dataset = _JpegDataset(reader, self.image_size, self.train, self.crop_pct, self.seed)
+        self.dataset = _JpegDataset(reader, self.image_size, self.train, self.crop_pct, self.seed, self.scale,
+                                    self.ratio)
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         keys = [(int(i), epoch) for i in self.order.remaining(epoch, start_batch)]

@@ -125,21 +125,22 @@ def test_backends_read_the_same_samples_in_the_same_order(digits):
             assert mean < 3.0, (b, split, mean)
 
 
-@pytest.mark.parametrize("split,size", [("train", 16), ("val", 16), ("val", SIZE)])
-def test_ffcv_output_is_pillows_resize_of_its_window(digits, split, size):
+@pytest.mark.parametrize("split,size,rrc", [("train", 16, {}), ("train", 16, dict(scale=(0.5, 0.6), ratio=(1, 2))),
+                                            ("val", 16, {}), ("val", SIZE, {})])
+def test_ffcv_output_is_pillows_resize_of_its_window(digits, split, size, rrc):
     """Every FFCV output is Pillow's bicubic resize (horizontal pass, then vertical, each a Pillow call) of its
     window of the stored JPEG as stock FFCV decodes it. Tolerance 0: the same libjpeg-turbo decode, and the
     resampler reproduces Pillow's integer arithmetic. Train at 16 px both shrinks and enlarges windows of the
-    32 px digits; val shrinks to 18 px at 16, enlarges to 36 px at 32."""
+    32 px digits; val shrinks to 18 px at 16, enlarges to 36 px at 32. `rrc`: the loader's scale/ratio ranges."""
     stored = read_ffcv(os.path.join(digits, f"{split}.beton"))[0]
     train = split == "train"
-    loader = _build(digits, "ffcv", split, image_size=size)
+    loader = _build(digits, "ffcv", split, image_size=size, **rrc)
     out = torch.cat([x for x, _ in _uint8_epoch(loader, 2)]).permute(0, 2, 3, 1).numpy()
     idx = ShardedOrder(len(stored), batch_size=BS, seed=11, shuffle=train, pad=train, drop_last=train).indices(2)
     assert len(out) == len(idx)
     n, H, W = len(stored), stored.shape[1], stored.shape[2]
     if train:  # windows from pipelines.crop (tested against torchvision in test_loader_crop.py)
-        win = rrc_windows(np.full(n, H)[idx], np.full(n, W)[idx], idx, seed=11, epoch=2)
+        win = rrc_windows(np.full(n, H)[idx], np.full(n, W)[idx], idx, seed=11, epoch=2, **rrc)
         size_out = np.full((len(idx), 2), size)
         offset = np.zeros((len(idx), 2), np.int64)
     else:  # the whole image to eval_resize_geometry's size, then its center window
@@ -147,7 +148,7 @@ def test_ffcv_output_is_pillows_resize_of_its_window(digits, split, size):
         win = np.tile([0, 0, H, W], (len(idx), 1))
         size_out, offset = np.tile([rh, rw], (len(idx), 1)), np.tile([top, left], (len(idx), 1))
     shrink = (win[:, 2] >= size_out[:, 0]) & (win[:, 3] >= size_out[:, 1])
-    if train:
+    if train and not rrc:
         assert shrink.any() and not shrink.all()  # shrinking and enlarging windows are both exercised
     for k, i in enumerate(idx):
         (y, x, h, w), (oh, ow), (oy, ox) = win[k], size_out[k], offset[k]
@@ -197,6 +198,10 @@ def test_unknown_backend_split_and_bad_numbers(digits):
         build_loader(digits, backend="torch", rank=2, world_size=2)
     with pytest.raises(LoaderError, match="crop_pct"):
         build_loader(digits, backend="torch", crop_pct=1.5)
+    with pytest.raises(LoaderError, match=r"scale=\(0.5, 0.2\) must be \(min, max\)"):
+        build_loader(digits, backend="ffcv", scale=(0.5, 0.2))
+    with pytest.raises(LoaderError, match=r"ratio=\(0, 1\)"):
+        build_loader(digits, backend="ffcv", ratio=(0, 1))
 
 
 def test_format_not_converted(digits, tmp_path):

@@ -90,6 +90,8 @@ class AugConfig:
     remode: str = _opt('pixel', 'random erasing fill mode', choices=('const', 'rand', 'pixel'))
     recount: int = _opt(1, 'random erasing count')
     hflip: float = _opt(0.5, 'horizontal flip probability')
+    scale: tuple[float, float] = _opt((0.08, 1.0), 'random-resized-crop area range, as fractions of the image')
+    ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), 'random-resized-crop aspect ratio range')
     smoothing: float = _opt(0.1, 'label smoothing')
     mixup: float = _opt(0.0, 'mixup alpha; mixup is on when > 0')
     cutmix: float = _opt(0.0, 'cutmix alpha; cutmix is on when > 0')
@@ -103,6 +105,11 @@ class AugConfig:
                 raise ValueError(f'{flag_name(name)} must be in [0, 1], got {getattr(self, name)}')
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f'--smoothing must be in [0, 1), got {self.smoothing}')
+        self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)  # config.json stores them as lists
+        if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f'--scale must be two numbers MIN MAX with 0 < MIN <= MAX <= 1, got {self.scale}')
+        if len(self.ratio) != 2 or not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f'--ratio must be two numbers MIN MAX with 0 < MIN <= MAX, got {self.ratio}')
 
 
 @dataclass(kw_only=True, slots=True)
@@ -295,17 +302,18 @@ def demo() -> Config:
 
     Digits are 8x8 originals (stored upscaled to 32 px), so 16 px loses nothing: with 4 px patches that is
     16 tokens + cls, and 4 blocks of width 96 keep a step cheap on a CPU. Average pooling of the patch tokens
-    (timm's global_pool='avg') learns much faster than the cls token on 1,437 images. Eval keeps timm's
-    crop_pct 0.875: the train crops (RandomResizedCrop, scale 0.08-1) show digits enlarged, and the slightly
-    zoomed eval view matches them (the FixRes effect; +2-3 points here). One torch thread leaves the second
-    core to the loader.
+    (timm's global_pool='avg') learns much faster than the cls token on 1,437 images. Random-resized crops keep
+    at least 35% of the image (--scale 0.35 1): with ImageNet's 8% many crops hold a fragment of the digit, and 40
+    epochs ended at 93.9-96.4% val top-1 depending on the seed and float rounding, against 97.2% and 98.3% for
+    seeds 0 and 1 here. Eval keeps timm's crop_pct 0.875: the train crops show digits enlarged, and the slightly
+    zoomed eval view matches them (the FixRes effect). One torch thread leaves the second core to the loader.
     """
     return Config(
         preset='demo',
         model=ModelConfig(model='neatt_vit_tiny_patch4_32', num_classes=10, img_size=16,
                           model_kwargs={'depth': 4, 'embed_dim': 96, 'num_heads': 3, 'global_pool': 'avg'}),
         data=DataConfig(backend='ffcv', workers=1, crop_pct=0.875),
-        aug=AugConfig(aa=None, reprob=0.0, hflip=0.0, smoothing=0.1),
+        aug=AugConfig(aa=None, reprob=0.0, hflip=0.0, scale=(0.35, 1.0), smoothing=0.1),
         optim=OptimConfig(opt='adamw', lr=1e-3, weight_decay=0.05, sched='cosine', warmup_epochs=1,
                           warmup_lr=1e-5, min_lr=1e-5, epochs=40, batch_size=32),
         ema=EmaConfig(model_ema=True, model_ema_decay=0.99),
@@ -374,6 +382,8 @@ def _add_field(group, f, hint) -> None:
         kwargs['action'] = argparse.BooleanOptionalAction
     elif base is dict:
         kwargs.update(nargs='*', type=_parse_kwargs, metavar='KEY=VALUE')
+    elif origin is tuple:  # a fixed-length pair such as --scale MIN MAX
+        kwargs.update(nargs=len(args), type=args[0], metavar=('MIN', 'MAX') if len(args) == 2 else None)
     else:
         kwargs['type'] = base
         if optional:
