@@ -3,9 +3,11 @@
 The trainer only sees ``Loader``: ``len()``, ``set_epoch()``, iteration yielding normalized float32 NCHW
 channels-last images and int64 labels on the device, and ``state_dict()``/``load_state_dict()`` for exact
 mid-epoch resume. A backend only implements ``_iter_uint8(epoch, start_batch)``: uint8 NCHW batches of the
-samples ``pipelines.sharding`` assigns to this rank, cropped and resized deterministically
+samples ``pipelines.sharding`` assigns to this rank, cropped, resized and (train) flipped deterministically
 (``pipelines.crop``); this class applies ``pipelines.augment.DeviceAugment`` on the device, with a generator
-seeded from (seed, epoch, rank, batch index), so a resumed run sees the same flips and ops.
+seeded from (seed, epoch, rank, batch index), so a resumed run sees the same crops, flips and ops. The flip
+(``augment.hflip``) is done by the backend while it writes the crop, as FFCV and DALI pipelines do, rather than
+as a separate pass over the batch.
 """
 import dataclasses
 import importlib
@@ -42,7 +44,7 @@ class Loader:
     def __init__(self, data_dir: str, manifest: dict, *, split: str, batch_size: int, image_size: int,
                  train: bool, rank: int, world_size: int, seed: int, device: torch.device, num_workers: int,
                  augment, crop_pct: float, drop_last: bool, scale: Tuple[float, float],
-                 ratio: Tuple[float, float]):
+                 ratio: Tuple[float, float], hflip: float):
         self.data_dir = data_dir
         self.manifest = manifest
         self.split = split
@@ -56,6 +58,7 @@ class Loader:
         self.num_workers = num_workers
         self.crop_pct = crop_pct
         self.scale, self.ratio = tuple(scale), tuple(ratio)  # random-resized-crop ranges (pipelines.crop)
+        self.hflip = hflip if train else 0.0  # probability of pipelines.crop.flip_flags
         self.num_samples = int(manifest["splits"][split]["count"])
         self.order = ShardedOrder(self.num_samples, rank=rank, world_size=world_size, batch_size=batch_size,
                                   seed=seed, shuffle=train, pad=train, drop_last=drop_last)
@@ -147,8 +150,9 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
     num_workers : int
         Decoding processes/threads.
     augment : pipelines.augment.AugmentConfig, optional
-        On-device augmentation and normalization; ``None`` uses ``AugmentConfig()``. Val uses only its
-        mean/std; its ``img_size`` is set to ``image_size``.
+        On-device augmentation and normalization; ``None`` uses ``AugmentConfig()``. Its ``hflip`` is applied
+        by the backend as it writes each crop (``pipelines.crop.flip_flags``). Val uses only its mean/std; its
+        ``img_size`` is set to ``image_size``.
     crop_pct : float
         Val: resize the shorter side to ``floor(image_size / crop_pct)``, then center-crop.
     drop_last : bool, optional
@@ -204,8 +208,10 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
     augment = dataclasses.replace(augment, img_size=image_size)  # timm derives translate_const from it
     if not train:
         augment = dataclasses.replace(augment, aa=None, reprob=0.0, hflip=0.0)
+    hflip = augment.hflip  # the backend flips the crops (see the module docstring), DeviceAugment does the rest
+    augment = dataclasses.replace(augment, hflip=0.0)
     return getattr(module, class_name)(
         data_dir, manifest, split=split, batch_size=batch_size, image_size=image_size, train=train,
         rank=rank, world_size=world_size, seed=seed, device=device, num_workers=num_workers,
         augment=DeviceAugment(augment), crop_pct=crop_pct, drop_last=train if drop_last is None else drop_last,
-        scale=scale, ratio=ratio)
+        scale=scale, ratio=ratio, hflip=hflip)

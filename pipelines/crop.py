@@ -6,6 +6,9 @@ counter-based hash (splitmix64) of ``(seed, epoch, sample index, draw)``, and th
 torchvision's ``RandomResizedCrop.get_params`` algorithm (10 tries, then the clamped-ratio center crop) with
 timm's defaults ``scale=(0.08, 1)``, ``ratio=(3/4, 4/3)``.
 
+The horizontal flip that follows the crop in timm's train transform is drawn the same way (``flip_flags``), so
+that the decoders can write the crop mirrored at no cost, as FFCV and DALI pipelines do.
+
 Val geometry follows timm's eval transform: resize the shorter side to ``floor(image_size / crop_pct)``
 (bicubic), then center-crop ``image_size``.
 """
@@ -14,11 +17,12 @@ from typing import Tuple
 
 import numpy as np
 
-__all__ = ["DEFAULT_SCALE", "DEFAULT_RATIO", "hash_uniform", "rrc_windows", "eval_resize_geometry"]
+__all__ = ["DEFAULT_SCALE", "DEFAULT_RATIO", "hash_uniform", "rrc_windows", "flip_flags", "eval_resize_geometry"]
 
 DEFAULT_SCALE = (0.08, 1.0)
 DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 _NUM_TRIES = 10
+_FLIP_DRAW = _NUM_TRIES * 4  # the first draw number after the crop's
 _U64 = np.uint64
 
 
@@ -73,6 +77,12 @@ def rrc_windows(heights, widths, indices, seed: int, epoch: int,
                       np.where(in_ratio > max(ratio), fh, fh)).astype(np.int64)
         out[fallback] = np.stack([(fh - ch) // 2, (fw - cw) // 2, ch, cw], axis=1)
     return out
+
+
+def flip_flags(indices, seed: int, epoch: int, p: float) -> np.ndarray:
+    """Whether sample ``indices[k]`` is flipped horizontally in ``epoch`` (bool, shape (n,)), with probability ``p``."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    return hash_uniform(seed, epoch, indices, _FLIP_DRAW) < p
 
 
 def eval_resize_geometry(height: int, width: int, image_size: int, crop_pct: float):

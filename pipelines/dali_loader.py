@@ -23,7 +23,7 @@ from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
 from .base import Loader
-from .crop import eval_resize_geometry, rrc_windows
+from .crop import eval_resize_geometry, flip_flags, rrc_windows
 from .shard_reader import ShardReader
 
 __all__ = ["DaliLoader"]
@@ -61,8 +61,9 @@ class DaliLoader(Loader):
             idx = indices[b:b + self.batch_size]
             jpegs = [self.reader.jpeg(int(i)) for i in idx]
             roi_start, roi_end = self._windows(idx, epoch, jpegs)
+            flips = flip_flags(idx, self.seed, epoch, self.hflip).astype(np.int32)
             yield ([np.frombuffer(j, dtype=np.uint8) for j in jpegs], list(roi_start), list(roi_end),
-                   list(self.reader.labels[idx].reshape(-1, 1)))
+                   list(self.reader.labels[idx].reshape(-1, 1)), list(flips))
 
     def _pipeline(self, source) -> Pipeline:
         cuda = self.device.type == "cuda"
@@ -70,13 +71,14 @@ class DaliLoader(Loader):
                         device_id=(self.device.index or 0) if cuda else None, seed=self.seed,
                         prefetch_queue_depth=2)
         with pipe:
-            jpegs, roi_start, roi_end, labels = fn.external_source(source=source, num_outputs=4, batch=True,
-                                                                   dtype=[types.UINT8, types.FLOAT, types.FLOAT,
-                                                                          types.INT64])
+            jpegs, roi_start, roi_end, labels, flips = fn.external_source(
+                source=source, num_outputs=5, batch=True,
+                dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64, types.INT32])
             images = fn.decoders.image(jpegs, device="mixed" if cuda else "cpu", output_type=types.RGB)
             images = fn.resize(images, size=[self.image_size, self.image_size], roi_start=roi_start,
                                roi_end=roi_end, roi_relative=False, interp_type=types.INTERP_CUBIC,
                                antialias=True, dtype=types.UINT8)
+            images = fn.flip(images, horizontal=flips, vertical=0)
             pipe.set_outputs(images, labels)
         pipe.build()
         return pipe

@@ -40,7 +40,7 @@ from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from .base import Loader
-from .crop import eval_resize_geometry, rrc_windows
+from .crop import eval_resize_geometry, flip_flags, rrc_windows
 
 __all__ = ["FfcvLoader", "TableCropDecoder", "resample_bicubic"]
 
@@ -108,17 +108,19 @@ def _coeffs(in_size, out_size, first, count):
     return bounds, kk
 
 
-@njit([types.void(src, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _U8_HWC) for src in (_U8_HWC, _U8_HWC_RO)],
-      cache=True, nogil=True)
-def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
+@njit([types.void(src, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _U8_HWC)
+       for src in (_U8_HWC, _U8_HWC_RO)], cache=True, nogil=True)
+def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
     """Pillow's bicubic resize of ``src[y0:y0+h, x0:x0+w]`` (HWC uint8) to ``out_h x out_w``, writing the
-    ``dst.shape[:2]`` window at ``(oy, ox)`` of the result into ``dst``: train passes the crop and
-    ``out = dst size``; val passes the whole image, the resized size and the center-crop offset.
+    ``dst.shape[:2]`` window at ``(oy, ox)`` of the result into ``dst``, mirrored left-right if ``flip``: train
+    passes the crop and ``out = dst size``; val passes the whole image, the resized size and the center-crop
+    offset.
 
     Pillow's arithmetic (int32 sums of 8-bit pixels times 22-bit weights, rounded and clipped to 8 bits after
     each pass, horizontal pass first), in a loop order that vectorizes: both passes run as weighted sums of whole
     contiguous rows. For the horizontal pass the window's columns are first copied into rows (a transpose), and
-    its result is stored transposed back. Integer sums do not depend on their order, so this is bit-exact.
+    its result is stored transposed back (and mirrored, for ``flip``, in the same store). Integer sums do not
+    depend on their order, so this is bit-exact.
     """
     oh, ow = dst.shape[0], dst.shape[1]
     hb, hk64 = _coeffs(w, out_w, ox, ow)
@@ -140,6 +142,7 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
     hacc = np.empty(rows * 3, np.int32)
     for xx in range(ow):
         start, taps = hb[xx, 0] - col0, hb[xx, 1]
+        xo = ow - 1 - xx if flip else xx  # where output column xx lands
         hacc[:] = half
         for k in range(taps):
             wk = hk[xx, k]
@@ -148,7 +151,7 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, dst):
                 hacc[i] += np.int32(column[i]) * wk
         for r in range(rows):
             for c in range(3):
-                tmp[r, 3 * xx + c] = min(max(hacc[3 * r + c] >> _PRECISION_BITS, 0), 255)  # Pillow's clip8
+                tmp[r, 3 * xo + c] = min(max(hacc[3 * r + c] >> _PRECISION_BITS, 0), 255)  # Pillow's clip8
 
     vacc = np.empty(ow * 3, np.int32)
     flat = dst.reshape(oh, ow * 3)
@@ -172,13 +175,13 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
     output_size : tuple of int
         (height, width) of the output.
     table : np.ndarray
-        int64 ``(num_samples, 8)``: ``y0, x0, h, w, out_h, out_w, oy, ox`` per sample (see
+        int64 ``(num_samples, 9)``: ``y0, x0, h, w, out_h, out_w, oy, ox, flip`` per sample (see
         ``resample_bicubic``). The loader rewrites it in place between epochs; it must outlive the loader.
     """
 
     def __init__(self, output_size, table: np.ndarray):
         super().__init__(output_size)
-        assert table.dtype == np.int64 and table.flags.c_contiguous and table.shape[1] == 8
+        assert table.dtype == np.int64 and table.flags.c_contiguous and table.shape[1] == 9
         self.table = table
 
     def generate_code(self):
@@ -189,7 +192,7 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
-            table = carray(_voidptr(address), (num_rows, 8), np.int64)
+            table = carray(_voidptr(address), (num_rows, 9), np.int64)
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
@@ -204,7 +207,7 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
                 else:
                     image = image_data.reshape(height, width, 3)
                 t = table[source_ix]
-                resample_bicubic(image, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], destination[dst_ix])
+                resample_bicubic(image, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], destination[dst_ix])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True
@@ -228,7 +231,7 @@ class FfcvLoader(Loader):
     def __init__(self, data_dir: str, manifest: dict, **kwargs):
         super().__init__(data_dir, manifest, **kwargs)
         path = os.path.join(data_dir, manifest["formats"]["ffcv"][self.split]["file"])
-        self.table = np.zeros((self.num_samples, 8), np.int64)
+        self.table = np.zeros((self.num_samples, 9), np.int64)
         size = (self.image_size, self.image_size)
         cuda = self.device.type == "cuda"
         to_device = [ToDevice(self.device, non_blocking=True)] if cuda else []
@@ -251,7 +254,7 @@ class FfcvLoader(Loader):
             for i in range(self.num_samples):
                 rh, rw, top, left = eval_resize_geometry(self._heights[i], self._widths[i], self.image_size,
                                                          self.crop_pct)
-                self.table[i] = 0, 0, self._heights[i], self._widths[i], rh, rw, top, left
+                self.table[i] = 0, 0, self._heights[i], self._widths[i], rh, rw, top, left, 0
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         indices = self.order.remaining(epoch, start_batch)
@@ -263,6 +266,7 @@ class FfcvLoader(Loader):
             self.table[indices, 0:4] = win
             self.table[indices, 4:6] = self.image_size
             self.table[indices, 6:8] = 0
+            self.table[indices, 8] = flip_flags(indices, self.seed, epoch, self.hflip)
         order = _PlannedOrder(self._ffcv)
         order.indices = indices.astype(np.uint64)
         self._ffcv.traversal_order = order

@@ -19,7 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from .base import Loader
-from .crop import rrc_windows
+from .crop import flip_flags, rrc_windows
 from .shard_reader import ShardReader
 
 __all__ = ["TorchLoader"]
@@ -29,12 +29,12 @@ class _JpegDataset(Dataset):
     """Item ``(index, epoch)`` -> (uint8 HWC crop, label); the epoch in the key fixes the crop."""
 
     def __init__(self, reader: ShardReader, image_size: int, train: bool, crop_pct: float, seed: int,
-                 scale: Tuple[float, float], ratio: Tuple[float, float]):
+                 scale: Tuple[float, float], ratio: Tuple[float, float], hflip: float):
         self.reader = reader
         self.image_size = image_size
         self.train = train
         self.seed = seed
-        self.scale, self.ratio = scale, ratio
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
         self.eval_transform = transforms.Compose([
             transforms.Resize(math.floor(image_size / crop_pct), interpolation=InterpolationMode.BICUBIC),
             transforms.CenterCrop(image_size),
@@ -51,6 +51,8 @@ class _JpegDataset(Dataset):
                                                                 self.scale, self.ratio)[0])
             img = F.resized_crop(img, top, left, h, w, [self.image_size, self.image_size],
                                  interpolation=InterpolationMode.BICUBIC)
+            if flip_flags([index], self.seed, epoch, self.hflip)[0]:
+                img = F.hflip(img)
         else:
             img = self.eval_transform(img)
         return torch.from_numpy(np.array(img, dtype=np.uint8)), int(self.reader.labels[index])
@@ -66,7 +68,7 @@ class TorchLoader(Loader):
             raise ValueError(f"{data_dir}: DALI shards of {self.split!r} hold {len(reader)} samples, manifest "
                              f"says {self.num_samples}; re-run tools/convert_datasets.py with --force")
         self.dataset = _JpegDataset(reader, self.image_size, self.train, self.crop_pct, self.seed, self.scale,
-                                    self.ratio)
+                                    self.ratio, self.hflip)
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         keys = [(int(i), epoch) for i in self.order.remaining(epoch, start_batch)]

@@ -18,7 +18,7 @@ from PIL import Image
 from datasets_builders import make_folder_tree, read_ffcv, run_convert_cli
 from pipelines.augment import AugmentConfig
 from pipelines.base import LoaderError, build_loader
-from pipelines.crop import eval_resize_geometry, rrc_windows
+from pipelines.crop import eval_resize_geometry, flip_flags, rrc_windows
 from pipelines.sharding import ShardedOrder
 
 BACKENDS = ["ffcv", "dali", "torch"]
@@ -131,7 +131,8 @@ def test_ffcv_output_is_pillows_resize_of_its_window(digits, split, size, rrc):
     """Every FFCV output is Pillow's bicubic resize (horizontal pass, then vertical, each a Pillow call) of its
     window of the stored JPEG as stock FFCV decodes it. Tolerance 0: the same libjpeg-turbo decode, and the
     resampler reproduces Pillow's integer arithmetic. Train at 16 px both shrinks and enlarges windows of the
-    32 px digits; val shrinks to 18 px at 16, enlarges to 36 px at 32. `rrc`: the loader's scale/ratio ranges."""
+    32 px digits; val shrinks to 18 px at 16, enlarges to 36 px at 32. `rrc`: the loader's scale/ratio ranges.
+    Train crops are mirrored where pipelines.crop.flip_flags says so (TRAIN_AUG.hflip = 0.5)."""
     stored = read_ffcv(os.path.join(digits, f"{split}.beton"))[0]
     train = split == "train"
     loader = _build(digits, "ffcv", split, image_size=size, **rrc)
@@ -141,6 +142,8 @@ def test_ffcv_output_is_pillows_resize_of_its_window(digits, split, size, rrc):
     n, H, W = len(stored), stored.shape[1], stored.shape[2]
     if train:  # windows from pipelines.crop (tested against torchvision in test_loader_crop.py)
         win = rrc_windows(np.full(n, H)[idx], np.full(n, W)[idx], idx, seed=11, epoch=2, **rrc)
+        flips = flip_flags(idx, seed=11, epoch=2, p=TRAIN_AUG.hflip)
+        assert flips.any() and not flips.all()
         size_out = np.full((len(idx), 2), size)
         offset = np.zeros((len(idx), 2), np.int64)
     else:  # the whole image to eval_resize_geometry's size, then its center window
@@ -154,6 +157,8 @@ def test_ffcv_output_is_pillows_resize_of_its_window(digits, split, size, rrc):
         (y, x, h, w), (oh, ow), (oy, ox) = win[k], size_out[k], offset[k]
         window = Image.fromarray(stored[i, y:y + h, x:x + w])
         ref = np.asarray(window.resize((int(ow), int(h)), Image.BICUBIC).resize((int(ow), int(oh)), Image.BICUBIC))
+        if train and flips[k]:
+            ref = ref[:, ::-1]
         assert np.array_equal(out[k], ref[oy:oy + size, ox:ox + size]), (split, size, k, i)
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from pipelines.crop import DEFAULT_RATIO, DEFAULT_SCALE, eval_resize_geometry, hash_uniform, rrc_windows
+from pipelines.crop import DEFAULT_RATIO, DEFAULT_SCALE, eval_resize_geometry, flip_flags, hash_uniform, rrc_windows
 from datasets_builders import photo_tiles
 
 
@@ -60,6 +60,15 @@ def test_rrc_window_statistics_match_torchvision():
         assert abs(a.std() - b.std()) < 0.1 * b.std()
 
 
+def test_flip_flags_are_fair_coins_fixed_by_seed_epoch_and_index():
+    idx = np.arange(4000)
+    a = flip_flags(idx, seed=3, epoch=1, p=0.5)
+    assert a.dtype == bool and abs(a.mean() - 0.5) < 0.03
+    assert np.array_equal(a[::-1], flip_flags(idx[::-1], seed=3, epoch=1, p=0.5))  # per index, not per position
+    assert (a != flip_flags(idx, seed=3, epoch=2, p=0.5)).mean() > 0.4
+    assert not flip_flags(idx, 3, 1, 0.0).any() and flip_flags(idx, 3, 1, 1.0).all()
+
+
 def test_rrc_fallback_is_torchvisions():
     """A 2x200 image never fits a crop of the allowed ratios: torchvision's deterministic fallback applies."""
     win = rrc_windows([2], [200], [0], seed=0, epoch=0)[0]
@@ -78,7 +87,7 @@ def test_eval_geometry_and_resampler_equal_timm_eval_transform(size, image_size,
                               transforms.CenterCrop(image_size)])(Image.fromarray(img))
     rh, rw, top, left = eval_resize_geometry(H, W, image_size, crop_pct)
     out = np.zeros((image_size, image_size, 3), np.uint8)
-    resample_bicubic(img, 0, 0, H, W, rh, rw, top, left, out)
+    resample_bicubic(img, 0, 0, H, W, rh, rw, top, left, 0, out)
     two_pass = _two_pass(Image.fromarray(img), rw, rh)[top:top + image_size, left:left + image_size]
     assert np.array_equal(out, two_pass)
     assert np.abs(out.astype(int) - np.asarray(ref)).max() <= 1
@@ -90,16 +99,21 @@ def _two_pass(img: Image.Image, out_w: int, out_h: int) -> np.ndarray:
 
 
 def test_resampler_equals_pillow_resized_crop():
-    """Train path: crop then bicubic resize, as Pillow does it; torchvision's resized_crop within one level."""
+    """Train path: crop then bicubic resize, as Pillow does it, then (every other window) the horizontal flip;
+    torchvision's resized_crop within one level."""
     from torchvision.transforms import functional as F
     from pipelines.ffcv_loader import resample_bicubic
     img = photo_tiles(1, (70, 100), seed=2)[0]
     win = rrc_windows(np.full(40, 70), np.full(40, 100), np.arange(40), seed=1, epoch=0)
-    for (top, left, h, w), out_size in zip(win, [16, 32, 48, 96, 224] * 8):
+    for k, ((top, left, h, w), out_size) in enumerate(zip(win, [16, 32, 48, 96, 224] * 8)):
+        flip = k % 2
         ref = F.resized_crop(Image.fromarray(img), int(top), int(left), int(h), int(w), [out_size, out_size],
                              InterpolationMode.BICUBIC)
         out = np.zeros((out_size, out_size, 3), np.uint8)
-        resample_bicubic(img, top, left, h, w, out_size, out_size, 0, 0, out)
+        resample_bicubic(img, top, left, h, w, out_size, out_size, 0, 0, flip, out)
         crop = Image.fromarray(img).crop((int(left), int(top), int(left + w), int(top + h)))
-        assert np.array_equal(out, _two_pass(crop, out_size, out_size)), (top, left, h, w, out_size)
+        two_pass = _two_pass(crop, out_size, out_size)
+        if flip:
+            two_pass, ref = two_pass[:, ::-1], F.hflip(ref)
+        assert np.array_equal(out, two_pass), (top, left, h, w, out_size, flip)
         assert np.abs(out.astype(int) - np.asarray(ref)).max() <= 1

@@ -6,9 +6,11 @@
 Every row reads the same converted dataset's train split with the same batch size, worker count, image
 size and seed, and delivers what the trainer gets: decode + random-resized-crop (bicubic) + horizontal flip +
 normalize, as float32 channels-last batches on ``--device`` (no auto-augment or erasing: those are measured
-separately, by tools/bench_augment.py's ``run()``, whose figures are included). Rounds alternate between the rows and each row's best full epoch counts, so load from
-other processes hits them alike; the first pass of each row (FFCV's numba compilation, worker start-up) is not
-timed.
+separately, by tools/bench_augment.py's ``run()``, whose figures are included). The flip is done by each backend
+as it writes the crop (pipelines.crop.flip_flags), so the ``uint8`` column, the backend alone, is decode +
+random-resized-crop + flip to uint8 batches on the device. Rounds alternate between the rows and each row's best
+full epoch counts, so load from other processes hits them alike; the first pass of each row (FFCV's numba
+compilation, worker start-up) is not timed.
 
 ``--make-photos N`` first builds an ImageNet-like dataset: N JPEGs of about 400x350 px (random crops of the
 photos that scikit-learn and scikit-image ship, resized and re-encoded at quality 90) in 10 classes, 90/10
@@ -62,8 +64,8 @@ def make_photos(root: str, n: int, seed: int = 0) -> str:
 
 def time_epochs(loaders: dict, rounds: int, device: torch.device, workers: int) -> dict:
     """Best full-epoch images/s per backend, rounds alternating between backends: ``img_per_s`` for what the
-    trainer gets (with flip + normalize on the device), ``uint8_img_per_s`` for the backend alone (decode + crop +
-    resize to uint8 batches on the device, the loader's ``_iter_uint8``)."""
+    trainer gets (normalized float batches), ``uint8_img_per_s`` for the backend alone (decode + crop + resize +
+    flip to uint8 batches on the device, the loader's ``_iter_uint8``)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {name: {"full": [], "uint8": []} for name in loaders}
     counts = {}
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
     data = make_photos(args.data, args.make_photos) if args.make_photos else args.data
 
     device = torch.device(args.device)
-    augment = AugmentConfig(aa=None, reprob=0.0, hflip=0.5)  # flip + normalize: what every backend must do
+    augment = AugmentConfig(aa=None, reprob=0.0, hflip=0.5)  # flip (in the backend) + normalize (on the device)
     loaders = {b: build_loader(data, split="train", backend=b,
                                batch_size=args.batch_size, image_size=args.image_size, train=True, seed=0,
                                device=device, num_workers=args.workers, augment=augment) for b in backends}
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
           f"device {device}, best of {args.rounds} epochs")
     base8 = results.get("torch", {}).get("uint8_img_per_s")
     print(f"{'backend':10s} {'img/s':>10s} {'x torch':>8s} {'uint8 img/s':>12s} {'x torch':>8s}   "
-          "(img/s: with flip+normalize on the device; uint8: the backend alone)")
+          "(img/s: normalized float batches; uint8: the backend alone, decode + crop + flip)")
     for name, r in results.items():
         ratio = f"{r['img_per_s'] / base:8.2f}" if base else "       -"
         ratio8 = f"{r['uint8_img_per_s'] / base8:8.2f}" if base8 else "       -"
