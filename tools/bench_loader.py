@@ -3,12 +3,12 @@
     .venv/bin/python tools/bench_loader.py --make-photos 2000 --data /tmp/neatt-photos --json bench-loader.json
     .venv/bin/python tools/bench_loader.py --data data/imagenet --batch-size 128 --workers 8 --device cuda
 
-Every row reads the same converted dataset's train split with the same batch size, worker count, image
-size and seed, and delivers what the trainer gets: decode + random-resized-crop (bicubic) + horizontal flip +
-normalize, as float32 channels-last batches on ``--device`` (no auto-augment or erasing: those are measured
-separately, by tools/bench_augment.py's ``run()``, whose figures are included). The flip is done by each backend
-as it writes the crop (pipelines.crop.flip_flags), so the ``uint8`` column, the backend alone, is decode +
-random-resized-crop + flip to uint8 batches on the device. Rounds alternate between the rows and each row's best
+Every row reads the same converted dataset's train split with the same batch size, worker count, image size
+and seed. ``img_per_s`` is the backend alone: decode + random-resized-crop (bicubic) + horizontal flip to uint8
+batches on ``--device`` (each backend flips as it writes the crop, see pipelines.crop.flip_flags).
+``normalized_img_per_s`` is what the trainer gets: the same, normalized into float32 channels-last batches on
+the device (no auto-augment or erasing: those are measured separately, by tools/bench_augment.py's ``run()``,
+whose figures are included). Rounds alternate between the rows and each row's best
 full epoch counts, so load from other processes hits them alike; the first pass of each row (FFCV's numba
 compilation, worker start-up) is not timed.
 
@@ -63,28 +63,28 @@ def make_photos(root: str, n: int, seed: int = 0) -> str:
 
 
 def time_epochs(loaders: dict, rounds: int, device: torch.device, workers: int) -> dict:
-    """Best full-epoch images/s per backend, rounds alternating between backends: ``img_per_s`` for what the
-    trainer gets (normalized float batches), ``uint8_img_per_s`` for the backend alone (decode + crop + resize +
-    flip to uint8 batches on the device, the loader's ``_iter_uint8``)."""
+    """Best full-epoch images/s per backend, rounds alternating between backends: ``img_per_s`` for the backend
+    alone (decode + crop + resize + flip to uint8 batches on the device, the loader's ``_iter_uint8``),
+    ``normalized_img_per_s`` for what the trainer gets (the loader's normalized float batches)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {name: {"full": [], "uint8": []} for name in loaders}
+    times = {name: {"normalized": [], "uint8": []} for name in loaders}
     counts = {}
     for r in range(rounds + 1):
         for name, loader in loaders.items():
-            for kind in ("full", "uint8") if r > 0 else ("full",):  # round 0 warms up (compilation, reads)
+            for kind in ("normalized", "uint8") if r > 0 else ("normalized",):  # round 0 warms up (compiles)
                 torch.set_num_threads(workers)  # FFCV changes torch's thread count; give every backend the same
                 loader.set_epoch(r)
                 sync()
                 t0 = time.perf_counter()
                 n = 0
-                for images, _ in (loader if kind == "full" else loader._iter_uint8(r, 0)):
+                for images, _ in (loader if kind == "normalized" else loader._iter_uint8(r, 0)):
                     n += images.shape[0]
                 sync()
                 if r > 0:
                     times[name][kind].append(time.perf_counter() - t0)
                 counts[name] = n
-    return {name: {"img_per_s": counts[name] / min(t["full"]), "epoch_s": t["full"],
-                   "uint8_img_per_s": counts[name] / min(t["uint8"]), "uint8_epoch_s": t["uint8"],
+    return {name: {"img_per_s": counts[name] / min(t["uint8"]), "epoch_s": t["uint8"],
+                   "normalized_img_per_s": counts[name] / min(t["normalized"]), "normalized_epoch_s": t["normalized"],
                    "images_per_epoch": counts[name]}
             for name, t in times.items()}
 
@@ -124,13 +124,13 @@ def main(argv=None) -> int:
     base = results.get("torch", {}).get("img_per_s")
     print(f"loaders: {data} train, batch {args.batch_size}, {args.image_size} px, {args.workers} workers, "
           f"device {device}, best of {args.rounds} epochs")
-    base8 = results.get("torch", {}).get("uint8_img_per_s")
-    print(f"{'backend':10s} {'img/s':>10s} {'x torch':>8s} {'uint8 img/s':>12s} {'x torch':>8s}   "
-          "(img/s: normalized float batches; uint8: the backend alone, decode + crop + flip)")
+    base_norm = results.get("torch", {}).get("normalized_img_per_s")
+    print(f"{'backend':10s} {'img/s':>10s} {'x torch':>8s} {'normalized':>12s} {'x torch':>8s}   "
+          "(img/s: decode + crop + flip, uint8; normalized: + normalize into float batches)")
     for name, r in results.items():
         ratio = f"{r['img_per_s'] / base:8.2f}" if base else "       -"
-        ratio8 = f"{r['uint8_img_per_s'] / base8:8.2f}" if base8 else "       -"
-        print(f"{name:10s} {r['img_per_s']:10.1f} {ratio} {r['uint8_img_per_s']:12.1f} {ratio8}")
+        ratio_norm = f"{r['normalized_img_per_s'] / base_norm:8.2f}" if base_norm else "       -"
+        print(f"{name:10s} {r['img_per_s']:10.1f} {ratio} {r['normalized_img_per_s']:12.1f} {ratio_norm}")
     print(f"augmentation --aa {args.aa} (bench_augment.run): timm PIL {aug['timm_pil']['img_per_s']:.1f} img/s, "
           f"DeviceAugment {aug['device_augment']['img_per_s']:.1f} img/s, ratio {aug['ratio']:.2f}")
 
@@ -138,8 +138,8 @@ def main(argv=None) -> int:
         out = {
             "backends": results,
             "ratios_to_torch": {n: r["img_per_s"] / base for n, r in results.items()} if base else None,
-            "uint8_ratios_to_torch": ({n: r["uint8_img_per_s"] / base8 for n, r in results.items()}
-                                      if base8 else None),
+            "normalized_ratios_to_torch": ({n: r["normalized_img_per_s"] / base_norm for n, r in results.items()}
+                                           if base_norm else None),
             "augment": aug,
             "config": {k: v for k, v in vars(args).items() if k != "json"} | {"data": data},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
