@@ -118,8 +118,9 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import bench_augment
-    aug = bench_augment.run(aa=args.aa, batch_size=args.batch_size, img_size=args.image_size,
-                            threads=args.workers, device=args.device)
+    # one thread: timm's PIL transform works one image at a time, so more threads would favour our side only
+    aug = bench_augment.run(aa=args.aa, batch_size=args.batch_size, img_size=args.image_size, threads=1,
+                            device=args.device)
 
     base = results.get("torch", {}).get("img_per_s")
     print(f"loaders: {data} train, batch {args.batch_size}, {args.image_size} px, {args.workers} workers, "
