@@ -177,8 +177,9 @@ def main(argv=None):
     p.add_argument('--reprob', type=float, default=0.5)
     p.add_argument('--remode', default='pixel', choices=('pixel', 'rand', 'const'))
     p.add_argument('--rounds', type=int, default=3, help='timed rounds per side (best counts)')
-    p.add_argument('--threads', type=int, default=1, help='torch threads, both sides (default 1; timm\'s PIL ops use one core whatever this is, so 1 is the '
-                        'per-core comparison)')
+    p.add_argument('--threads', type=int, default=1,
+                   help="torch threads, both sides (default 1; timm's PIL ops use one core whatever this is, so 1 "
+                        "is the per-core comparison)")
     p.add_argument('--device', default='cpu', help="device for DeviceAugment: cpu or cuda[:N]")
     p.add_argument('--chunk', type=int, default=None, help='DeviceAugment chunk_size (default: its own)')
     p.add_argument('--json', default=None, help='also write the results to this JSON file')
