@@ -108,6 +108,18 @@ def _coeffs(in_size, out_size, first, count):
     return bounds, kk
 
 
+@njit(inline='always')
+def _weighted_rows(acc, rows, start, taps, weights, half):
+    """acc[:] = half + sum over k < taps of weights[k] * rows[start + k] (Pillow's int32 sum; whole rows, so it
+    vectorizes)."""
+    acc[:] = half
+    for k in range(taps):
+        wk = weights[k]
+        row = rows[start + k]
+        for i in range(acc.shape[0]):
+            acc[i] += np.int32(row[i]) * wk
+
+
 @njit([types.void(src, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _U8_HWC)
        for src in (_U8_HWC, _U8_HWC_RO)], cache=True, nogil=True)
 def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
@@ -143,12 +155,7 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
     for xx in range(ow):
         start, taps = hb[xx, 0] - col0, hb[xx, 1]
         xo = ow - 1 - xx if flip else xx  # where output column xx lands
-        hacc[:] = half
-        for k in range(taps):
-            wk = hk[xx, k]
-            column = src_t[start + k]
-            for i in range(rows * 3):
-                hacc[i] += np.int32(column[i]) * wk
+        _weighted_rows(hacc, src_t, start, taps, hk[xx], half)
         for r in range(rows):
             for c in range(3):
                 tmp[r, 3 * xo + c] = min(max(hacc[3 * r + c] >> _PRECISION_BITS, 0), 255)  # Pillow's clip8
@@ -156,13 +163,7 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
     vacc = np.empty(ow * 3, np.int32)
     flat = dst.reshape(oh, ow * 3)
     for yy in range(oh):
-        start, taps = vb[yy, 0] - row0, vb[yy, 1]
-        vacc[:] = half
-        for k in range(taps):
-            wk = vk[yy, k]
-            row = tmp[start + k]
-            for i in range(ow * 3):
-                vacc[i] += np.int32(row[i]) * wk
+        _weighted_rows(vacc, tmp, vb[yy, 0] - row0, vb[yy, 1], vk[yy], half)
         for i in range(ow * 3):
             flat[yy, i] = min(max(vacc[i] >> _PRECISION_BITS, 0), 255)
 

@@ -109,6 +109,29 @@ def _forward(x, w1, b1, w2, b2, w3, b3, slope, tile, y):
             _mix_into(yr, w3[h], h2, 0, T)
 
 
+@njit(inline='always', fastmath=True)
+def _weight_grads(gw, gb, d, src, t0, T):
+    """A layer's weight and bias grads from its output grads `d[:, :T]` and inputs `src[:, t0:t0 + T]`."""
+    for f in range(d.shape[0]):
+        dr = d[f, :T]
+        for t in range(T):
+            gb[f] += dr[t]
+        _dots_into(gw[f], dr, src, t0, T)
+
+
+@njit(inline='always', fastmath=True)
+def _input_grads_through_lrelu(out, wt, d, t0, T, h, slope):
+    """out[f, :T] = (W^T d)[f] * lrelu'(h[f]): `wt` is W transposed, `d[:, t0:t0 + T]` the layer's output grads
+    and `h` its input, a LeakyReLU output (which has the sign of the LeakyReLU input, so it gives the slope)."""
+    for f in range(out.shape[0]):
+        o, hr = out[f], h[f]
+        for t in range(T):
+            o[t] = 0
+        _mix_into(o, wt[f], d, t0, T)
+        for t in range(T):
+            o[t] = o[t] if hr[t] > 0 else o[t] * slope
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _backward(gy, x, w1, b1, w2, b2, w3, w1t, w2t, w3t, slope, tile, nchunks, gx, gw1, gb1, gw2, gb2, gw3, gb3):
     """gx for all positions; weight grads per chunk (gw*[c], summed by the caller) so that threads never share.
@@ -134,37 +157,13 @@ def _backward(gy, x, w1, b1, w2, b2, w3, w1t, w2t, w3t, slope, tile, nchunks, gx
             _layer(h1, w1, b1, x, t0, T, slope)
             _layer(h2, w2, b2, h1, 0, T, slope)
             # layer 3 (y = x + W3 h2 + b3): its weight grads, then d2 = (W3^T gy) * lrelu'(h2) into d
-            for h in range(H):
-                gr = gy[h, t0:t0 + T]
-                for t in range(T):
-                    gb3[c, h] += gr[t]
-                _dots_into(gw3[c, h], gr, h2, 0, T)
-            for f in range(F):
-                o, hr = d[f], h2[f]
-                for t in range(T):
-                    o[t] = 0
-                _mix_into(o, w3t[f], gy, t0, T)
-                for t in range(T):  # lrelu keeps the sign, so its output gives the slope
-                    o[t] = o[t] if hr[t] > 0 else o[t] * slope
+            _weight_grads(gw3[c], gb3[c], gy[:, t0:t0 + T], h2, 0, T)
+            _input_grads_through_lrelu(d, w3t, gy, t0, T, h2, slope)
             # layer 2: weight grads from d2, then d1 = (W2^T d2) * lrelu'(h1) into h2 (free now)
-            for f in range(F):
-                dr = d[f]
-                for t in range(T):
-                    gb2[c, f] += dr[t]
-                _dots_into(gw2[c, f], dr, h1, 0, T)
-            for g in range(F):
-                o, hr = h2[g], h1[g]
-                for t in range(T):
-                    o[t] = 0
-                _mix_into(o, w2t[g], d, 0, T)
-                for t in range(T):
-                    o[t] = o[t] if hr[t] > 0 else o[t] * slope
+            _weight_grads(gw2[c], gb2[c], d, h1, 0, T)
+            _input_grads_through_lrelu(h2, w2t, d, 0, T, h1, slope)
             # layer 1: weight grads from d1, then gx = gy + W1^T d1 (the residual)
-            for f in range(F):
-                dr = h2[f]
-                for t in range(T):
-                    gb1[c, f] += dr[t]
-                _dots_into(gw1[c, f], dr, x, t0, T)
+            _weight_grads(gw1[c], gb1[c], h2, x, t0, T)
             for h in range(H):
                 o, gr = gx[h, t0:t0 + T], gy[h, t0:t0 + T]
                 for t in range(T):
