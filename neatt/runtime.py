@@ -17,7 +17,7 @@ import ctypes.util
 import logging
 import sys
 
-__all__ = ['configure_cpu_allocator', 'use_threadsafe_numba']
+__all__ = ['configure_cpu_allocator', 'use_threadsafe_numba', 'numba_threads_like_torch']
 
 _logger = logging.getLogger(__name__)
 
@@ -52,3 +52,14 @@ def use_threadsafe_numba() -> None:
     import numba
     if numba.config.THREADING_LAYER == 'default':
         numba.config.THREADING_LAYER = 'threadsafe'
+
+
+def numba_threads_like_torch() -> int:
+    """Set numba's thread count to torch's (within numba's pool size) so that the compiled kernels and torch's
+    ops do not oversubscribe the cores; returns it. Called before each kernel launch: torch's count can change
+    between calls (FFCV sets it while it iterates)."""
+    import numba
+    import torch
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n

@@ -30,6 +30,7 @@ BACKENDS = {
     "torch": ("pipelines.torch_loader", "TorchLoader", "dali", "torchvision"),
 }
 
+
 class LoaderError(ValueError):
     """A loader cannot be built from what the user gave; the message says what to do."""
 

@@ -93,11 +93,11 @@ class HeadMix(nn.Module):
         float32 on CPU goes to the fused kernel (`head_mix_cpu`), several times faster than the GEMMs there;
         CUDA and autocast (bf16/fp16) keep the GEMMs.
         """
-        x = s.reshape(s.shape[0], -1)
         if (s.device.type == 'cpu' and s.dtype == torch.float32 and self.fc1.weight.dtype == torch.float32
                 and not torch.is_autocast_enabled('cpu')):
             return _fused_head_mix(s, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
                                    self.fc3.weight, self.fc3.bias, self.negative_slope)
+        x = s.reshape(s.shape[0], -1)
         h = _LeakyReLU.apply(torch.addmm(self.fc1.bias[:, None], self.fc1.weight, x), self.negative_slope)
         h = _LeakyReLU.apply(torch.addmm(self.fc2.bias[:, None], self.fc2.weight, h), self.negative_slope)
         # residual folded in: addmm computes x + W3 @ h in one pass over the logits

@@ -8,13 +8,12 @@ tiny feature axis; the inner loops run over contiguous positions so that LLVM ve
 """
 from typing import Tuple
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 from torch import Tensor
 
-from neatt.runtime import use_threadsafe_numba
+from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
 __all__ = ['head_mix']
 
@@ -171,13 +170,6 @@ def _backward(gy, x, w1, b1, w2, b2, w3, w1t, w2t, w3t, slope, tile, nchunks, gx
                 _mix_into(o, w1t[h], h2, 0, T)
 
 
-def _threads() -> int:
-    """Follow torch's thread count so that numba and torch do not oversubscribe the cores."""
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
-    return n
-
-
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -192,7 +184,7 @@ def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tens
     into a CopySlices node that copies the whole gradient in backward.
     """
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _threads()
+    numba_threads_like_torch()
     _forward(_np(x).reshape(x.shape[0], -1), _np(w1), _np(b1), _np(w2), _np(b2), _np(w3), _np(b3),
              np.float32(negative_slope), _tile(w1.shape[0]), y.numpy().reshape(x.shape[0], -1))
     return y
@@ -202,7 +194,7 @@ def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tens
 def _head_mix_backward(gy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tensor,
                        negative_slope: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(gx, gw1, gb1, gw2, gb2, gw3, gb3) of `head_mix` for the upstream gradient gy (x's shape)."""
-    nchunks = _threads()
+    nchunks = numba_threads_like_torch()  # one chunk of weight grads per thread
     F, H = w1.shape
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
     grads = [torch.empty(nchunks, *shape) for shape in ((F, H), (F,), (F, F), (F,), (H, F), (H,))]

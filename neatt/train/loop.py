@@ -231,14 +231,14 @@ class Trainer:
         mean, std = self.model.pretrained_cfg.get('mean'), self.model.pretrained_cfg.get('std')
         common = dict(backend=cfg.data.backend, image_size=cfg.model.img_size, rank=d.rank, world_size=d.world_size,
                       seed=cfg.run.seed, device=d.device, num_workers=cfg.data.workers, crop_pct=cfg.data.crop_pct)
-        rrc = dict(scale=cfg.aug.scale, ratio=cfg.aug.ratio)
         train_aug = AugmentConfig(aa=cfg.aug.aa, reprob=cfg.aug.reprob, remode=cfg.aug.remode,
                                   recount=cfg.aug.recount, hflip=cfg.aug.hflip, mean=mean, std=std,
                                   interpolation=cfg.data.train_interpolation)
         val_aug = AugmentConfig(aa=None, reprob=0.0, hflip=0.0, mean=mean, std=std)
         try:
             train = build_loader(cfg.data.data_dir, split='train', batch_size=cfg.optim.batch_size, train=True,
-                                 augment=train_aug, drop_last=True, **rrc, **common)
+                                 augment=train_aug, drop_last=True, scale=cfg.aug.scale, ratio=cfg.aug.ratio,
+                                 **common)
             val = build_loader(cfg.data.data_dir, split='val', batch_size=cfg.optim.batch_size, train=False,
                                augment=val_aug, drop_last=False, **common)
         except LoaderError as e:

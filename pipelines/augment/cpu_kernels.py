@@ -8,12 +8,11 @@ number to torch's). Each op follows Pillow's C code, float types and rounding in
 Geometry.c's affine filters in float64, the 3x3 SMOOTH filter rounded), so the results are Pillow's own:
 tests/test_augment_cpu.py compares every op with timm's PIL op.
 """
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-from neatt.runtime import use_threadsafe_numba
+from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
 __all__ = ['OP_CODES', 'NONE', 'WARP_BILINEAR', 'WARP_BICUBIC', 'augment']
 
@@ -132,6 +131,12 @@ def _point(src, dst, code, arg):
             o[i] = min(255, s[i] + a) if s[i] < 128 else s[i]
 
 
+@njit(inline='always')
+def _luma(r, g, b):
+    """Pillow's RGB -> L conversion of one pixel (fixed point, rounded)."""
+    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+
+
 @njit
 def _color(src, dst, f):
     """ImageEnhance.Color: blend with the grayscale image."""
@@ -139,7 +144,7 @@ def _color(src, dst, f):
     for y in range(h):
         s, d = src[y], dst[y]
         for x in range(w):
-            g = (s[x, 0] * 19595 + s[x, 1] * 38470 + s[x, 2] * 7471 + 0x8000) >> 16  # Pillow's RGB -> L
+            g = _luma(s[x, 0], s[x, 1], s[x, 2])
             d[x, 0], d[x, 1], d[x, 2] = _blend(g, s[x, 0], f), _blend(g, s[x, 1], f), _blend(g, s[x, 2], f)
 
 
@@ -159,7 +164,7 @@ def _gray_mean(src):
     for y in range(h):
         s = src[y]
         for x in range(w):
-            total += (s[x, 0] * 19595 + s[x, 1] * 38470 + s[x, 2] * 7471 + 0x8000) >> 16
+            total += _luma(s[x, 0], s[x, 1], s[x, 2])
     return int(total / (h * w) + 0.5)
 
 
@@ -327,7 +332,7 @@ def augment(images: torch.Tensor, flip: torch.Tensor, code: torch.Tensor, arg: t
     code (B, L) int64 (`OP_CODES`, `WARP_*`, `NONE`); arg (B, L) float64 (the ops' argument as timm passes it);
     mats (B, L, 2, 3) float64 (Pillow's affine data for warps); fill: C ints; scale, shift: (C,) float32.
     """
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba_threads_like_torch()
     b, c, h, w = images.shape
     src, dst = images.permute(0, 2, 3, 1).numpy(), out.permute(0, 2, 3, 1).numpy()
     scale_row, shift_row = scale.float().repeat(w).numpy(), shift.float().repeat(w).numpy()
