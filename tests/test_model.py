@@ -10,6 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 import neatt  # noqa: F401  (registers the models)
 from neatt.models import NeAttVisionTransformer
 from _model_data import TINY, randomize_head_mix, real_images
+from _noise_reference import next_logit_noise
 
 
 def _model(**kwargs) -> NeAttVisionTransformer:
@@ -21,7 +22,8 @@ def _naive_forward(model: NeAttVisionTransformer, images: torch.Tensor, noise: b
     """NEATT.md written out directly: a python loop over blocks, g_l applied position by position.
 
     Uses only the model's weights (and timm's embedding/head, checked against timm in the vanilla test).
-    Noise is drawn in block order as the model documents: `torch.randn_like` on head-major (H, B, N, N) logits.
+    Noise is drawn in block order as the model documents, on head-major (H, B, N, N) logits: on CPU the
+    Philox/Box-Muller sample of neatt/models/logit_noise.py, re-derived in numpy by tests/_noise_reference.py.
     """
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
     B, N, C = x.shape
@@ -47,7 +49,7 @@ def _naive_forward(model: NeAttVisionTransformer, images: torch.Tensor, noise: b
                         u = F.leaky_relu(g.fc2(u), 0.2)
                         z[:, :, i, j] = s[:, :, i, j] + g.fc3(u)
         if noise:
-            z = z + model.neatt_sigma * torch.randn(H, B, N, N).transpose(0, 1)
+            z = z + model.neatt_sigma * next_logit_noise((H, B, N, N)).transpose(0, 1)
         p = torch.softmax(z, dim=-1)
         o = (p @ v).transpose(1, 2).reshape(B, N, C)
         x = x + attn.proj(o)

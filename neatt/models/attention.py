@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .head_mix_cpu import head_mix as _fused_head_mix
+from .logit_noise import add_logit_noise
 
 __all__ = ['HeadMix', 'NestedAttention']
 
@@ -230,29 +231,10 @@ class NestedAttention(nn.Module):
         return a.view(H, B, N, N)
 
     def _add_noise(self, z: torch.Tensor) -> torch.Tensor:
-        """z + sigma * eps, eps drawn with `torch.randn_like` on the head-major (H, B, N, N) logits from the global
-        RNG, so that a reseeded run (or a reference computation) draws the same eps. In place where autograd
-        allows it (nothing saved for backward reads z before the softmax)."""
-        if z.device.type == 'cpu':
-            return _add_logit_noise(z, self.neatt_sigma)
+        """z + sigma * eps on the head-major (H, B, N, N) logits, seeded from the global RNG, so that a reseeded
+        run (or a reference computation) draws the same eps. On CPU float32 the parallel generator of
+        `logit_noise` (torch's CPU randn is single-threaded); elsewhere `torch.randn_like`, in place where
+        autograd allows it (nothing saved for backward reads z before the softmax)."""
+        if z.device.type == 'cpu' and z.dtype == torch.float32:
+            return add_logit_noise(z, self.neatt_sigma)
         return z.add_(torch.randn_like(z), alpha=self.neatt_sigma)
-
-
-@torch.library.custom_op('neatt::add_logit_noise', mutates_args=())
-def _add_logit_noise(z: torch.Tensor, sigma: float) -> torch.Tensor:
-    """z + sigma * randn_like(z) as an op that `torch.compile` keeps opaque, for CPU.
-
-    Inductor otherwise inlines the randn as a per-element Philox loop in its C++ kernels, about 7x slower than
-    ATen's vectorized `normal_` (one ViT-Ti step at depth 4, batch 16: ~100 ms per block of logits). Two passes
-    over the logits: the draw, then the add into the draw's buffer.
-    """
-    eps = torch.randn_like(z, memory_format=torch.contiguous_format)
-    return torch.add(z, eps, alpha=sigma, out=eps)
-
-
-@_add_logit_noise.register_fake
-def _(z, sigma):
-    return torch.empty_like(z, memory_format=torch.contiguous_format)
-
-
-_add_logit_noise.register_autograd(lambda ctx, grad: (grad, None))
