@@ -16,12 +16,18 @@ pipelines and the best round of each counts, so load from other processes hits a
 (numba's compilation or cache load) is not timed. Torch uses `--threads` threads on both sides (timm's
 ToTensor/Normalize/RandomErasing run in torch too), and the compiled kernel as many numba threads.
 
+Every round of a side re-seeds its RNGs (timm: Python's `random` and torch's; ours: its generator), so a side
+repeats the same draws each round and the best round filters only the machine's noise. The two sides draw
+differently (their RNGs differ), so each round covers `--images` photos (default 256, in batches of
+`--batch-size`), enough that the mix of ops drawn (how many warps, say) evens out between the sides.
+
 timm's v0/v0r policies ask for Posterize with 0 bits, which Pillow >= 11 rejects; this benchmark replaces
 timm's posterize with one that returns a black image for 0 bits (the TF EfficientNet behaviour DeviceAugment
 implements), only while it builds the timm transform.
 """
 import argparse
 import os
+import random
 import sys
 import time
 from contextlib import contextmanager
@@ -86,15 +92,17 @@ def timm_transform(aa: str, img_size: int, reprob: float, remode: str, hflip: fl
     return transforms.Compose(tf.transforms[1:])
 
 
-def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float = 0.5, remode: str = 'pixel',
-        hflip: float = 0.5, rounds: int = 3, threads: int = 1, device: str = 'cpu',
+def run(aa: str = 'v0', batch_size: int = 64, images: int = 256, img_size: int = 224, reprob: float = 0.5,
+        remode: str = 'pixel', hflip: float = 0.5, rounds: int = 3, threads: int = 1, device: str = 'cpu',
         chunk_size: int = None) -> dict:
-    """Measure both pipelines on one batch of photos; returns the figures as a JSON-ready dict."""
+    """Measure both pipelines on the same photos; returns the figures as a JSON-ready dict."""
     torch.set_num_threads(threads)
-    photos = sample_photos(batch_size, img_size)
+    images = max(images // batch_size, 1) * batch_size
+    photos = sample_photos(images, img_size)
     pil_images = [Image.fromarray(p) for p in photos]
     dev = torch.device(device)
-    batch = torch.from_numpy(photos).to(dev).permute(0, 3, 1, 2)  # NHWC memory = channels_last, as loaders give
+    # NHWC memory = channels_last, as loaders give
+    batches = torch.from_numpy(photos).to(dev).permute(0, 3, 1, 2).split(batch_size)
     cfg = AugmentConfig(aa=aa, reprob=reprob, remode=remode, hflip=hflip, img_size=img_size)
     aug = DeviceAugment(cfg, chunk_size=chunk_size)  # first: it turns a bad --aa into a clear ValueError
     batched = DeviceAugment(cfg, chunk_size=chunk_size, compiled_cpu=False) if dev.type == 'cpu' else None
@@ -103,16 +111,21 @@ def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float
     gen = torch.Generator().manual_seed(0)
 
     def timm_round():
+        random.seed(0)  # timm's ops draw from Python's random, its erasing also from torch's
+        torch.manual_seed(0)
         t0 = time.perf_counter()
-        torch.stack([tf(im) for im in pil_images])
+        for i in range(0, images, batch_size):
+            torch.stack([tf(im) for im in pil_images[i:i + batch_size]])
         return time.perf_counter() - t0
 
-    buffer = torch.empty(batch.shape, device=dev, memory_format=torch.channels_last)
+    buffer = torch.empty(batches[0].shape, device=dev, memory_format=torch.channels_last)
 
     def device_round(out=None, fn=aug):
+        gen.manual_seed(0)
         sync()
         t0 = time.perf_counter()
-        fn(batch, gen, out=out)
+        for batch in batches:
+            fn(batch, gen, out=out)
         sync()
         return time.perf_counter() - t0
 
@@ -126,15 +139,16 @@ def run(aa: str = 'v0', batch_size: int = 64, img_size: int = 224, reprob: float
         recycled_s.append(device_round(buffer))
         if batched is not None:
             batched_s.append(device_round(fn=batched))
-    timm_ips, device_ips = batch_size / min(timm_s), batch_size / min(device_s)
-    erasing = bench_erasing(aug(batch, gen), reprob, remode, rounds) if reprob > 0 else None
+    timm_ips, device_ips = images / min(timm_s), images / min(device_s)
+    erasing = bench_erasing(aug(batches[0], gen), reprob, remode, rounds) if reprob > 0 else None
     return {
-        'aa': aa, 'batch_size': batch_size, 'img_size': img_size, 'reprob': reprob, 'remode': remode,
+        'aa': aa, 'batch_size': batch_size, 'images': images, 'img_size': img_size, 'reprob': reprob,
+        'remode': remode,
         'hflip': hflip, 'threads': threads, 'device': str(dev), 'rounds': rounds,
         'timm_pil': {'img_per_s': timm_ips, 'round_s': timm_s},
         'device_augment': {'img_per_s': device_ips, 'round_s': device_s, 'chunk_size': chunk_size},
-        'device_augment_recycled_out': {'img_per_s': batch_size / min(recycled_s), 'round_s': recycled_s},
-        'device_augment_batched_torch': ({'img_per_s': batch_size / min(batched_s), 'round_s': batched_s}
+        'device_augment_recycled_out': {'img_per_s': images / min(recycled_s), 'round_s': recycled_s},
+        'device_augment_batched_torch': ({'img_per_s': images / min(batched_s), 'round_s': batched_s}
                                          if batched_s else None),
         'ratio': device_ips / timm_ips,
         'erasing': erasing,
@@ -173,6 +187,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--aa', default='v0', help="timm --aa string (default: v0); 'none': flip, normalize, erasing")
     p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--images', type=int, default=256,
+                   help='photos per timed round (default 256), a whole number of batches')
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--reprob', type=float, default=0.5)
     p.add_argument('--remode', default='pixel', choices=('pixel', 'rand', 'const'))
@@ -189,12 +205,13 @@ def main(argv=None):
         p.error(f'--device {args.device}: no CUDA device here; use --device cpu')
     aa = None if args.aa.lower() == 'none' else args.aa
     try:
-        res = run(aa=aa, batch_size=args.batch_size, img_size=args.img_size, reprob=args.reprob,
+        res = run(aa=aa, batch_size=args.batch_size, images=args.images, img_size=args.img_size, reprob=args.reprob,
                   remode=args.remode, rounds=args.rounds, threads=args.threads, device=args.device,
                   chunk_size=args.chunk)
     except ValueError as e:
         p.error(str(e))
-    print(f"--aa {res['aa']}, {res['img_size']} px, batch {res['batch_size']}, reprob {res['reprob']} "
+    print(f"--aa {res['aa']}, {res['img_size']} px, {res['images']} images in batches of {res['batch_size']}, "
+          f"reprob {res['reprob']} "
           f"({res['remode']}), {res['threads']} torch thread(s)")
     print(f"{'pipeline':<34}{'img/s':>10}{'x timm PIL':>12}")
     print(f"{'timm PIL per image (+stack)':<34}{res['timm_pil']['img_per_s']:>10.0f}{1.0:>12.2f}")
