@@ -4,12 +4,25 @@ g = Linear(H, F) -> LeakyReLU -> Linear(F, F) -> LeakyReLU -> Linear(F, H) (F = 
 position, so as three GEMMs over P = B*N*N positions it is bound by the F-wide intermediates that go to memory and
 back several times. Here each thread takes a tile of positions, keeps the tile's hidden activations in L1/L2 and
 never writes them out; backward recomputes them per tile. Written in numba because no library fuses an MLP over a
-tiny feature axis; the inner loops run over contiguous positions so that LLVM vectorizes them.
+tiny feature axis.
+
+Speed comes from LLVM vectorizing the loop over a tile's positions, which it does well only when the feature
+axes are compile-time constants: the per-position reductions then unroll, four output rows share each loaded
+input row (four independent FMA chains, not one F-long chain), and the tile buffers are flat with a constant row
+stride, so that LLVM can prove with a few runtime checks that they do not overlap and keeps the accumulators in
+registers. Hence the kernels are closures built per H by `_kernels(H)`: numba's on-disk cache keys a closure by
+the values it captures, so each H compiles once per machine (`cache=True`), while `numba.literally` would
+re-dispatch from Python on every call. Inside the kernels every H axis is padded to a multiple of 4 (zero
+weights, zero input rows), so that all row counts are multiples of the four-row block. Constants do not reach
+into a `prange` body, so a serial `nogil` closure processes a run of tiles and a small parallel driver hands out
+the runs.
 """
+import functools
 from typing import Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 from numba import njit, prange
 from torch import Tensor
 
@@ -19,159 +32,245 @@ __all__ = ['head_mix']
 
 use_threadsafe_numba()
 
+_CHUNKS_PER_THREAD = 4  # runs of tiles per thread, for load balance
+
+
+def _padded(hidden: int) -> int:
+    return (hidden + 3) // 4 * 4
+
 
 def _tile(hidden: int) -> int:
-    """Positions per tile: the three (F, tile) float32 buffers stay within L2 (512 at H = 3, 256 at H = 12 were
-    the fastest on a 2-core EPYC; measured with 32 to 512)."""
-    return max(64, min(512, (12288 // hidden) // 64 * 64))
+    """Positions per tile: a tile's buffers (about 3F + 3H rows) stay within L1/L2."""
+    return 128 if hidden <= 4 else 64
 
 
 @njit(inline='always', fastmath=True)
-def _mix_into(out, w, src, t0, T):
-    """out[t] += sum_k w[k] * src[k, t0 + t] for t < T.
-
-    Four source rows per pass, so that each load and store of `out` carries four FMAs (a row at a time is bound
-    by those loads and stores). Rows are 1-D views indexed by a `range` variable: numba then drops its
-    negative-index wraparound check, which would keep LLVM from vectorizing over t.
-    """
-    K = w.shape[0]
-    k4 = K - K % 4
-    for k in range(0, k4, 4):
-        wa, wb, wc, wd = w[k], w[k + 1], w[k + 2], w[k + 3]
-        ra, rb = src[k, t0:t0 + T], src[k + 1, t0:t0 + T]
-        rc, rd = src[k + 2, t0:t0 + T], src[k + 3, t0:t0 + T]
-        for t in range(T):
-            out[t] += wa * ra[t] + wb * rb[t] + wc * rc[t] + wd * rd[t]
-    for k in range(k4, K):
-        wk = w[k]
-        rk = src[k, t0:t0 + T]
-        for t in range(T):
-            out[t] += wk * rk[t]
+def _lrelu(a, h, i, slope):
+    return a if a > 0 else a * slope
 
 
 @njit(inline='always', fastmath=True)
-def _dots_into(acc, a, src, t0, T):
-    """acc[k] += sum_t a[t] * src[k, t0 + t] for every row k, four rows per pass over `a`."""
-    K = acc.shape[0]
-    k4 = K - K % 4
-    for k in range(0, k4, 4):
-        ra, rb = src[k, t0:t0 + T], src[k + 1, t0:t0 + T]
-        rc, rd = src[k + 2, t0:t0 + T], src[k + 3, t0:t0 + T]
-        sa = sb = sc = sd = np.float32(0)
-        for t in range(T):
-            v = a[t]
-            sa += v * ra[t]
-            sb += v * rb[t]
-            sc += v * rc[t]
-            sd += v * rd[t]
-        acc[k] += sa
-        acc[k + 1] += sb
-        acc[k + 2] += sc
-        acc[k + 3] += sd
-    for k in range(k4, K):
-        rk = src[k, t0:t0 + T]
-        s = np.float32(0)
-        for t in range(T):
-            s += a[t] * rk[t]
-        acc[k] += s
+def _lrelu_grad(a, h, i, slope):
+    """a * lrelu'(z) for the LeakyReLU output h[i] = lrelu(z), which has z's sign."""
+    return a if h[i] > 0 else a * slope
 
 
 @njit(inline='always', fastmath=True)
-def _layer(out, w, b, src, t0, T, slope):
-    """out[f, :T] = lrelu(b[f] + sum_k w[f, k] src[k, t0:t0 + T]) (no activation when slope is 1)."""
-    for f in range(out.shape[0]):
-        o = out[f]
-        for t in range(T):
-            o[t] = b[f]
-        _mix_into(o, w[f], src, t0, T)
-        if slope != 1:
+def _identity(a, h, i, slope):
+    return a
+
+
+def _make_linear(rows: int, k_len: int, tile: int, post):
+    """A kernel out[r] = post(b[r] + sum_k w[r, k] src[k]) over T <= tile positions, for r < rows (a multiple of
+    4), k < k_len (a multiple of 4); out, src and the row-major w are flat, out and src with row stride `tile`.
+
+    Four output rows per pass over the positions, in blocks of four inputs: the first block starts from the bias,
+    the last applies `post` (a LeakyReLU, its gradient mask through `h`, or nothing)."""
+    blocks = k_len // 4
+
+    @njit(inline='always', fastmath=True)
+    def mac(a0, a1, a2, a3, w, src, r, k0, t):
+        for k in range(4):
+            s = src[(k0 + k) * tile + t]
+            i = r * k_len + k0 + k
+            a0 += w[i] * s
+            a1 += w[i + k_len] * s
+            a2 += w[i + 2 * k_len] * s
+            a3 += w[i + 3 * k_len] * s
+        return a0, a1, a2, a3
+
+    @njit(inline='always', fastmath=True)
+    def store(out, h, r, t, slope, a0, a1, a2, a3, last):
+        o = r * tile + t
+        if last:
+            a0 = post(a0, h, o, slope)
+            a1 = post(a1, h, o + tile, slope)
+            a2 = post(a2, h, o + 2 * tile, slope)
+            a3 = post(a3, h, o + 3 * tile, slope)
+        out[o] = a0
+        out[o + tile] = a1
+        out[o + 2 * tile] = a2
+        out[o + 3 * tile] = a3
+
+    @njit(fastmath=True, nogil=True, cache=True)
+    def linear(out, w, b, src, h, T, slope):
+        # separate loops for the first, middle and last input blocks: a branch inside a position loop stops LLVM
+        # from vectorizing it (`blocks` is a constant, so the `if`s below fold away)
+        for r in range(0, rows, 4):
             for t in range(T):
-                o[t] = o[t] if o[t] > 0 else o[t] * slope
+                a0, a1, a2, a3 = mac(b[r], b[r + 1], b[r + 2], b[r + 3], w, src, r, 0, t)
+                store(out, h, r, t, slope, a0, a1, a2, a3, blocks == 1)
+            for kb in range(1, blocks - 1):
+                for t in range(T):
+                    o = r * tile + t
+                    a0, a1, a2, a3 = mac(out[o], out[o + tile], out[o + 2 * tile], out[o + 3 * tile],
+                                         w, src, r, kb * 4, t)
+                    store(out, h, r, t, slope, a0, a1, a2, a3, False)
+            if blocks > 1:
+                for t in range(T):
+                    o = r * tile + t
+                    a0, a1, a2, a3 = mac(out[o], out[o + tile], out[o + 2 * tile], out[o + 3 * tile],
+                                         w, src, r, k_len - 4, t)
+                    store(out, h, r, t, slope, a0, a1, a2, a3, True)
+
+    return linear
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _forward(x, w1, b1, w2, b2, w3, b3, slope, tile, y):
-    H, P = x.shape
-    F = w1.shape[0]
-    ntiles = (P + tile - 1) // tile
-    for i in prange(ntiles):
-        t0 = i * tile
-        T = min(tile, P - t0)
-        h1 = np.empty((F, tile), np.float32)
-        h2 = np.empty((F, tile), np.float32)
-        _layer(h1, w1, b1, x, t0, T, slope)
-        _layer(h2, w2, b2, h1, 0, T, slope)
+def _make_outer(rows: int, cols: int, tile: int):
+    """A kernel g[i, j] += sum_t a[i, t] c[j, t] and gb[i] += sum_t a[i, t] over T <= tile positions (a weight
+    grad and its bias grad); a and c flat with row stride `tile`, rows and cols multiples of 4, g row-major.
+    Four rows of `a` by two of `c` per pass: eight independent sums, six loads per eight FMAs."""
+
+    @njit(fastmath=True, nogil=True, cache=True)
+    def outer(g, gb, a, c, T):
+        for i in range(0, rows, 4):
+            ra = i * tile
+            for j in range(0, cols, 2):
+                rc = j * tile
+                s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = np.float32(0)
+                for t in range(T):
+                    c0, c1 = c[rc + t], c[rc + tile + t]
+                    v = a[ra + t]
+                    s00 += v * c0
+                    s01 += v * c1
+                    v = a[ra + tile + t]
+                    s10 += v * c0
+                    s11 += v * c1
+                    v = a[ra + 2 * tile + t]
+                    s20 += v * c0
+                    s21 += v * c1
+                    v = a[ra + 3 * tile + t]
+                    s30 += v * c0
+                    s31 += v * c1
+                gi = i * cols + j
+                g[gi] += s00
+                g[gi + 1] += s01
+                g[gi + cols] += s10
+                g[gi + cols + 1] += s11
+                g[gi + 2 * cols] += s20
+                g[gi + 2 * cols + 1] += s21
+                g[gi + 3 * cols] += s30
+                g[gi + 3 * cols + 1] += s31
+        for i in range(rows):
+            s = np.float32(0)
+            for t in range(T):
+                s += a[i * tile + t]
+            gb[i] += s
+
+    return outer
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(H: int):
+    """(forward, backward) drivers specialized for H heads (see the module docstring)."""
+    F, H4, tile = 4 * H, _padded(H), _tile(H)
+    lin_1 = _make_linear(F, H4, tile, _lrelu)  # fc1 and, with W2, fc2 (below)
+    lin_2 = _make_linear(F, F, tile, _lrelu)
+    lin_3 = _make_linear(H4, F, tile, _identity)  # fc3, and W1^T d1 in backward
+    back_3 = _make_linear(F, H4, tile, _lrelu_grad)  # W3^T gy through fc2's LeakyReLU
+    back_2 = _make_linear(F, F, tile, _lrelu_grad)  # W2^T d2 through fc1's LeakyReLU
+    outer_1 = _make_outer(F, H4, tile)
+    outer_2 = _make_outer(F, F, tile)
+    outer_3 = _make_outer(H4, F, tile)
+
+    @njit(fastmath=True, nogil=True, cache=True)
+    def load(dst, src, t0, T):
+        """dst[h, :T] = src[h, t0:t0 + T] for the H real rows of the flat tile buffer dst."""
         for h in range(H):
-            yr, xr = y[h, t0:t0 + T], x[h, t0:t0 + T]
+            r = src[h, t0:t0 + T]
             for t in range(T):
-                yr[t] = xr[t] + b3[h]
-            _mix_into(yr, w3[h], h2, 0, T)
+                dst[h * tile + t] = r[t]
 
+    @njit(fastmath=True, nogil=True, cache=True)
+    def residual(dst, a, b, t0, T):
+        """dst[h, t0:t0 + T] = a[h, :T] + b[h, :T] for the H real rows of the flat tile buffers a and b."""
+        for h in range(H):
+            r = dst[h, t0:t0 + T]
+            for t in range(T):
+                r[t] = a[h * tile + t] + b[h * tile + t]
 
-@njit(inline='always', fastmath=True)
-def _weight_grads(gw, gb, d, src, t0, T):
-    """A layer's weight and bias grads from its output grads `d[:, :T]` and inputs `src[:, t0:t0 + T]`."""
-    for f in range(d.shape[0]):
-        dr = d[f, :T]
-        for t in range(T):
-            gb[f] += dr[t]
-        _dots_into(gw[f], dr, src, t0, T)
-
-
-@njit(inline='always', fastmath=True)
-def _input_grads_through_lrelu(out, wt, d, t0, T, h, slope):
-    """out[f, :T] = (W^T d)[f] * lrelu'(h[f]): `wt` is W transposed, `d[:, t0:t0 + T]` the layer's output grads
-    and `h` its input, a LeakyReLU output (which has the sign of the LeakyReLU input, so it gives the slope)."""
-    for f in range(out.shape[0]):
-        o, hr = out[f], h[f]
-        for t in range(T):
-            o[t] = 0
-        _mix_into(o, wt[f], d, t0, T)
-        for t in range(T):
-            o[t] = o[t] if hr[t] > 0 else o[t] * slope
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _backward(gy, x, w1, b1, w2, b2, w3, w1t, w2t, w3t, slope, tile, nchunks, gx, gw1, gb1, gw2, gb2, gw3, gb3):
-    """gx for all positions; weight grads per chunk (gw*[c], summed by the caller) so that threads never share.
-
-    w*t are the transposed weights, contiguous, for the W^T d products.
-    """
-    H, P = x.shape
-    F = w1.shape[0]
-    ntiles = (P + tile - 1) // tile
-    for c in prange(nchunks):
-        h1 = np.empty((F, tile), np.float32)
-        h2 = np.empty((F, tile), np.float32)
-        d = np.empty((F, tile), np.float32)
-        gw1[c] = 0
-        gb1[c] = 0
-        gw2[c] = 0
-        gb2[c] = 0
-        gw3[c] = 0
-        gb3[c] = 0
-        for i in range(c * ntiles // nchunks, (c + 1) * ntiles // nchunks):
+    @njit(fastmath=True, nogil=True, cache=True)
+    def forward_run(x, w1, b1, w2, b2, w3, b3, slope, y, i0, i1):
+        P = x.shape[1]
+        xb = np.zeros(H4 * tile, np.float32)  # padding rows stay zero
+        h1 = np.empty(F * tile, np.float32)
+        h2 = np.empty(F * tile, np.float32)
+        g = np.empty(H4 * tile, np.float32)
+        for i in range(i0, i1):
             t0 = i * tile
             T = min(tile, P - t0)
-            _layer(h1, w1, b1, x, t0, T, slope)
-            _layer(h2, w2, b2, h1, 0, T, slope)
-            # layer 3 (y = x + W3 h2 + b3): its weight grads, then d2 = (W3^T gy) * lrelu'(h2) into d
-            _weight_grads(gw3[c], gb3[c], gy[:, t0:t0 + T], h2, 0, T)
-            _input_grads_through_lrelu(d, w3t, gy, t0, T, h2, slope)
-            # layer 2: weight grads from d2, then d1 = (W2^T d2) * lrelu'(h1) into h2 (free now)
-            _weight_grads(gw2[c], gb2[c], d, h1, 0, T)
-            _input_grads_through_lrelu(h2, w2t, d, 0, T, h1, slope)
-            # layer 1: weight grads from d1, then gx = gy + W1^T d1 (the residual)
-            _weight_grads(gw1[c], gb1[c], h2, x, t0, T)
-            for h in range(H):
-                o, gr = gx[h, t0:t0 + T], gy[h, t0:t0 + T]
-                for t in range(T):
-                    o[t] = gr[t]
-                _mix_into(o, w1t[h], h2, 0, T)
+            load(xb, x, t0, T)
+            lin_1(h1, w1, b1, xb, h1, T, slope)
+            lin_2(h2, w2, b2, h1, h2, T, slope)
+            lin_3(g, w3, b3, h2, g, T, slope)
+            residual(y, xb, g, t0, T)
+
+    @njit(parallel=True, cache=True)
+    def forward(x, w1, b1, w2, b2, w3, b3, slope, y, chunks):
+        ntiles = (x.shape[1] + tile - 1) // tile
+        for c in prange(chunks):
+            forward_run(x, w1, b1, w2, b2, w3, b3, slope, y, c * ntiles // chunks, (c + 1) * ntiles // chunks)
+
+    @njit(fastmath=True, nogil=True, cache=True)
+    def backward_run(gy, x, w1, b1, w2, b2, w1t, w2t, w3t, slope, gx, gw1, gb1, gw2, gb2, gw3, gb3, i0, i1):
+        P = x.shape[1]
+        xb = np.zeros(H4 * tile, np.float32)
+        gyb = np.zeros(H4 * tile, np.float32)
+        h1 = np.empty(F * tile, np.float32)
+        h2 = np.empty(F * tile, np.float32)
+        d = np.empty(F * tile, np.float32)
+        g = np.empty(H4 * tile, np.float32)
+        zeros = np.zeros(F, np.float32)
+        gw1[:] = 0
+        gb1[:] = 0
+        gw2[:] = 0
+        gb2[:] = 0
+        gw3[:] = 0
+        gb3[:] = 0
+        for i in range(i0, i1):
+            t0 = i * tile
+            T = min(tile, P - t0)
+            load(xb, x, t0, T)
+            load(gyb, gy, t0, T)
+            lin_1(h1, w1, b1, xb, h1, T, slope)
+            lin_2(h2, w2, b2, h1, h2, T, slope)
+            # fc3 (y = x + W3 h2 + b3): W3's and b3's grads
+            outer_3(gw3, gb3, gyb, h2, T)
+            # d2 = (W3^T gy) * lrelu'(fc2), then W2's and b2's grads
+            back_3(d, w3t, zeros, gyb, h2, T, slope)
+            outer_2(gw2, gb2, d, h1, T)
+            # d1 = (W2^T d2) * lrelu'(fc1) into h2 (free now), then W1's and b1's grads
+            back_2(h2, w2t, zeros, d, h1, T, slope)
+            outer_1(gw1, gb1, h2, xb, T)
+            # gx = gy + W1^T d1 (the residual)
+            lin_3(g, w1t, zeros, h2, g, T, slope)
+            residual(gx, gyb, g, t0, T)
+
+    @njit(parallel=True, cache=True)
+    def backward(gy, x, w1, b1, w2, b2, w1t, w2t, w3t, slope, gx, gw1, gb1, gw2, gb2, gw3, gb3):
+        chunks = gw1.shape[0]
+        ntiles = (x.shape[1] + tile - 1) // tile
+        for c in prange(chunks):
+            backward_run(gy, x, w1, b1, w2, b2, w1t, w2t, w3t, slope, gx, gw1[c], gb1[c], gw2[c], gb2[c],
+                         gw3[c], gb3[c], c * ntiles // chunks, (c + 1) * ntiles // chunks)
+
+    return forward, backward
 
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
+
+
+def _flat(t: Tensor) -> np.ndarray:
+    return _np(t).reshape(-1)
+
+
+def _pad_rows(t: Tensor, rows: int) -> Tensor:
+    return nnf.pad(t.detach(), (0, 0) * (t.dim() - 1) + (0, rows - t.shape[0]))
+
+
+def _pad_cols(t: Tensor, cols: int) -> Tensor:
+    return nnf.pad(t.detach(), (0, cols - t.shape[1]))
 
 
 @torch.library.custom_op('neatt::head_mix', mutates_args=())
@@ -183,10 +282,14 @@ def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tens
     takes and returns the logits' own shape: a view of its output would turn the caller's in-place noise add
     into a CopySlices node that copies the whole gradient in backward.
     """
+    H = x.shape[0]
+    H4 = _padded(H)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    numba_threads_like_torch()
-    _forward(_np(x).reshape(x.shape[0], -1), _np(w1), _np(b1), _np(w2), _np(b2), _np(w3), _np(b3),
-             np.float32(negative_slope), _tile(w1.shape[0]), y.numpy().reshape(x.shape[0], -1))
+    chunks = numba_threads_like_torch() * _CHUNKS_PER_THREAD
+    forward, _ = _kernels(H)
+    forward(_np(x).reshape(H, -1), _flat(_pad_cols(w1, H4)), _np(b1), _flat(w2), _np(b2),
+            _flat(_pad_rows(w3, H4)), _np(_pad_rows(b3, H4)), np.float32(negative_slope),
+            y.numpy().reshape(H, -1), chunks)
     return y
 
 
@@ -194,14 +297,18 @@ def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tens
 def _head_mix_backward(gy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tensor,
                        negative_slope: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(gx, gw1, gb1, gw2, gb2, gw3, gb3) of `head_mix` for the upstream gradient gy (x's shape)."""
-    nchunks = numba_threads_like_torch()  # one chunk of weight grads per thread
     F, H = w1.shape
+    H4 = _padded(H)
+    # weight grads per run of tiles, summed here, so that threads never share an accumulator
+    chunks = numba_threads_like_torch() * _CHUNKS_PER_THREAD
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    grads = [torch.empty(nchunks, *shape) for shape in ((F, H), (F,), (F, F), (F,), (H, F), (H,))]
-    _backward(_np(gy).reshape(H, -1), _np(x).reshape(H, -1), _np(w1), _np(b1), _np(w2), _np(b2), _np(w3),
-              _np(w1.t()), _np(w2.t()), _np(w3.t()), np.float32(negative_slope), _tile(F), nchunks,
-              gx.numpy().reshape(H, -1), *(g.numpy() for g in grads))
-    return (gx, *(g.sum(0) for g in grads))
+    grads = [torch.empty(chunks, n) for n in (F * H4, F, F * F, F, H4 * F, H4)]
+    _, backward = _kernels(H)
+    w1p, w3p = _pad_cols(w1, H4), _pad_rows(w3, H4)
+    backward(_np(gy).reshape(H, -1), _np(x).reshape(H, -1), _flat(w1p), _np(b1), _flat(w2), _np(b2),
+             _flat(w1p.t()), _flat(w2.t()), _flat(w3p.t()), np.float32(negative_slope), gx.numpy().reshape(H, -1), *(g.numpy() for g in grads))
+    gw1, gb1, gw2, gb2, gw3, gb3 = (g.sum(0) for g in grads)
+    return gx, gw1.view(F, H4)[:, :H].contiguous(), gb1, gw2.view(F, F), gb2, gw3.view(H4, F)[:H], gb3[:H]
 
 
 @head_mix.register_fake
