@@ -237,12 +237,13 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y):
     dxs, dys, inside = np.empty(_CHUNK), np.empty(_CHUNK), np.empty(_CHUNK, np.bool_)
     cols, rows = np.empty(4 * _CHUNK, np.int32), np.empty(4 * _CHUNK, np.int32)
     w_last, h_last, w32 = np.int32(w - 1), np.int32(h - 1), np.int32(w)
+    centres = np.arange(w + _CHUNK) + 0.5  # x + 0.5 from a table: int64 -> float64 does not vectorize on AVX2
     for y in range(h):
         for x0 in range(0, w, _CHUNK):
             n = min(_CHUNK, w - x0)
             for x in range(_CHUNK):
-                xin = m[0] * (x0 + x + 0.5) + m[1] * (y + 0.5) + m[2]
-                yin = m[3] * (x0 + x + 0.5) + m[4] * (y + 0.5) + m[5]
+                xin = m[0] * centres[x0 + x] + m[1] * (y + 0.5) + m[2]
+                yin = m[3] * centres[x0 + x] + m[4] * (y + 0.5) + m[5]
                 inside[x] = (0.0 <= xin) & (xin < w) & (0.0 <= yin) & (yin < h)
                 xin -= 0.5
                 yin -= 0.5
