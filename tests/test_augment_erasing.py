@@ -4,11 +4,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from timm.data.random_erasing import RandomErasing
 
 from pipelines.augment import AugmentConfig, DeviceAugment
 from pipelines.augment.erasing import BatchRandomErasing
 from tests._augment_data import photos, to_batch
+from _noise_reference import GROUP, logit_noise
 
 torch.set_num_threads(1)
 N, H, W = 3000, 32, 40
@@ -93,3 +95,38 @@ def test_device_augment_erases_after_normalizing():
     erased = (out == 0).all(dim=1)
     assert erased.any(dim=(1, 2)).all()  # reprob 1: every image
     assert torch.equal(out.permute(0, 2, 3, 1)[~erased], plain.permute(0, 2, 3, 1)[~erased])
+
+
+def test_cpu_pixel_noise_is_the_documented_philox_stream():
+    """CPU 'pixel' boxes hold logit_noise's Philox/Box-Muller stream (re-derived in numpy by _noise_reference)
+    from one seed drawn from the generator after the boxes: box after box in (image, slot) order, each starting
+    on a whole group, values in (row, column, channel) order; the same seed paints the same batch."""
+    n, c, h, w = 40, 3, 32, 40
+    er = BatchRandomErasing(0.7, mode='pixel', max_count=3)
+    gen = torch.Generator().manual_seed(7)
+    draw = er.sample(n, c, h, w, gen)
+    seed = int(torch.randint(0, 2 ** 63 - 1, (), generator=torch.Generator().set_state(gen.get_state())))
+    ours = torch.full((n, c, h, w), BACKGROUND).contiguous(memory_format=torch.channels_last)
+    er.paint(ours, draw, gen)
+    expected = torch.full((n, h, w, c), BACKGROUND)
+    boxes = [(b, k) for b in range(n) for k in range(3) if draw.active[b, k]]
+    sizes = [int(draw.h[b, k] * draw.w[b, k]) * c for b, k in boxes]
+    stream = logit_noise(sum(-(-s // GROUP) * GROUP for s in sizes), seed)
+    start = 0
+    for (b, k), size in zip(boxes, sizes):
+        t, l, bh, bw = (int(v[b, k]) for v in (draw.top, draw.left, draw.h, draw.w))
+        expected[b, t:t + bh, l:l + bw] = torch.from_numpy(stream[start:start + size]).float().view(bh, bw, c)
+        start += -(-size // GROUP) * GROUP
+    torch.testing.assert_close(ours.permute(0, 2, 3, 1), expected, rtol=0, atol=2e-5)  # float32 Cephes vs libm
+    again = torch.full_like(ours, BACKGROUND)
+    gen.manual_seed(7)
+    er.paint(again, er.sample(n, c, h, w, gen), gen)
+    assert torch.equal(again, ours)
+
+
+def test_cpu_pixel_noise_is_standard_normal():
+    values = _ours(3, 'pixel', channels=3)
+    values = values[values != BACKGROUND].double().numpy()
+    assert values.size > 10 ** 5
+    assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
+    assert stats.kstest(values, 'norm').pvalue > 1e-3

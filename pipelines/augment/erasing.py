@@ -9,13 +9,72 @@ test_augment_erasing.py checks the statistics against timm's. Painting: on accel
 slot for the whole batch; on the CPU a loop of slice writes over the erased images, as timm does, because there
 it is the cheaper one (tools/bench_augment.py prints "random erasing alone": timm's loop and ours both ~5-11 ms
 per batch of 64 at 224 px on the 2-core dev machine, while the indexed version took ~28-36 ms).
+
+CPU 'pixel' noise: torch.randn's Mersenne Twister is sequential (~5 ns a value, ~13k values per image at
+224 px), so on the CPU the boxes are filled by `_paint_noise` with the counter-based Philox4x32-10 + Box-Muller
+normals of neatt/models/logit_noise.py, seeded by one draw from the erasing's generator (the same seed gives
+the same boxes and noise, so a resumed run replays its batches). The layout, so that the values can be
+re-derived (tests/test_augment_erasing.py does): the painted boxes in (image, slot) order each take
+ceil(h * w * C / GROUP) whole groups of logit_noise's stream, starting where the previous box's groups end,
+and write their first h * w * C values in the box's (row, column, channel) order.
 """
 import math
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
+from numba import njit, prange
+
+from neatt.models.logit_noise import GROUP, LANES, _cos_sin_turns, _log, _philox4x32_10, _unit
+from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
 __all__ = ['BatchRandomErasing', 'EraseDraw']
+
+use_threadsafe_numba()
+_MASK32 = 0xFFFFFFFF
+
+
+@njit(inline='always', fastmath=True)
+def _normal_group(g, k0, k1, u, v, eps):
+    """eps = the GROUP normals of group g of logit_noise's stream (its documented layout; u, v: scratch)."""
+    for j in range(LANES):
+        w0, w1, w2, w3 = _philox4x32_10(np.uint64(g * LANES + j), k0, k1)
+        u[j], v[j] = _unit(w0) + np.float32(2.0 ** -24), _unit(w1)
+        u[LANES + j], v[LANES + j] = _unit(w2) + np.float32(2.0 ** -24), _unit(w3)
+    for h in range(2):  # pair h * LANES + j gives the values (2 h) * LANES + j and (2 h + 1) * LANES + j
+        us, vs = u[h * LANES:(h + 1) * LANES], v[h * LANES:(h + 1) * LANES]
+        cos_out, sin_out = eps[2 * h * LANES:(2 * h + 1) * LANES], eps[(2 * h + 1) * LANES:(2 * h + 2) * LANES]
+        for j in range(LANES):
+            r = np.sqrt(np.float32(-2) * _log(us[j]))
+            c, s = _cos_sin_turns(vs[j])
+            cos_out[j], sin_out[j] = r * c, r * s
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _paint_noise(rows, boxes, first, group0, k0, k1):
+    """Fill boxes of `rows` ((B, H, W * C) float32) with N(0, 1) noise; images in parallel, boxes in order.
+
+    boxes (n, 5) int64: image, top, left * C, h, w * C, sorted by (image, slot); the boxes of the i-th painted
+    image are first[i]:first[i + 1]; box j draws the groups from group0[j] on.
+    """
+    for i in prange(first.size - 1):
+        u, v = np.empty(2 * LANES, np.float32), np.empty(2 * LANES, np.float32)
+        eps = np.empty(GROUP, np.float32)
+        for j in range(first[i], first[i + 1]):
+            b, top, left, h, width = boxes[j]
+            size = h * width
+            r, col = 0, 0
+            for g in range((size + GROUP - 1) // GROUP):
+                _normal_group(group0[j] + g, k0, k1, u, v, eps)
+                done, take = 0, min(GROUP, size - g * GROUP)
+                while done < take:  # the group's values run over the box's rows
+                    m = min(width - col, take - done)
+                    dst = rows[b, top + r, left + col:left + col + m]
+                    for x in range(m):
+                        dst[x] = eps[done + x]
+                    done, col = done + m, col + m
+                    if col == width:
+                        r, col = r + 1, 0
 
 
 class EraseDraw(NamedTuple):
@@ -97,12 +156,16 @@ class BatchRandomErasing:
         per batch of 64 at 224 px: tools/bench_augment.py measured it ~3x slower than timm's loop), so there
         the boxes are written as slices in a loop over the erased images, like timm's, which touches only the
         erased pixels. Either way a later box slot paints over an earlier one, as in timm's loop.
-        'pixel' noise comes from `noise_generator`, which lives on the images' device.
+        'pixel' noise comes from `noise_generator`, which lives on the images' device: torch.randn, except
+        on the CPU's slice path, where one seed drawn from it drives `_paint_noise` (module docstring).
         """
         if not images.is_contiguous(memory_format=torch.channels_last):
             raise ValueError('BatchRandomErasing.paint needs a channels_last batch')
         if batched is None:
             batched = images.device.type != 'cpu'
+        if self.mode == 'pixel' and not batched and images.device.type == 'cpu':
+            self._paint_noise_cpu(images, draw, noise_generator)
+            return
         for k in range(self.max_count):
             rows = torch.where(draw.active[:, k])[0]
             if rows.numel():
@@ -124,6 +187,22 @@ class BatchRandomErasing:
                                                          draw.h[rows, k], draw.w[rows, k]))):
             color = draw.colors[b, k] if draw.colors is not None else None
             pixels_hwc[b, t:t + h, l:l + w] = self._values(h * w, C, color, images, generator).view(h, w, C)
+
+    def _paint_noise_cpu(self, images, draw: EraseDraw, generator) -> None:
+        B, C, H, W = images.shape
+        seed = int(torch.randint(0, 2 ** 63 - 1, (), generator=generator))
+        b, k = torch.where(draw.active)  # row-major: (image, slot) order
+        if not b.numel():
+            return
+        boxes = torch.stack([b, draw.top[b, k], draw.left[b, k] * C, draw.h[b, k], draw.w[b, k] * C], 1)
+        groups = (boxes[:, 3] * boxes[:, 4] + GROUP - 1) // GROUP
+        group0 = groups.cumsum(0) - groups
+        images_at = torch.unique_consecutive(b, return_counts=True)[1]
+        first = torch.cat([images_at.new_zeros(1), images_at.cumsum(0)])
+        numba_threads_like_torch()
+        rows = images.permute(0, 2, 3, 1).view(B, H, W * C).numpy()
+        _paint_noise(rows, boxes.numpy(), first.numpy(), group0.numpy(), np.uint64(seed & _MASK32),
+                     np.uint64(seed >> 32))
 
     def _paint_indexed(self, images, draw: EraseDraw, rows, k, generator) -> None:
         B, C, H, W = images.shape
