@@ -61,11 +61,15 @@ def _identity(a, h, i, slope):
 
 
 def _make_linear(rows: int, k_len: int, tile: int, post):
-    """A kernel out[r] = post(b[r] + sum_k w[r, k] src[k]) over T <= tile positions, for r < rows (a multiple of
-    4), k < k_len (a multiple of 4); out, src and the row-major w are flat, out and src with row stride `tile`.
+    """A kernel out[r] = post(b[r] + sum_k w[r, k] src[k]) over T <= tile positions, for r < rows and k < k_len
+    (both multiples of 4); out, src and the row-major w are flat, out and src with row stride `tile`. `post` is a
+    LeakyReLU, its gradient mask through `h`, or nothing.
 
-    Four output rows per pass over the positions, in blocks of four inputs: the first block starts from the bias,
-    the last applies `post` (a LeakyReLU, its gradient mask through `h`, or nothing)."""
+    A short reduction (k_len <= 16) unrolls whole, one output row at a time: its FMA chain is short enough for
+    LLVM's interleaved position vectors to hide. A long one would be a k_len-long chain per output, so it goes
+    four output rows at a time (four chains sharing each loaded input), in blocks of four inputs that accumulate
+    in `out`: the first block starts from the bias, the last applies `post`. (Measured per layer shape at H = 3
+    and 12: each form is up to 2x slower than the other on the other's shapes.)"""
     blocks = k_len // 4
 
     @njit(inline='always', fastmath=True)
@@ -93,7 +97,17 @@ def _make_linear(rows: int, k_len: int, tile: int, post):
         out[o + 3 * tile] = a3
 
     @njit(fastmath=True, nogil=True, cache=True)
-    def linear(out, w, b, src, h, T, slope):
+    def short(out, w, b, src, h, T, slope):
+        for r in range(rows):
+            o = r * tile
+            for t in range(T):
+                a = b[r]
+                for k in range(k_len):
+                    a += w[r * k_len + k] * src[k * tile + t]
+                out[o + t] = post(a, h, o + t, slope)
+
+    @njit(fastmath=True, nogil=True, cache=True)
+    def long(out, w, b, src, h, T, slope):
         # separate loops for the first, middle and last input blocks: a branch inside a position loop stops LLVM
         # from vectorizing it (`blocks` is a constant, so the `if`s below fold away)
         for r in range(0, rows, 4):
@@ -113,7 +127,7 @@ def _make_linear(rows: int, k_len: int, tile: int, post):
                                          w, src, r, k_len - 4, t)
                     store(out, h, r, t, slope, a0, a1, a2, a3, True)
 
-    return linear
+    return short if k_len <= 16 else long
 
 
 def _make_outer(rows: int, cols: int, tile: int):
@@ -161,9 +175,9 @@ def _make_outer(rows: int, cols: int, tile: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(H: int):
-    """(forward, backward) drivers specialized for H heads (see the module docstring)."""
-    F, H4, tile = 4 * H, _padded(H), _tile(H)
+def _kernels(H: int, tile: int):
+    """(forward, backward) drivers specialized for H heads and `tile` positions per tile (module docstring)."""
+    F, H4 = 4 * H, _padded(H)
     lin_1 = _make_linear(F, H4, tile, _lrelu)  # fc1 and, with W2, fc2 (below)
     lin_2 = _make_linear(F, F, tile, _lrelu)
     lin_3 = _make_linear(H4, F, tile, _identity)  # fc3, and W1^T d1 in backward
@@ -286,7 +300,7 @@ def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tens
     H4 = _padded(H)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     chunks = numba_threads_like_torch() * _CHUNKS_PER_THREAD
-    forward, _ = _kernels(H)
+    forward, _ = _kernels(H, _tile(H))
     forward(_np(x).reshape(H, -1), _flat(_pad_cols(w1, H4)), _np(b1), _flat(w2), _np(b2),
             _flat(_pad_rows(w3, H4)), _np(_pad_rows(b3, H4)), np.float32(negative_slope),
             y.numpy().reshape(H, -1), chunks)
@@ -303,7 +317,7 @@ def _head_mix_backward(gy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor
     chunks = numba_threads_like_torch() * _CHUNKS_PER_THREAD
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
     grads = [torch.empty(chunks, n) for n in (F * H4, F, F * F, F, H4 * F, H4)]
-    _, backward = _kernels(H)
+    _, backward = _kernels(H, _tile(H))
     w1p, w3p = _pad_cols(w1, H4), _pad_rows(w3, H4)
     backward(_np(gy).reshape(H, -1), _np(x).reshape(H, -1), _flat(w1p), _np(b1), _flat(w2), _np(b2),
              _flat(w1p.t()), _flat(w2.t()), _flat(w3p.t()), np.float32(negative_slope), gx.numpy().reshape(H, -1), *(g.numpy() for g in grads))
