@@ -201,42 +201,73 @@ def _clamp(i, n):
 
 
 _CHUNK = 32  # output pixels per pass of `_warp_bicubic`: its scratch arrays stay in the L1 cache
+_PAD = 2  # edge pixels repeated around the packed image: every tap of a sample point inside is in it
+
+
+@njit(inline='always')
+def _tap(taps, t, x, shift):
+    """Channel byte `shift` of tap word t of chunk pixel x, as a float (a word holds two pixels, 32 bits apart)."""
+    return float(np.int32((taps[t * _CHUNK + x] >> np.uint64(shift)) & np.uint64(255)))
 
 
 @njit(inline='always')
 def _tap_cubic(taps, t, x, d, shift):
-    """`_cubic` over the packed taps t..t+3 of chunk pixel x, channel byte `shift`."""
-    return _cubic(float((taps[t * _CHUNK + x] >> shift) & 255), float((taps[(t + 1) * _CHUNK + x] >> shift) & 255),
-                  float((taps[(t + 2) * _CHUNK + x] >> shift) & 255),
-                  float((taps[(t + 3) * _CHUNK + x] >> shift) & 255), d)
+    """`_cubic` along a row of 4 taps, packed in the words t, t + 1 of chunk pixel x."""
+    return _cubic(_tap(taps, t, x, shift), _tap(taps, t, x, shift + 32), _tap(taps, t + 1, x, shift),
+                  _tap(taps, t + 1, x, shift + 32), d)
 
 
 @njit(inline='always')
 def _tap_bicubic(taps, x, dx, dy, shift):
-    """Pillow's 2-D bicubic: four cubics along x (tap rows 0..3), then one along y."""
-    return _cubic(_tap_cubic(taps, 0, x, dx, shift), _tap_cubic(taps, 4, x, dx, shift),
-                  _tap_cubic(taps, 8, x, dx, shift), _tap_cubic(taps, 12, x, dx, shift), dy)
+    """Pillow's 2-D bicubic: four cubics along x (tap rows 0..3, two words each), then one along y."""
+    return _cubic(_tap_cubic(taps, 0, x, dx, shift), _tap_cubic(taps, 2, x, dx, shift),
+                  _tap_cubic(taps, 4, x, dx, shift), _tap_cubic(taps, 6, x, dx, shift), dy)
+
+
+@njit
+def _packed_pairs(src):
+    """The image padded by `_PAD` repeated edge pixels (Pillow clamps taps to the edge), one uint64 per position
+    holding that RGB pixel (bytes 0..2) and its right neighbour's (bytes 4..6): a row's 4 taps are 2 loads."""
+    h, w, _ = src.shape
+    wp = w + 2 * _PAD
+    row = np.empty(wp + 1, np.uint64)
+    pairs = np.empty((h + 2 * _PAD) * wp, np.uint64)
+    for y in range(h):
+        s = src[y].reshape(-1)
+        for x in range(w):
+            row[_PAD + x] = np.uint64(s[3 * x]) | (np.uint64(s[3 * x + 1]) << 8) | (np.uint64(s[3 * x + 2]) << 16)
+        for x in range(_PAD):
+            row[x] = row[_PAD]
+        for x in range(_PAD + w, wp + 1):
+            row[x] = row[_PAD + w - 1]
+        p = pairs[(_PAD + y) * wp:(_PAD + y + 1) * wp]
+        for x in range(wp):
+            p[x] = row[x] | (row[x + 1] << np.uint64(32))
+    for y in range(_PAD):
+        pairs[y * wp:(y + 1) * wp] = pairs[_PAD * wp:(_PAD + 1) * wp]
+        pairs[(_PAD + h + y) * wp:(_PAD + h + y + 1) * wp] = pairs[(_PAD + h - 1) * wp:(_PAD + h) * wp]
+    return pairs
 
 
 @njit
 def _warp_bicubic(src, dst, m, fill, along_x, along_y):
     """`_warp`'s bicubic case, same float64 arithmetic, laid out so that the arithmetic vectorizes.
 
-    Per chunk of `_CHUNK` output pixels of a row: (1) sample points, weights' fractions and clamped tap
-    indices; (2) gather each pixel's taps (16, or 4 for a 1-D warp) from the image packed as one uint32 per
-    RGB pixel, into tap-major scratch; (3) the cubics, a loop over the chunk that LLVM vectorizes (4 pixels
-    per instruction); (4) interleave into dst, fill where the sample point is outside.
+    Per chunk of `_CHUNK` output pixels of a row: (1) sample points, weights' fractions and the index of the
+    top-left tap in the padded image of `_packed_pairs` (no clamping: the padding repeats the edges); (2) gather
+    each pixel's taps (8 words of two pixels, or 2 for a shear/translation along x, 4 along y) into tap-major
+    scratch; (3) the cubics, a loop over the chunk that LLVM vectorizes (4 pixels per instruction);
+    (4) interleave into dst, fill where the sample point is outside.
     """
     h, w, _ = src.shape
-    s, o = src.reshape(-1), dst.reshape(-1)
-    packed = np.empty(h * w, np.uint32)
-    for p in range(h * w):
-        packed[p] = np.uint32(s[3 * p]) | (np.uint32(s[3 * p + 1]) << 8) | (np.uint32(s[3 * p + 2]) << 16)
-    taps = np.zeros(16 * _CHUNK, np.uint32)  # pixels past the row end (last chunk) compute on zeros
+    o = dst.reshape(-1)
+    pairs = _packed_pairs(src)
+    wp = w + 2 * _PAD
+    taps = np.zeros(8 * _CHUNK, np.uint64)  # pixels past the row end (last chunk) compute on zeros
     out = np.empty(3 * _CHUNK, np.uint8)
     dxs, dys, inside = np.empty(_CHUNK), np.empty(_CHUNK), np.empty(_CHUNK, np.bool_)
-    cols, rows = np.empty(4 * _CHUNK, np.int32), np.empty(4 * _CHUNK, np.int32)
-    w_last, h_last, w32 = np.int32(w - 1), np.int32(h - 1), np.int32(w)
+    base = np.empty(_CHUNK, np.int32)
+    w_last, h_last, wp32 = float(w - 1), float(h - 1), np.int32(wp)
     centres = np.arange(w + _CHUNK) + 0.5  # x + 0.5 from a table: int64 -> float64 does not vectorize on AVX2
     for y in range(h):
         for x0 in range(0, w, _CHUNK):
@@ -249,29 +280,37 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y):
                 yin -= 0.5
                 fx, fy = np.floor(xin), np.floor(yin)
                 dxs[x], dys[x] = xin - fx, yin - fy
-                ix = np.int32(min(max(fx, -4.0), w + 4.0))  # bounded first: far outside points are filled
-                iy = np.int32(min(max(fy, -4.0), h + 4.0))
-                for i in range(4):
-                    cols[i * _CHUNK + x] = min(max(ix + np.int32(i - 1), np.int32(0)), w_last)
-                    rows[i * _CHUNK + x] = w32 * min(max(iy + np.int32(i - 1), np.int32(0)), h_last)
-            for x in range(n):
-                if along_x:  # taps: row 1, columns 0..3
-                    for i in range(4):
-                        taps[i * _CHUNK + x] = packed[np.uint64(rows[_CHUNK + x] + cols[i * _CHUNK + x])]
-                elif along_y:  # taps: rows 0..3, column 1
+                # inside: fx in [-1, w - 1]; points outside (filled) are bounded there too, to stay in the padding
+                ix = np.int32(min(max(fx, -1.0), w_last))
+                iy = np.int32(min(max(fy, -1.0), h_last))
+                base[x] = (iy + np.int32(_PAD - 1)) * wp32 + ix + np.int32(_PAD - 1)  # tap (row 0, column 0)
+            if along_x:  # taps: row 1, columns 0..3
+                for x in range(n):
+                    b = np.uint64(base[x] + wp32)
+                    taps[x], taps[_CHUNK + x] = pairs[b], pairs[b + np.uint64(2)]
+            elif along_y:  # taps: rows 0..3, column 1 (in the low half of the words)
+                for x in range(n):
+                    b = base[x] + 1
                     for j in range(4):
-                        taps[j * _CHUNK + x] = packed[np.uint64(rows[j * _CHUNK + x] + cols[_CHUNK + x])]
-                else:
+                        taps[j * _CHUNK + x] = pairs[np.uint64(b + j * wp32)]
+            else:
+                for x in range(n):
+                    b = base[x]
                     for j in range(4):
-                        for i in range(4):
-                            taps[(4 * j + i) * _CHUNK + x] = packed[np.uint64(rows[j * _CHUNK + x]
-                                                                              + cols[i * _CHUNK + x])]
-            if along_x or along_y:
+                        r = np.uint64(b + j * wp32)
+                        taps[2 * j * _CHUNK + x], taps[(2 * j + 1) * _CHUNK + x] = pairs[r], pairs[r + np.uint64(2)]
+            if along_x:
                 for x in range(_CHUNK):
-                    d = dxs[x] if along_x else dys[x]
+                    d = dxs[x]
                     out[x] = _u8(_tap_cubic(taps, 0, x, d, 0))
                     out[_CHUNK + x] = _u8(_tap_cubic(taps, 0, x, d, 8))
                     out[2 * _CHUNK + x] = _u8(_tap_cubic(taps, 0, x, d, 16))
+            elif along_y:
+                for x in range(_CHUNK):
+                    d = dys[x]
+                    for k in range(3):
+                        out[k * _CHUNK + x] = _u8(_cubic(_tap(taps, 0, x, 8 * k), _tap(taps, 1, x, 8 * k),
+                                                         _tap(taps, 2, x, 8 * k), _tap(taps, 3, x, 8 * k), d))
             else:
                 for x in range(_CHUNK):
                     dx, dy = dxs[x], dys[x]
