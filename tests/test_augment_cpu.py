@@ -39,6 +39,18 @@ def test_color_op_is_pillows(name, args):
     np.testing.assert_array_equal(ours, _timm(name, args))
 
 
+@pytest.mark.parametrize('name,args', [c[:2] for c in COLOR_CASES], ids=[c[0] for c in COLOR_CASES])
+def test_flip_then_color_op_is_pillows(name, args):
+    """Odd images flipped first (the kernel moves the flip after color ops: they commute with it)."""
+    flip = torch.arange(N) % 2 == 1
+    a = [[0.0 if v is None else float(v)] for v in args]
+    ours = _kernel([[cpu_kernels.OP_CODES[name]]] * N, a, flip=flip)
+    fn = taa.NAME_TO_OP[name]
+    for i, (im, v) in enumerate(zip(photos(), args)):
+        im = im.transpose(Image.FLIP_LEFT_RIGHT) if flip[i] else im
+        np.testing.assert_array_equal(ours[i], np.asarray(fn(im, *([] if v is None else [v]))), err_msg=str(i))
+
+
 @pytest.mark.parametrize('bicubic', [False, True], ids=['bilinear', 'bicubic'])
 @pytest.mark.parametrize('name,args', GEOMETRIC_CASES, ids=[c[0] for c in GEOMETRIC_CASES])
 def test_warp_is_pillows(name, args, bicubic):

@@ -403,6 +403,23 @@ def _normalize_into(pixels, scale_row, shift_row, dst):
             dst[y, i] = np.float32(pixels[y, i]) * scale_row[i] - shift_row[i]
 
 
+@njit(inline='always')
+def _normalize_flipped_into(pixels, scale_row, shift_row, dst, row):
+    """`_normalize_into` of the mirrored RGB image: each row's pixels are packed, one uint32 each, into `row`
+    in reverse order, then unpacked into the normalized row. ~4x cheaper than a flipped copy of 3-byte pixels
+    (those loops do not vectorize)."""
+    w = row.size
+    for y in range(pixels.shape[0]):
+        s, d = pixels[y], dst[y]
+        for x in range(w):
+            row[w - 1 - x] = np.uint32(s[3 * x]) | (np.uint32(s[3 * x + 1]) << 8) | (np.uint32(s[3 * x + 2]) << 16)
+        for x in range(w):
+            v = row[x]
+            d[3 * x] = np.float32(v & 255) * scale_row[3 * x] - shift_row[3 * x]
+            d[3 * x + 1] = np.float32((v >> 8) & 255) * scale_row[3 * x + 1] - shift_row[3 * x + 1]
+            d[3 * x + 2] = np.float32(v >> 16) * scale_row[3 * x + 2] - shift_row[3 * x + 2]
+
+
 @njit(parallel=True, cache=True)
 def _normalize(src, scale_row, shift_row, out):
     """`_augment` of a batch with no flip and no op (eval, and training without --aa): only the normalization.
@@ -414,19 +431,29 @@ def _normalize(src, scale_row, shift_row, out):
 
 @njit(parallel=True, cache=True)
 def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
+    """Per image: flip, ops, normalize. The flip commutes with every op but the warps (the color ops are per
+    pixel or use flip-invariant statistics; SMOOTH is symmetric), so it is done where it is cheapest: before
+    the first warp, else by the normalization, which reads the pixels mirrored."""
     n, h, w, c = src.shape
     for b in prange(n):
         bufs = np.empty((2, h, w, c), np.uint8)
+        row = np.empty(w, np.uint32)
         cur, held = src[b], -1  # held: which of bufs `cur` is (-1: the input image)
-        if flip[b]:
-            _flip(cur, bufs[0])
-            cur, held = bufs[0], 0
-        for s in range(code.shape[1]):
-            if code[b, s] != NONE:
+        mirror = flip[b]
+        for s in range(-1, code.shape[1]):
+            op = code[b, s] if s >= 0 else NONE
+            if mirror and (op >= WARP_BILINEAR or (s < 0 and c != 3)):  # the flipped normalize packs RGB
                 held = 1 if held == 0 else 0
-                _apply(cur, bufs[held], code[b, s], arg[b, s], mats[b, s], fill)
+                _flip(cur, bufs[held])
+                cur, mirror = bufs[held], False
+            if op != NONE:
+                held = 1 if held == 0 else 0
+                _apply(cur, bufs[held], op, arg[b, s], mats[b, s], fill)
                 cur = bufs[held]
-        _normalize_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c))
+        if mirror:
+            _normalize_flipped_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), row)
+        else:
+            _normalize_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c))
 
 
 def augment(images: torch.Tensor, flip: torch.Tensor, code: torch.Tensor, arg: torch.Tensor, mats: torch.Tensor,
