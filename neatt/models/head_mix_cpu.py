@@ -18,12 +18,14 @@ into a `prange` body, so a serial `nogil` closure processes a run of tiles and a
 the runs.
 """
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from numba import njit, prange
+from numba import njit
 from torch import Tensor
 
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
@@ -31,9 +33,6 @@ from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 __all__ = ['head_mix']
 
 use_threadsafe_numba()
-
-_CHUNKS_PER_THREAD = 4  # runs of tiles per thread, for load balance
-
 
 def _padded(hidden: int) -> int:
     return (hidden + 3) // 4 * 4
@@ -44,164 +43,155 @@ def _tile(hidden: int) -> int:
     return 128 if hidden <= 4 else 64
 
 
-@njit(inline='always', fastmath=True)
-def _lrelu(a, h, i, slope):
-    return a if a > 0 else a * slope
+_LRELU, _LRELU_GRAD, _IDENTITY = 0, 1, 2  # what `_linear` applies to its sums
 
 
 @njit(inline='always', fastmath=True)
-def _lrelu_grad(a, h, i, slope):
-    """a * lrelu'(z) for the LeakyReLU output h[i] = lrelu(z), which has z's sign."""
-    return a if h[i] > 0 else a * slope
-
-
-@njit(inline='always', fastmath=True)
-def _identity(a, h, i, slope):
+def _post(a, h, i, slope, mode):
+    if mode == _LRELU:
+        return a if a > 0 else a * slope
+    if mode == _LRELU_GRAD:  # a * lrelu'(z) for the LeakyReLU output h[i] = lrelu(z), which has z's sign
+        return a if h[i] > 0 else a * slope
     return a
 
 
-def _make_linear(rows: int, k_len: int, tile: int, post):
-    """A kernel out[r] = post(b[r] + sum_k w[r, k] src[k]) over T <= tile positions, for r < rows and k < k_len
-    (both multiples of 4); out, src and the row-major w are flat, out and src with row stride `tile`. `post` is a
-    LeakyReLU, its gradient mask through `h`, or nothing.
+@njit(inline='always', fastmath=True)
+def _mac4(a0, a1, a2, a3, w, src, r, k0, t, k_len, tile):
+    """Adds w[r + j, k0:k0 + 4] . src[k0:k0 + 4, t] to aj for the four rows j < 4."""
+    for k in range(4):
+        s = src[(k0 + k) * tile + t]
+        i = r * k_len + k0 + k
+        a0 += w[i] * s
+        a1 += w[i + k_len] * s
+        a2 += w[i + 2 * k_len] * s
+        a3 += w[i + 3 * k_len] * s
+    return a0, a1, a2, a3
+
+
+@njit(inline='always', fastmath=True)
+def _store4(out, h, r, t, slope, a0, a1, a2, a3, last, mode, tile):
+    o = r * tile + t
+    if last:
+        a0 = _post(a0, h, o, slope, mode)
+        a1 = _post(a1, h, o + tile, slope, mode)
+        a2 = _post(a2, h, o + 2 * tile, slope, mode)
+        a3 = _post(a3, h, o + 3 * tile, slope, mode)
+    out[o] = a0
+    out[o + tile] = a1
+    out[o + 2 * tile] = a2
+    out[o + 3 * tile] = a3
+
+
+@njit(inline='always', fastmath=True)
+def _linear(out, w, b, src, h, T, slope, rows, k_len, tile, mode):
+    """out[r] = post(b[r] + sum_k w[r, k] src[k]) over T <= tile positions, for r < rows and k < k_len (both
+    multiples of 4); out, src and the row-major w are flat, out and src with row stride `tile`. `mode` picks the
+    post-op: a LeakyReLU, its gradient mask through `h`, or nothing.
 
     A short reduction (k_len <= 16) unrolls whole, one output row at a time: its FMA chain is short enough for
     LLVM's interleaved position vectors to hide. A long one would be a k_len-long chain per output, so it goes
     four output rows at a time (four chains sharing each loaded input), in blocks of four inputs that accumulate
-    in `out`: the first block starts from the bias, the last applies `post`. (Measured per layer shape at H = 3
-    and 12: each form is up to 2x slower than the other on the other's shapes.)"""
-    blocks = k_len // 4
-
-    @njit(inline='always', fastmath=True)
-    def mac(a0, a1, a2, a3, w, src, r, k0, t):
-        for k in range(4):
-            s = src[(k0 + k) * tile + t]
-            i = r * k_len + k0 + k
-            a0 += w[i] * s
-            a1 += w[i + k_len] * s
-            a2 += w[i + 2 * k_len] * s
-            a3 += w[i + 3 * k_len] * s
-        return a0, a1, a2, a3
-
-    @njit(inline='always', fastmath=True)
-    def store(out, h, r, t, slope, a0, a1, a2, a3, last):
-        o = r * tile + t
-        if last:
-            a0 = post(a0, h, o, slope)
-            a1 = post(a1, h, o + tile, slope)
-            a2 = post(a2, h, o + 2 * tile, slope)
-            a3 = post(a3, h, o + 3 * tile, slope)
-        out[o] = a0
-        out[o + tile] = a1
-        out[o + 2 * tile] = a2
-        out[o + 3 * tile] = a3
-
-    @njit(fastmath=True, nogil=True, cache=True)
-    def short(out, w, b, src, h, T, slope):
+    in `out`: the first block starts from the bias, the last applies the post-op. (Measured per layer shape at
+    H = 3 and 12: each form is up to 2x slower than the other on the other's shapes.) Separate loops for the
+    first, middle and last blocks: a branch inside a position loop stops LLVM from vectorizing it (the `if`s on
+    constants fold away).
+    """
+    if k_len <= 16:
         for r in range(rows):
             o = r * tile
             for t in range(T):
                 a = b[r]
                 for k in range(k_len):
                     a += w[r * k_len + k] * src[k * tile + t]
-                out[o + t] = post(a, h, o + t, slope)
-
-    @njit(fastmath=True, nogil=True, cache=True)
-    def long(out, w, b, src, h, T, slope):
-        # separate loops for the first, middle and last input blocks: a branch inside a position loop stops LLVM
-        # from vectorizing it (`blocks` is a constant, so the `if`s below fold away)
-        for r in range(0, rows, 4):
+                out[o + t] = _post(a, h, o + t, slope, mode)
+        return
+    blocks = k_len // 4
+    for r in range(0, rows, 4):
+        for t in range(T):
+            a0, a1, a2, a3 = _mac4(b[r], b[r + 1], b[r + 2], b[r + 3], w, src, r, 0, t, k_len, tile)
+            _store4(out, h, r, t, slope, a0, a1, a2, a3, blocks == 1, mode, tile)
+        for kb in range(1, blocks - 1):
             for t in range(T):
-                a0, a1, a2, a3 = mac(b[r], b[r + 1], b[r + 2], b[r + 3], w, src, r, 0, t)
-                store(out, h, r, t, slope, a0, a1, a2, a3, blocks == 1)
-            for kb in range(1, blocks - 1):
-                for t in range(T):
-                    o = r * tile + t
-                    a0, a1, a2, a3 = mac(out[o], out[o + tile], out[o + 2 * tile], out[o + 3 * tile],
-                                         w, src, r, kb * 4, t)
-                    store(out, h, r, t, slope, a0, a1, a2, a3, False)
-            if blocks > 1:
-                for t in range(T):
-                    o = r * tile + t
-                    a0, a1, a2, a3 = mac(out[o], out[o + tile], out[o + 2 * tile], out[o + 3 * tile],
-                                         w, src, r, k_len - 4, t)
-                    store(out, h, r, t, slope, a0, a1, a2, a3, True)
-
-    return short if k_len <= 16 else long
-
-
-def _make_outer(rows: int, cols: int, tile: int):
-    """A kernel g[i, j] += sum_t a[i, t] c[j, t] and gb[i] += sum_t a[i, t] over T <= tile positions (a weight
-    grad and its bias grad); a and c flat with row stride `tile`, rows and cols multiples of 4, g row-major.
-    Four rows of `a` by two of `c` per pass: eight independent sums, six loads per eight FMAs."""
-
-    @njit(fastmath=True, nogil=True, cache=True)
-    def outer(g, gb, a, c, T):
-        for i in range(0, rows, 4):
-            ra = i * tile
-            for j in range(0, cols, 2):
-                rc = j * tile
-                s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = np.float32(0)
-                for t in range(T):
-                    c0, c1 = c[rc + t], c[rc + tile + t]
-                    v = a[ra + t]
-                    s00 += v * c0
-                    s01 += v * c1
-                    v = a[ra + tile + t]
-                    s10 += v * c0
-                    s11 += v * c1
-                    v = a[ra + 2 * tile + t]
-                    s20 += v * c0
-                    s21 += v * c1
-                    v = a[ra + 3 * tile + t]
-                    s30 += v * c0
-                    s31 += v * c1
-                gi = i * cols + j
-                g[gi] += s00
-                g[gi + 1] += s01
-                g[gi + cols] += s10
-                g[gi + cols + 1] += s11
-                g[gi + 2 * cols] += s20
-                g[gi + 2 * cols + 1] += s21
-                g[gi + 3 * cols] += s30
-                g[gi + 3 * cols + 1] += s31
-        for i in range(rows):
-            s = np.float32(0)
+                o = r * tile + t
+                a0, a1, a2, a3 = _mac4(out[o], out[o + tile], out[o + 2 * tile], out[o + 3 * tile],
+                                       w, src, r, kb * 4, t, k_len, tile)
+                _store4(out, h, r, t, slope, a0, a1, a2, a3, False, mode, tile)
+        if blocks > 1:
             for t in range(T):
-                s += a[i * tile + t]
-            gb[i] += s
+                o = r * tile + t
+                a0, a1, a2, a3 = _mac4(out[o], out[o + tile], out[o + 2 * tile], out[o + 3 * tile],
+                                       w, src, r, k_len - 4, t, k_len, tile)
+                _store4(out, h, r, t, slope, a0, a1, a2, a3, True, mode, tile)
 
-    return outer
+
+@njit(inline='always', fastmath=True)
+def _outer(g, gb, a, c, T, rows, cols, tile):
+    """g[i, j] += sum_t a[i, t] c[j, t] and gb[i] += sum_t a[i, t] over T <= tile positions (a weight grad and its
+    bias grad); a and c flat with row stride `tile`, rows and cols multiples of 4, g row-major. Four rows of `a`
+    by two of `c` per pass: eight independent sums, six loads per eight FMAs."""
+    for i in range(0, rows, 4):
+        ra = i * tile
+        for j in range(0, cols, 2):
+            rc = j * tile
+            s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = np.float32(0)
+            for t in range(T):
+                c0, c1 = c[rc + t], c[rc + tile + t]
+                v = a[ra + t]
+                s00 += v * c0
+                s01 += v * c1
+                v = a[ra + tile + t]
+                s10 += v * c0
+                s11 += v * c1
+                v = a[ra + 2 * tile + t]
+                s20 += v * c0
+                s21 += v * c1
+                v = a[ra + 3 * tile + t]
+                s30 += v * c0
+                s31 += v * c1
+            gi = i * cols + j
+            g[gi] += s00
+            g[gi + 1] += s01
+            g[gi + cols] += s10
+            g[gi + cols + 1] += s11
+            g[gi + 2 * cols] += s20
+            g[gi + 2 * cols + 1] += s21
+            g[gi + 3 * cols] += s30
+            g[gi + 3 * cols + 1] += s31
+    for i in range(rows):
+        s = np.float32(0)
+        for t in range(T):
+            s += a[i * tile + t]
+        gb[i] += s
+
+
+@njit(inline='always', fastmath=True)
+def _load(dst, src, t0, T, H, tile):
+    """dst[h, :T] = src[h, t0:t0 + T] for the H real rows of the flat tile buffer dst."""
+    for h in range(H):
+        r = src[h, t0:t0 + T]
+        for t in range(T):
+            dst[h * tile + t] = r[t]
+
+
+@njit(inline='always', fastmath=True)
+def _residual(dst, a, b, t0, T, H, tile):
+    """dst[h, t0:t0 + T] = a[h, :T] + b[h, :T] for the H real rows of the flat tile buffers a and b."""
+    for h in range(H):
+        r = dst[h, t0:t0 + T]
+        for t in range(T):
+            r[t] = a[h * tile + t] + b[h * tile + t]
 
 
 @functools.lru_cache(maxsize=None)
 def _kernels(H: int, tile: int):
-    """(forward, backward) drivers specialized for H heads and `tile` positions per tile (module docstring)."""
+    """(forward_run, backward_run) for H heads and `tile` positions per tile (module docstring): each processes
+    tiles i0 to i1.
+
+    They capture ints only: numba keys a closure's cache entry by its captured values, and a captured jitted
+    function pickles with a per-process id, a miss every time (so the helpers are module-level functions that
+    take the constants as arguments and inline, and the runs are launched from Python threads, not from a
+    `prange` driver, which would capture them)."""
     F, H4 = 4 * H, _padded(H)
-    lin_1 = _make_linear(F, H4, tile, _lrelu)  # fc1 and, with W2, fc2 (below)
-    lin_2 = _make_linear(F, F, tile, _lrelu)
-    lin_3 = _make_linear(H4, F, tile, _identity)  # fc3, and W1^T d1 in backward
-    back_3 = _make_linear(F, H4, tile, _lrelu_grad)  # W3^T gy through fc2's LeakyReLU
-    back_2 = _make_linear(F, F, tile, _lrelu_grad)  # W2^T d2 through fc1's LeakyReLU
-    outer_1 = _make_outer(F, H4, tile)
-    outer_2 = _make_outer(F, F, tile)
-    outer_3 = _make_outer(H4, F, tile)
-
-    @njit(fastmath=True, nogil=True, cache=True)
-    def load(dst, src, t0, T):
-        """dst[h, :T] = src[h, t0:t0 + T] for the H real rows of the flat tile buffer dst."""
-        for h in range(H):
-            r = src[h, t0:t0 + T]
-            for t in range(T):
-                dst[h * tile + t] = r[t]
-
-    @njit(fastmath=True, nogil=True, cache=True)
-    def residual(dst, a, b, t0, T):
-        """dst[h, t0:t0 + T] = a[h, :T] + b[h, :T] for the H real rows of the flat tile buffers a and b."""
-        for h in range(H):
-            r = dst[h, t0:t0 + T]
-            for t in range(T):
-                r[t] = a[h * tile + t] + b[h * tile + t]
 
     @njit(fastmath=True, nogil=True, cache=True)
     def forward_run(x, w1, b1, w2, b2, w3, b3, slope, y, i0, i1):
@@ -213,17 +203,11 @@ def _kernels(H: int, tile: int):
         for i in range(i0, i1):
             t0 = i * tile
             T = min(tile, P - t0)
-            load(xb, x, t0, T)
-            lin_1(h1, w1, b1, xb, h1, T, slope)
-            lin_2(h2, w2, b2, h1, h2, T, slope)
-            lin_3(g, w3, b3, h2, g, T, slope)
-            residual(y, xb, g, t0, T)
-
-    @njit(parallel=True, cache=True)
-    def forward(x, w1, b1, w2, b2, w3, b3, slope, y, chunks):
-        ntiles = (x.shape[1] + tile - 1) // tile
-        for c in prange(chunks):
-            forward_run(x, w1, b1, w2, b2, w3, b3, slope, y, c * ntiles // chunks, (c + 1) * ntiles // chunks)
+            _load(xb, x, t0, T, H, tile)
+            _linear(h1, w1, b1, xb, h1, T, slope, F, H4, tile, _LRELU)
+            _linear(h2, w2, b2, h1, h2, T, slope, F, F, tile, _LRELU)
+            _linear(g, w3, b3, h2, g, T, slope, H4, F, tile, _IDENTITY)
+            _residual(y, xb, g, t0, T, H, tile)
 
     @njit(fastmath=True, nogil=True, cache=True)
     def backward_run(gy, x, w1, b1, w2, b2, w1t, w2t, w3t, slope, gx, gw1, gb1, gw2, gb2, gw3, gb3, i0, i1):
@@ -244,31 +228,38 @@ def _kernels(H: int, tile: int):
         for i in range(i0, i1):
             t0 = i * tile
             T = min(tile, P - t0)
-            load(xb, x, t0, T)
-            load(gyb, gy, t0, T)
-            lin_1(h1, w1, b1, xb, h1, T, slope)
-            lin_2(h2, w2, b2, h1, h2, T, slope)
+            _load(xb, x, t0, T, H, tile)
+            _load(gyb, gy, t0, T, H, tile)
+            _linear(h1, w1, b1, xb, h1, T, slope, F, H4, tile, _LRELU)
+            _linear(h2, w2, b2, h1, h2, T, slope, F, F, tile, _LRELU)
             # fc3 (y = x + W3 h2 + b3): W3's and b3's grads
-            outer_3(gw3, gb3, gyb, h2, T)
+            _outer(gw3, gb3, gyb, h2, T, H4, F, tile)
             # d2 = (W3^T gy) * lrelu'(fc2), then W2's and b2's grads
-            back_3(d, w3t, zeros, gyb, h2, T, slope)
-            outer_2(gw2, gb2, d, h1, T)
+            _linear(d, w3t, zeros, gyb, h2, T, slope, F, H4, tile, _LRELU_GRAD)
+            _outer(gw2, gb2, d, h1, T, F, F, tile)
             # d1 = (W2^T d2) * lrelu'(fc1) into h2 (free now), then W1's and b1's grads
-            back_2(h2, w2t, zeros, d, h1, T, slope)
-            outer_1(gw1, gb1, h2, xb, T)
+            _linear(h2, w2t, zeros, d, h1, T, slope, F, F, tile, _LRELU_GRAD)
+            _outer(gw1, gb1, h2, xb, T, F, H4, tile)
             # gx = gy + W1^T d1 (the residual)
-            lin_3(g, w1t, zeros, h2, g, T, slope)
-            residual(gx, gyb, g, t0, T)
+            _linear(g, w1t, zeros, h2, g, T, slope, H4, F, tile, _IDENTITY)
+            _residual(gx, gyb, g, t0, T, H, tile)
 
-    @njit(parallel=True, cache=True)
-    def backward(gy, x, w1, b1, w2, b2, w1t, w2t, w3t, slope, gx, gw1, gb1, gw2, gb2, gw3, gb3):
-        chunks = gw1.shape[0]
-        ntiles = (x.shape[1] + tile - 1) // tile
-        for c in prange(chunks):
-            backward_run(gy, x, w1, b1, w2, b2, w1t, w2t, w3t, slope, gx, gw1[c], gb1[c], gw2[c], gb2[c],
-                         gw3[c], gb3[c], c * ntiles // chunks, (c + 1) * ntiles // chunks)
+    return forward_run, backward_run
 
-    return forward, backward
+
+@functools.lru_cache(maxsize=None)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix='head_mix')
+
+
+def _in_parallel(run, ntiles: int, threads: int) -> None:
+    """run(c, i0, i1) for `threads` contiguous runs c of the tiles, one on this thread and the others on the pool
+    (the runs release the GIL)."""
+    futures = [_pool().submit(run, c, c * ntiles // threads, (c + 1) * ntiles // threads)
+               for c in range(1, threads)]
+    run(0, 0, ntiles // threads)
+    for f in futures:
+        f.result()
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -296,14 +287,12 @@ def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tens
     takes and returns the logits' own shape: a view of its output would turn the caller's in-place noise add
     into a CopySlices node that copies the whole gradient in backward.
     """
-    H = x.shape[0]
-    H4 = _padded(H)
+    H, H4, tile = x.shape[0], _padded(x.shape[0]), _tile(x.shape[0])
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    chunks = numba_threads_like_torch() * _CHUNKS_PER_THREAD
-    forward, _ = _kernels(H, _tile(H))
-    forward(_np(x).reshape(H, -1), _flat(_pad_cols(w1, H4)), _np(b1), _flat(w2), _np(b2),
-            _flat(_pad_rows(w3, H4)), _np(_pad_rows(b3, H4)), np.float32(negative_slope),
-            y.numpy().reshape(H, -1), chunks)
+    forward_run, _ = _kernels(H, tile)
+    args = (_np(x).reshape(H, -1), _flat(_pad_cols(w1, H4)), _np(b1), _flat(w2), _np(b2), _flat(_pad_rows(w3, H4)),
+            _np(_pad_rows(b3, H4)), np.float32(negative_slope), y.numpy().reshape(H, -1))
+    _in_parallel(lambda c, i0, i1: forward_run(*args, i0, i1), -(-x[0].numel() // tile), numba_threads_like_torch())
     return y
 
 
@@ -312,15 +301,18 @@ def _head_mix_backward(gy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor
                        negative_slope: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(gx, gw1, gb1, gw2, gb2, gw3, gb3) of `head_mix` for the upstream gradient gy (x's shape)."""
     F, H = w1.shape
-    H4 = _padded(H)
-    # weight grads per run of tiles, summed here, so that threads never share an accumulator
-    chunks = numba_threads_like_torch() * _CHUNKS_PER_THREAD
+    H4, tile = _padded(H), _tile(H)
+    threads = numba_threads_like_torch()
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    grads = [torch.empty(chunks, n) for n in (F * H4, F, F * F, F, H4 * F, H4)]
-    _, backward = _kernels(H, _tile(H))
+    # weight grads per thread, summed here, so that threads never share an accumulator
+    grads = [torch.empty(threads, n) for n in (F * H4, F, F * F, F, H4 * F, H4)]
+    _, backward_run = _kernels(H, tile)
     w1p, w3p = _pad_cols(w1, H4), _pad_rows(w3, H4)
-    backward(_np(gy).reshape(H, -1), _np(x).reshape(H, -1), _flat(w1p), _np(b1), _flat(w2), _np(b2),
-             _flat(w1p.t()), _flat(w2.t()), _flat(w3p.t()), np.float32(negative_slope), gx.numpy().reshape(H, -1), *(g.numpy() for g in grads))
+    args = (_np(gy).reshape(H, -1), _np(x).reshape(H, -1), _flat(w1p), _np(b1), _flat(w2), _np(b2), _flat(w1p.t()),
+            _flat(w2.t()), _flat(w3p.t()), np.float32(negative_slope), gx.numpy().reshape(H, -1))
+    per_thread = [g.numpy() for g in grads]
+    _in_parallel(lambda c, i0, i1: backward_run(*args, *(g[c] for g in per_thread), i0, i1),
+                 -(-x[0].numel() // tile), threads)
     gw1, gb1, gw2, gb2, gw3, gb3 = (g.sum(0) for g in grads)
     return gx, gw1.view(F, H4)[:, :H].contiguous(), gb1, gw2.view(F, F), gb2, gw3.view(H4, F)[:H], gb3[:H]
 
