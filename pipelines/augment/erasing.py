@@ -55,26 +55,19 @@ def _paint_noise(rows, boxes, first, group0, k0, k1):
     """Fill boxes of `rows` ((B, H, W * C) float32) with N(0, 1) noise; images in parallel, boxes in order.
 
     boxes (n, 5) int64: image, top, left * C, h, w * C, sorted by (image, slot); the boxes of the i-th painted
-    image are first[i]:first[i + 1]; box j draws the groups from group0[j] on.
+    image are first[i]:first[i + 1]; box j draws the groups from group0[j] on. Each box's noise is drawn into
+    a scratch array, then copied row by row (one loop doing both ran ~1.5x slower).
     """
     for i in prange(first.size - 1):
         u, v = np.empty(2 * LANES, np.float32), np.empty(2 * LANES, np.float32)
-        eps = np.empty(GROUP, np.float32)
         for j in range(first[i], first[i + 1]):
             b, top, left, h, width = boxes[j]
-            size = h * width
-            r, col = 0, 0
-            for g in range((size + GROUP - 1) // GROUP):
-                _normal_group(group0[j] + g, k0, k1, u, v, eps)
-                done, take = 0, min(GROUP, size - g * GROUP)
-                while done < take:  # the group's values run over the box's rows
-                    m = min(width - col, take - done)
-                    dst = rows[b, top + r, left + col:left + col + m]
-                    for x in range(m):
-                        dst[x] = eps[done + x]
-                    done, col = done + m, col + m
-                    if col == width:
-                        r, col = r + 1, 0
+            groups = (h * width + GROUP - 1) // GROUP
+            eps = np.empty(groups * GROUP, np.float32)
+            for g in range(groups):
+                _normal_group(group0[j] + g, k0, k1, u, v, eps[g * GROUP:(g + 1) * GROUP])
+            for r in range(h):
+                rows[b, top + r, left:left + width] = eps[r * width:(r + 1) * width]
 
 
 class EraseDraw(NamedTuple):
