@@ -246,15 +246,20 @@ def _tap_bicubic(taps, x, dx, dy, shift):
 
 
 @njit
-def _packed_pairs(src):
-    """The image padded by `_PAD` repeated edge pixels (Pillow clamps taps to the edge), one uint64 per position
-    holding that RGB pixel (bytes 0..2) and its right neighbour's (bytes 4..6): a row's 4 taps are 2 loads."""
+def _packed_pairs(src, mirror):
+    """The image (mirrored if `mirror`) padded by `_PAD` repeated edge pixels (Pillow clamps taps to the edge),
+    one uint64 per position holding that RGB pixel (bytes 0..2) and its right neighbour's (bytes 4..6): a row's
+    4 taps are 2 loads."""
     h, w, _ = src.shape
     wp = w + 2 * _PAD
     row = np.empty(wp + 1, np.uint32)
     pairs = np.empty((h + 2 * _PAD) * wp, np.uint64)
     for y in range(h):
-        _pack_row(src[y].reshape(-1), row[_PAD:_PAD + w])
+        packed = row[_PAD:_PAD + w]
+        _pack_row(src[y].reshape(-1), packed)
+        if mirror:
+            for x in range(w // 2):
+                packed[x], packed[w - 1 - x] = packed[w - 1 - x], packed[x]
         for x in range(_PAD):
             row[x] = row[_PAD]
         for x in range(_PAD + w, wp + 1):
@@ -269,7 +274,7 @@ def _packed_pairs(src):
 
 
 @njit
-def _warp_bicubic(src, dst, m, fill, along_x, along_y):
+def _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror):
     """`_warp`'s bicubic case, same float64 arithmetic, laid out so that the arithmetic vectorizes.
 
     Per chunk of `_CHUNK` output pixels of a row: (1) sample points, weights' fractions and the index of the
@@ -280,7 +285,7 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y):
     """
     h, w, _ = src.shape
     o = dst.reshape(-1)
-    pairs = _packed_pairs(src)
+    pairs = _packed_pairs(src, mirror)
     wp = w + 2 * _PAD
     taps = np.zeros(8 * _CHUNK, np.uint64)  # pixels past the row end (last chunk) compute on zeros
     out = np.empty(3 * _CHUNK, np.uint8)
@@ -345,7 +350,7 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y):
 
 
 @njit
-def _warp(src, dst, m, fill, bicubic):
+def _warp(src, dst, m, fill, bicubic, mirror):
     """Image.transform(AFFINE, m, BILINEAR or BICUBIC, fillcolor=fill) as Geometry.c computes it.
 
     Pillow samples at x + 0.5, y + 0.5; a source point outside [0, w) x [0, h) keeps the fill; taps clamp to the
@@ -355,7 +360,7 @@ def _warp(src, dst, m, fill, bicubic):
     along_x = m[3] == 0.0 and m[4] == 1.0 and m[5] == 0.0  # yin == y + 0.5 exactly
     along_y = m[0] == 1.0 and m[1] == 0.0 and m[2] == 0.0
     if bicubic:
-        _warp_bicubic(src, dst, m, fill, along_x, along_y)
+        _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror)
         return
     h, w, c = src.shape
     for y in range(h):
@@ -394,8 +399,9 @@ def _flip(src, dst):
 
 
 @njit
-def _apply(src, dst, code, arg, mat, fill):
-    """One op, src -> dst (both (H, W, C) uint8)."""
+def _apply(src, dst, code, arg, mat, fill, mirror):
+    """One op, src -> dst (both (H, W, C) uint8); a bicubic warp reads src mirrored if `mirror` (its packing
+    step flips for free), the other ops ignore it."""
     if code == 1:
         _auto_contrast(src, dst)
     elif code == 2:
@@ -411,7 +417,7 @@ def _apply(src, dst, code, arg, mat, fill):
     elif code == 10:
         _sharpness(src, dst, np.float32(arg))
     else:
-        _warp(src, dst, mat, fill, code == WARP_BICUBIC)
+        _warp(src, dst, mat, fill, code == WARP_BICUBIC, mirror)
 
 
 @njit(inline='always')
@@ -448,8 +454,9 @@ def _normalize(src, scale_row, shift_row, out):
 @njit(parallel=True, cache=True)
 def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
     """Per image: flip, ops, normalize. The flip commutes with every op but the warps (the color ops are per
-    pixel or use flip-invariant statistics; SMOOTH is symmetric), so it is done where it is cheapest: before
-    the first warp, else by the normalization, which reads the pixels mirrored."""
+    pixel or use flip-invariant statistics; SMOOTH is symmetric), so it is done where it is cheapest: by the
+    first warp (a bicubic one packs its input mirrored; a bilinear one gets a flipped copy), else by the
+    normalization, which reads the pixels mirrored."""
     n, h, w, c = src.shape
     for b in prange(n):
         bufs = np.empty((2, h, w, c), np.uint8)
@@ -458,14 +465,14 @@ def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
         mirror = flip[b]
         for s in range(-1, code.shape[1]):
             op = code[b, s] if s >= 0 else NONE
-            if mirror and (op >= WARP_BILINEAR or (s < 0 and c != 3)):  # the flipped normalize packs RGB
+            if mirror and (op == WARP_BILINEAR or (s < 0 and c != 3)):  # the flipped normalize packs RGB
                 held = 1 if held == 0 else 0
                 _flip(cur, bufs[held])
                 cur, mirror = bufs[held], False
             if op != NONE:
                 held = 1 if held == 0 else 0
-                _apply(cur, bufs[held], op, arg[b, s], mats[b, s], fill)
-                cur = bufs[held]
+                _apply(cur, bufs[held], op, arg[b, s], mats[b, s], fill, mirror)
+                cur, mirror = bufs[held], mirror and op != WARP_BICUBIC
         if mirror:
             _normalize_flipped_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), row)
         else:
