@@ -34,6 +34,7 @@ __all__ = ['head_mix']
 
 use_threadsafe_numba()
 
+
 def _padded(hidden: int) -> int:
     return (hidden + 3) // 4 * 4
 
@@ -248,14 +249,15 @@ def _kernels(H: int, tile: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _pool() -> ThreadPoolExecutor:
+def _pool(pid: int) -> ThreadPoolExecutor:
+    """The worker threads of process `pid` (a forked child gets its own: it inherits the pool, not its threads)."""
     return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix='head_mix')
 
 
 def _in_parallel(run, ntiles: int, threads: int) -> None:
     """run(c, i0, i1) for `threads` contiguous runs c of the tiles, one on this thread and the others on the pool
     (the runs release the GIL)."""
-    futures = [_pool().submit(run, c, c * ntiles // threads, (c + 1) * ntiles // threads)
+    futures = [_pool(os.getpid()).submit(run, c, c * ntiles // threads, (c + 1) * ntiles // threads)
                for c in range(1, threads)]
     run(0, 0, ntiles // threads)
     for f in futures:
