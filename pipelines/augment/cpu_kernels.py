@@ -277,6 +277,44 @@ def _packed_pairs(src, mirror):
     return pairs
 
 
+@njit(inline='always')
+def _bicubic_chunk(pairs, wp32, base, dxs, dys, n, along_x, along_y, taps, out):
+    """`_warp_bicubic` steps (2) and (3) for one chunk: gather the taps, compute the cubics into `out`."""
+    if along_x:  # taps: row 1, columns 0..3
+        for x in range(n):
+            b = np.uint64(base[x] + wp32)
+            taps[x], taps[_CHUNK + x] = pairs[b], pairs[b + np.uint64(2)]
+    elif along_y:  # taps: rows 0..3, column 1 (in the low half of the words)
+        for x in range(n):
+            b = base[x] + 1
+            for j in range(4):
+                taps[j * _CHUNK + x] = pairs[np.uint64(b + j * wp32)]
+    else:
+        for x in range(n):
+            b = base[x]
+            for j in range(4):
+                r = np.uint64(b + j * wp32)
+                taps[2 * j * _CHUNK + x], taps[(2 * j + 1) * _CHUNK + x] = pairs[r], pairs[r + np.uint64(2)]
+    if along_x:
+        for x in range(_CHUNK):
+            d = dxs[x]
+            out[x] = _u8(_tap_cubic(taps, 0, x, d, 0))
+            out[_CHUNK + x] = _u8(_tap_cubic(taps, 0, x, d, 8))
+            out[2 * _CHUNK + x] = _u8(_tap_cubic(taps, 0, x, d, 16))
+    elif along_y:
+        for x in range(_CHUNK):
+            d = dys[x]
+            for k in range(3):
+                out[k * _CHUNK + x] = _u8(_cubic(_tap(taps, 0, x, 8 * k), _tap(taps, 1, x, 8 * k),
+                                                 _tap(taps, 2, x, 8 * k), _tap(taps, 3, x, 8 * k), d))
+    else:
+        for x in range(_CHUNK):
+            dx, dy = dxs[x], dys[x]
+            out[x] = _u8(_tap_bicubic(taps, x, dx, dy, 0))
+            out[_CHUNK + x] = _u8(_tap_bicubic(taps, x, dx, dy, 8))
+            out[2 * _CHUNK + x] = _u8(_tap_bicubic(taps, x, dx, dy, 16))
+
+
 @njit
 def _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror):
     """`_warp`'s bicubic case, same float64 arithmetic, laid out so that the arithmetic vectorizes.
@@ -284,8 +322,8 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror):
     Per chunk of `_CHUNK` output pixels of a row: (1) sample points, weights' fractions and the index of the
     top-left tap in the padded image of `_packed_pairs` (no clamping: the padding repeats the edges); (2) gather
     each pixel's taps (8 words of two pixels, or 2 for a shear/translation along x, 4 along y) into tap-major
-    scratch; (3) the cubics, a loop over the chunk that LLVM vectorizes (4 pixels per instruction);
-    (4) interleave into dst, fill where the sample point is outside.
+    scratch; (3) the cubics, a loop over the chunk that LLVM vectorizes (4 pixels per instruction), both
+    skipped for a chunk that is all outside; (4) interleave into dst, fill where the sample point is outside.
     """
     h, w, _ = src.shape
     o = dst.reshape(-1)
@@ -312,39 +350,8 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror):
                 ix = np.int32(min(max(fx, -1.0), w_last))
                 iy = np.int32(min(max(fy, -1.0), h_last))
                 base[x] = (iy + np.int32(_PAD - 1)) * wp32 + ix + np.int32(_PAD - 1)  # tap (row 0, column 0)
-            if along_x:  # taps: row 1, columns 0..3
-                for x in range(n):
-                    b = np.uint64(base[x] + wp32)
-                    taps[x], taps[_CHUNK + x] = pairs[b], pairs[b + np.uint64(2)]
-            elif along_y:  # taps: rows 0..3, column 1 (in the low half of the words)
-                for x in range(n):
-                    b = base[x] + 1
-                    for j in range(4):
-                        taps[j * _CHUNK + x] = pairs[np.uint64(b + j * wp32)]
-            else:
-                for x in range(n):
-                    b = base[x]
-                    for j in range(4):
-                        r = np.uint64(b + j * wp32)
-                        taps[2 * j * _CHUNK + x], taps[(2 * j + 1) * _CHUNK + x] = pairs[r], pairs[r + np.uint64(2)]
-            if along_x:
-                for x in range(_CHUNK):
-                    d = dxs[x]
-                    out[x] = _u8(_tap_cubic(taps, 0, x, d, 0))
-                    out[_CHUNK + x] = _u8(_tap_cubic(taps, 0, x, d, 8))
-                    out[2 * _CHUNK + x] = _u8(_tap_cubic(taps, 0, x, d, 16))
-            elif along_y:
-                for x in range(_CHUNK):
-                    d = dys[x]
-                    for k in range(3):
-                        out[k * _CHUNK + x] = _u8(_cubic(_tap(taps, 0, x, 8 * k), _tap(taps, 1, x, 8 * k),
-                                                         _tap(taps, 2, x, 8 * k), _tap(taps, 3, x, 8 * k), d))
-            else:
-                for x in range(_CHUNK):
-                    dx, dy = dxs[x], dys[x]
-                    out[x] = _u8(_tap_bicubic(taps, x, dx, dy, 0))
-                    out[_CHUNK + x] = _u8(_tap_bicubic(taps, x, dx, dy, 8))
-                    out[2 * _CHUNK + x] = _u8(_tap_bicubic(taps, x, dx, dy, 16))
+            if inside[:n].any():  # else all fill: a rotation's corners, a translation's far side
+                _bicubic_chunk(pairs, wp32, base, dxs, dys, n, along_x, along_y, taps, out)
             row = o[(y * w + x0) * 3:(y * w + x0 + n) * 3]
             for x in range(n):
                 ok = inside[x]
