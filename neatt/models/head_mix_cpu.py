@@ -15,9 +15,11 @@ values, so each H compiles once per machine (about 15 s forward + 25 s backward 
 loads in under a second), whereas `numba.literally` re-dispatches from Python on every call. Inside, every H axis
 is padded to a multiple of 4 (zero weights, zero input rows), so that all row counts fit the four-row blocks.
 Constants do not reach into a `prange` body, and a `prange` driver would capture the closures (not cacheable),
-so the runs of tiles go to Python threads, as many as torch uses; the runs release the GIL.
+so the runs of tiles go to Python threads, as many as torch uses, which take them in turn (`_in_parallel`); the
+runs release the GIL.
 """
 import functools
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Tuple
@@ -220,12 +222,6 @@ def _kernels(H: int, tile: int):
         d = np.empty(F * tile, np.float32)
         g = np.empty(H4 * tile, np.float32)
         zeros = np.zeros(F, np.float32)
-        gw1[:] = 0
-        gb1[:] = 0
-        gw2[:] = 0
-        gb2[:] = 0
-        gw3[:] = 0
-        gb3[:] = 0
         for i in range(i0, i1):
             t0 = i * tile
             T = min(tile, P - t0)
@@ -254,12 +250,31 @@ def _pool(pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix='head_mix')
 
 
+def _runs(ntiles: int, threads: int) -> int:
+    return min(ntiles, 8 * threads)
+
+
 def _in_parallel(run, ntiles: int, threads: int) -> None:
-    """run(c, i0, i1) for `threads` contiguous runs c of the tiles, one on this thread and the others on the pool
-    (the runs release the GIL)."""
-    futures = [_pool(os.getpid()).submit(run, c, c * ntiles // threads, (c + 1) * ntiles // threads)
-               for c in range(1, threads)]
-    run(0, 0, ntiles // threads)
+    """run(r, i0, i1) for the runs r < _runs(ntiles, threads) of consecutive tiles, taken in turn by `threads`
+    workers (this thread and pool threads; the runs release the GIL).
+
+    Taken in turn, not split evenly up front: right after a torch op, torch's OpenMP threads keep spinning for a
+    while on the cores our workers need, and a worker that shares its core then does fewer runs instead of
+    holding up the others (an even split made the head mix ~1.5-2x slower inside a training step than alone).
+    Which worker does a run does not change any result: runs write disjoint outputs (and their own weight-grad
+    slots, summed in run order), so the results stay bitwise reproducible.
+    """
+    runs = _runs(ntiles, threads)
+    next_run = itertools.count()  # next() is atomic under the GIL
+
+    def worker():
+        for r in iter(next_run.__next__, None):
+            if r >= runs:
+                return
+            run(r, r * ntiles // runs, (r + 1) * ntiles // runs)
+
+    futures = [_pool(os.getpid()).submit(worker) for _ in range(1, threads)]
+    worker()
     for f in futures:
         f.result()
 
@@ -294,7 +309,7 @@ def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tens
     forward_run, _ = _kernels(H, tile)
     args = (_np(x).reshape(H, -1), _flat(_pad_cols(w1, H4)), _np(b1), _flat(w2), _np(b2), _flat(_pad_rows(w3, H4)),
             _np(_pad_rows(b3, H4)), np.float32(negative_slope), y.numpy().reshape(H, -1))
-    _in_parallel(lambda c, i0, i1: forward_run(*args, i0, i1), -(-x[0].numel() // tile), numba_threads_like_torch())
+    _in_parallel(lambda r, i0, i1: forward_run(*args, i0, i1), -(-x[0].numel() // tile), numba_threads_like_torch())
     return y
 
 
@@ -305,16 +320,16 @@ def _head_mix_backward(gy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor
     F, H = w1.shape
     H4, tile = _padded(H), _tile(H)
     threads = numba_threads_like_torch()
+    ntiles = -(-x[0].numel() // tile)
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    # weight grads per thread, summed here, so that threads never share an accumulator
-    grads = [torch.empty(threads, n) for n in (F * H4, F, F * F, F, H4 * F, H4)]
+    # weight grads per run, summed here in run order: no shared accumulator, the same sums whichever thread ran what
+    grads = [torch.zeros(_runs(ntiles, threads), n) for n in (F * H4, F, F * F, F, H4 * F, H4)]
     _, backward_run = _kernels(H, tile)
     w1p, w3p = _pad_cols(w1, H4), _pad_rows(w3, H4)
     args = (_np(gy).reshape(H, -1), _np(x).reshape(H, -1), _flat(w1p), _np(b1), _flat(w2), _np(b2), _flat(w1p.t()),
             _flat(w2.t()), _flat(w3p.t()), np.float32(negative_slope), gx.numpy().reshape(H, -1))
-    per_thread = [g.numpy() for g in grads]
-    _in_parallel(lambda c, i0, i1: backward_run(*args, *(g[c] for g in per_thread), i0, i1),
-                 -(-x[0].numel() // tile), threads)
+    per_run = [g.numpy() for g in grads]
+    _in_parallel(lambda r, i0, i1: backward_run(*args, *(g[r] for g in per_run), i0, i1), ntiles, threads)
     gw1, gb1, gw2, gb2, gw3, gb3 = (g.sum(0) for g in grads)
     return gx, gw1.view(F, H4)[:, :H].contiguous(), gb1, gw2.view(F, F), gb2, gw3.view(H4, F)[:H], gb3[:H]
 
