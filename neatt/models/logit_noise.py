@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
-__all__ = ['add_logit_noise', 'GROUP', 'LANES']
+__all__ = ['add_logit_noise', 'normal_group', 'GROUP', 'LANES']
 
 use_threadsafe_numba()
 
@@ -90,28 +90,31 @@ def _unit(w):
     return np.float32(np.int32(w >> np.uint64(9))) * np.float32(2.0 ** -23)
 
 
+@njit(inline='always', fastmath=True)
+def normal_group(g, k0, k1, u, v, eps):
+    """eps[:GROUP] = the values of group g of the stream under the key (k0, k1); u, v: float32 scratch of
+    2 * LANES. Three simple loops (words to uniforms, Box-Muller per half) rather than one: each vectorizes."""
+    for j in range(LANES):
+        w0, w1, w2, w3 = _philox4x32_10(np.uint64(g * LANES + j), k0, k1)
+        u[j], v[j] = _unit(w0) + np.float32(2.0 ** -24), _unit(w1)  # (w0, w2) of each counter -> radius
+        u[LANES + j], v[LANES + j] = _unit(w2) + np.float32(2.0 ** -24), _unit(w3)  # (w1, w3) -> angle
+    for h in range(2):  # pair h * LANES + j gives the values (2 h) * LANES + j and (2 h + 1) * LANES + j
+        us, vs = u[h * LANES:(h + 1) * LANES], v[h * LANES:(h + 1) * LANES]
+        cos_out, sin_out = eps[2 * h * LANES:(2 * h + 1) * LANES], eps[(2 * h + 1) * LANES:(2 * h + 2) * LANES]
+        for j in range(LANES):
+            r = np.sqrt(np.float32(-2) * _log(us[j]))
+            c, s = _cos_sin_turns(vs[j])
+            cos_out[j], sin_out[j] = r * c, r * s
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _add_noise(z, sigma, k0, k1, out):
-    """out = z + sigma * eps over flat float32 arrays, one group of GROUP values per prange step.
-
-    Three simple loops per group (words to uniforms, Box-Muller, the add) rather than one: each vectorizes.
-    """
+    """out = z + sigma * eps over flat float32 arrays, one group of GROUP values per prange step."""
     n = z.size
     for g in prange((n + GROUP - 1) // GROUP):
-        u = np.empty(2 * LANES, np.float32)  # (w0, w2) of each counter -> radius
-        v = np.empty(2 * LANES, np.float32)  # (w1, w3) -> angle
-        for j in range(LANES):
-            w0, w1, w2, w3 = _philox4x32_10(np.uint64(g * LANES + j), k0, k1)
-            u[j], v[j] = _unit(w0) + np.float32(2.0 ** -24), _unit(w1)
-            u[LANES + j], v[LANES + j] = _unit(w2) + np.float32(2.0 ** -24), _unit(w3)
+        u, v = np.empty(2 * LANES, np.float32), np.empty(2 * LANES, np.float32)
         eps = np.empty(GROUP, np.float32)
-        for h in range(2):  # pair h * LANES + j gives the values (2 h) * LANES + j and (2 h + 1) * LANES + j
-            us, vs = u[h * LANES:(h + 1) * LANES], v[h * LANES:(h + 1) * LANES]
-            cos_out, sin_out = eps[2 * h * LANES:(2 * h + 1) * LANES], eps[(2 * h + 1) * LANES:(2 * h + 2) * LANES]
-            for j in range(LANES):
-                r = np.sqrt(np.float32(-2) * _log(us[j]))
-                c, s = _cos_sin_turns(vs[j])
-                cos_out[j], sin_out[j] = r * c, r * s
+        normal_group(g, k0, k1, u, v, eps)
         start = g * GROUP
         zs, os = z[start:start + GROUP], out[start:start + GROUP]
         for i in range(zs.size):

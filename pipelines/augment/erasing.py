@@ -25,29 +25,13 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from neatt.models.logit_noise import GROUP, LANES, _cos_sin_turns, _log, _philox4x32_10, _unit
+from neatt.models.logit_noise import GROUP, LANES, normal_group
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
 __all__ = ['BatchRandomErasing', 'EraseDraw']
 
 use_threadsafe_numba()
 _MASK32 = 0xFFFFFFFF
-
-
-@njit(inline='always', fastmath=True)
-def _normal_group(g, k0, k1, u, v, eps):
-    """eps = the GROUP normals of group g of logit_noise's stream (its documented layout; u, v: scratch)."""
-    for j in range(LANES):
-        w0, w1, w2, w3 = _philox4x32_10(np.uint64(g * LANES + j), k0, k1)
-        u[j], v[j] = _unit(w0) + np.float32(2.0 ** -24), _unit(w1)
-        u[LANES + j], v[LANES + j] = _unit(w2) + np.float32(2.0 ** -24), _unit(w3)
-    for h in range(2):  # pair h * LANES + j gives the values (2 h) * LANES + j and (2 h + 1) * LANES + j
-        us, vs = u[h * LANES:(h + 1) * LANES], v[h * LANES:(h + 1) * LANES]
-        cos_out, sin_out = eps[2 * h * LANES:(2 * h + 1) * LANES], eps[(2 * h + 1) * LANES:(2 * h + 2) * LANES]
-        for j in range(LANES):
-            r = np.sqrt(np.float32(-2) * _log(us[j]))
-            c, s = _cos_sin_turns(vs[j])
-            cos_out[j], sin_out[j] = r * c, r * s
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -65,7 +49,7 @@ def _paint_noise(rows, boxes, first, group0, k0, k1):
             groups = (h * width + GROUP - 1) // GROUP
             eps = np.empty(groups * GROUP, np.float32)
             for g in range(groups):
-                _normal_group(group0[j] + g, k0, k1, u, v, eps[g * GROUP:(g + 1) * GROUP])
+                normal_group(group0[j] + g, k0, k1, u, v, eps[g * GROUP:(g + 1) * GROUP])
             for r in range(h):
                 rows[b, top + r, left:left + width] = eps[r * width:(r + 1) * width]
 
