@@ -8,6 +8,13 @@ vs 45 ms). Raising the mmap and trim thresholds keeps freed memory in the heap f
 MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, set from inside the process since glibc reads the
 environment only at start-up. PyTorch's CUDA allocator caches on its own; this only concerns host memory.
 
+`short_openmp_spin_by_default`: on CPU our compiled kernels (numba, on their own threads) alternate with torch's
+OpenMP ops. After each op libgomp's threads spin-wait for the next one, by default for 300,000 spins (several ms
+on the 2-core VM), on the cores our kernels then need: the head mix ran ~1.8x slower right after a torch op
+than alone. GOMP_SPINCOUNT=30000 (well under a millisecond) still covers the gaps between torch's own ops. In
+six alternating bench_model runs (ViT-Ti/16, batch 16, eager) vanilla's step was unchanged (median -4%), and
+Ne-Att's was about 10% faster (docs/benchmarks.md).
+
 `use_threadsafe_numba` is for the compiled CPU kernels (the head mix, the augmentation): FFCV runs its numba
 `parallel` decoder in its own thread while the main thread runs theirs, and numba's last-resort threading layer
 (workqueue, picked when neither TBB nor OpenMP is found) aborts the process on such concurrent launches.
@@ -15,9 +22,11 @@ environment only at start-up. PyTorch's CUDA allocator caches on its own; this o
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 
-__all__ = ['configure_cpu_allocator', 'use_threadsafe_numba', 'numba_threads_like_torch']
+__all__ = ['configure_cpu_allocator', 'short_openmp_spin_by_default', 'use_threadsafe_numba',
+           'numba_threads_like_torch']
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +52,18 @@ def configure_cpu_allocator() -> bool:
     if not ok:
         _logger.debug('mallopt refused the thresholds; host allocations keep the default behaviour')
     return ok
+
+
+def short_openmp_spin_by_default() -> bool:
+    """GOMP_SPINCOUNT=30000 unless the environment already sets it or OMP_WAIT_POLICY; returns whether the
+    setting can still take effect.
+
+    libgomp reads it once, when torch loads it, so this must run before `import torch`: `neatt/__init__` calls it
+    first thing, and the entry points (train_fast.py, tools/bench_*.py) import neatt before torch. A process
+    that imported torch first keeps libgomp's default."""
+    if 'OMP_WAIT_POLICY' not in os.environ:
+        os.environ.setdefault('GOMP_SPINCOUNT', '30000')
+    return 'torch' not in sys.modules
 
 
 def use_threadsafe_numba() -> None:

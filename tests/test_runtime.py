@@ -63,3 +63,15 @@ def test_kernel_modules_ask_numba_for_a_threadsafe_layer(env, want_config):
                          env=environ).stdout.split()
     assert out[0] == want_config
     assert out[1] in ('tbb', 'omp')
+
+
+@pytest.mark.parametrize('env, want', [({}, '30000'), ({'GOMP_SPINCOUNT': '5'}, '5'),
+                                       ({'OMP_WAIT_POLICY': 'ACTIVE'}, None)])
+def test_import_neatt_shortens_openmp_spin_unless_the_user_chose(env, want):
+    """`import neatt` (before torch) sets GOMP_SPINCOUNT for libgomp to read when torch loads it; a spin count
+    or wait policy from the user wins. The setting is visible to the process's OpenMP only as environment."""
+    clean = {k: v for k, v in os.environ.items() if k not in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')}
+    probe = "import neatt, os, sys; print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, check=True,
+                         env={**clean, **env}).stdout.split()
+    assert out == [str(want), 'True']  # and torch was loaded by that import, after the setting

@@ -25,12 +25,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import torch
-from PIL import Image
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import neatt  # noqa: E402,F401  (first, so that its OpenMP setting precedes torch's load, as in the trainer)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from pipelines.augment import AugmentConfig  # noqa: E402
 from neatt.runtime import configure_cpu_allocator  # noqa: E402

@@ -19,12 +19,11 @@ import sys
 import time
 from typing import Callable, Dict, Optional
 
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import neatt  # noqa: E402,F401  (registers neatt_vit_*; first, so that its OpenMP setting precedes torch's load)
 import timm  # noqa: E402
-import neatt  # noqa: E402,F401  (registers neatt_vit_*)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from neatt.models import load_checkpoint  # noqa: E402
 from neatt.runtime import configure_cpu_allocator  # noqa: E402
 from neatt.fileio import write_json_atomic  # noqa: E402
@@ -118,8 +117,6 @@ def measure(steps: Dict[str, Callable[[], None]], args) -> Dict[str, Dict[str, O
             for name in steps}
 
 
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     allocator_tuned = configure_cpu_allocator()  # as the trainer does; both models alike
@@ -141,9 +138,10 @@ def main(argv=None) -> dict:
         results[mode] = r
 
     device_name = torch.cuda.get_device_name() if device_type == 'cuda' else f'cpu ({torch.get_num_threads()} threads)'
+    openmp = {k: os.environ[k] for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT') if k in os.environ}
     depth = len(models['vanilla'].blocks)
     print(f"# {args.model} vs neatt_{args.model}, depth {depth}, batch {args.batch_size}, {size[0]}x{size[1]}, amp {args.amp}, "
-          f"{device_name}, torch {torch.__version__}, timm {timm.__version__}")
+          f"{device_name}, OpenMP {openmp}, torch {torch.__version__}, timm {timm.__version__}")
     print(f"{'mode':<10}{'vanilla ms':>12}{'neatt ms':>12}{'ratio':>8}{'vanilla MiB/img':>17}{'neatt MiB/img':>15}")
     for mode, r in results.items():
         mem = ['n/a' if r[n]['peak_mib_per_image'] is None else f"{r[n]['peak_mib_per_image']:.1f}"
@@ -155,6 +153,7 @@ def main(argv=None) -> dict:
         'device': device_name, 'grad_checkpointing': args.grad_checkpointing, 'warmup': args.warmup,
         'repeats': args.repeats, 'torch': torch.__version__, 'timm': timm.__version__,
         'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'host_allocator_tuned': allocator_tuned,
+        'openmp_env': openmp,
         'results': results,
     }
     if args.json:
