@@ -19,7 +19,6 @@ so the runs of tiles go to Python threads, as many as torch uses, which take the
 runs release the GIL.
 """
 import functools
-import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Tuple
@@ -265,12 +264,10 @@ def _in_parallel(run, ntiles: int, threads: int) -> None:
     slots, summed in run order), so the results stay bitwise reproducible.
     """
     runs = _runs(ntiles, threads)
-    next_run = itertools.count()  # next() is atomic under the GIL
+    next_run = iter(range(runs))  # shared by the workers: next() is atomic under the GIL
 
     def worker():
-        for r in iter(next_run.__next__, None):
-            if r >= runs:
-                return
+        for r in next_run:
             run(r, r * ntiles // runs, (r + 1) * ntiles // runs)
 
     futures = [_pool(os.getpid()).submit(worker) for _ in range(1, threads)]

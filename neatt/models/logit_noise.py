@@ -18,13 +18,15 @@ The generator, documented so that anyone can re-derive eps (tests/test_logit_noi
 - ln, cos and sin are Cephes' float32 polynomials (relative error ~1e-7), written out so that LLVM
   vectorizes them; libm calls would not.
 """
+from typing import Optional, Tuple
+
 import numpy as np
 import torch
 from numba import njit, prange
 
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
-__all__ = ['add_logit_noise', 'normal_group', 'GROUP', 'LANES']
+__all__ = ['add_logit_noise', 'normal_group', 'philox_key', 'GROUP', 'LANES']
 
 use_threadsafe_numba()
 
@@ -121,6 +123,13 @@ def _add_noise(z, sigma, k0, k1, out):
             os[i] = zs[i] + sigma * eps[i]
 
 
+def philox_key(generator: Optional[torch.Generator] = None) -> Tuple[np.uint64, np.uint64]:
+    """The key (k0, k1) of a new stream: one 63-bit seed drawn from `generator` (default: torch's global CPU
+    generator), split into its low and high 32 bits."""
+    seed = int(torch.randint(0, 2 ** 63 - 1, (), generator=generator))
+    return np.uint64(seed & _MASK32), np.uint64(seed >> 32)
+
+
 @torch.library.custom_op('neatt::add_logit_noise', mutates_args=())
 def add_logit_noise(z: torch.Tensor, sigma: float) -> torch.Tensor:
     """z + sigma * eps for a float32 CPU tensor; eps as the module docstring defines it, seeded by one draw from
@@ -129,11 +138,10 @@ def add_logit_noise(z: torch.Tensor, sigma: float) -> torch.Tensor:
     A custom op, so that `torch.compile` keeps it opaque: inductor would otherwise inline its own randn (a
     scalar Philox loop in its C++ kernels, and other numbers than eager's).
     """
-    seed = int(torch.randint(0, 2 ** 63 - 1, ()))
+    k0, k1 = philox_key()
     out = torch.empty_like(z, memory_format=torch.contiguous_format)
     numba_threads_like_torch()
-    _add_noise(z.detach().contiguous().view(-1).numpy(), np.float32(sigma), np.uint64(seed & _MASK32),
-               np.uint64(seed >> 32), out.view(-1).numpy())
+    _add_noise(z.detach().contiguous().view(-1).numpy(), np.float32(sigma), k0, k1, out.view(-1).numpy())
     return out
 
 

@@ -474,16 +474,20 @@ def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
         row = np.empty(w, np.uint32)
         cur, held = src[b], -1  # held: which of bufs `cur` is (-1: the input image)
         mirror = flip[b]
-        for s in range(-1, code.shape[1]):
-            op = code[b, s] if s >= 0 else NONE
-            if mirror and (op == WARP_BILINEAR or (s < 0 and c != 3)):  # the flipped normalize packs RGB
+        if mirror and c != 3:  # the mirrored reads (bicubic packing, normalization) pack RGB pixels
+            _flip(cur, bufs[0])
+            cur, held, mirror = bufs[0], 0, False
+        for s in range(code.shape[1]):
+            op = code[b, s]
+            if op == NONE:
+                continue
+            if mirror and op == WARP_BILINEAR:
                 held = 1 if held == 0 else 0
                 _flip(cur, bufs[held])
                 cur, mirror = bufs[held], False
-            if op != NONE:
-                held = 1 if held == 0 else 0
-                _apply(cur, bufs[held], op, arg[b, s], mats[b, s], fill, mirror)
-                cur, mirror = bufs[held], mirror and op != WARP_BICUBIC
+            held = 1 if held == 0 else 0
+            _apply(cur, bufs[held], op, arg[b, s], mats[b, s], fill, mirror)
+            cur, mirror = bufs[held], mirror and op != WARP_BICUBIC
         if mirror:
             _normalize_flipped_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), row)
         else:

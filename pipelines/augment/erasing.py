@@ -25,13 +25,12 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from neatt.models.logit_noise import GROUP, LANES, normal_group
+from neatt.models.logit_noise import GROUP, LANES, normal_group, philox_key
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
 __all__ = ['BatchRandomErasing', 'EraseDraw']
 
 use_threadsafe_numba()
-_MASK32 = 0xFFFFFFFF
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -167,7 +166,7 @@ class BatchRandomErasing:
 
     def _paint_noise_cpu(self, images, draw: EraseDraw, generator) -> None:
         B, C, H, W = images.shape
-        seed = int(torch.randint(0, 2 ** 63 - 1, (), generator=generator))
+        k0, k1 = philox_key(generator)
         b, k = torch.where(draw.active)  # row-major: (image, slot) order
         if not b.numel():
             return
@@ -178,8 +177,7 @@ class BatchRandomErasing:
         first = torch.cat([images_at.new_zeros(1), images_at.cumsum(0)])
         numba_threads_like_torch()
         rows = images.permute(0, 2, 3, 1).view(B, H, W * C).numpy()
-        _paint_noise(rows, boxes.numpy(), first.numpy(), group0.numpy(), np.uint64(seed & _MASK32),
-                     np.uint64(seed >> 32))
+        _paint_noise(rows, boxes.numpy(), first.numpy(), group0.numpy(), k0, k1)
 
     def _paint_indexed(self, images, draw: EraseDraw, rows, k, generator) -> None:
         B, C, H, W = images.shape
