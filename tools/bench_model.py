@@ -9,6 +9,9 @@ Usage:
 Units: milliseconds per training step (forward, cross-entropy, backward; no optimizer step), the median of
 `--repeats` steps after `--warmup` steps; ratio = Ne-Att / vanilla. Peak memory is MiB per image
 (`torch.cuda.max_memory_allocated` over a step); the CPU reports none, so it is printed as n/a.
+Throughput: each model's FLOPs per step are counted once with torch's FlopCounterMode (eager, the same math as
+compiled; fused kernels count through their registered formulas), giving TFLOP/s and, where the peak is known
+(`--peak-tflops`, default for H100/H200: 989 dense bf16/fp16), MFU = achieved / peak.
 Both models have the same weights (the vanilla state dict is loaded into Ne-Att) and run in train mode (noise
 on, sigma 1). Steps alternate between the two models so that both see the same machine load.
 """
@@ -24,6 +27,7 @@ import neatt  # noqa: E402,F401  (registers neatt_vit_*; first, so that its Open
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from neatt.models import load_checkpoint  # noqa: E402
 from neatt.runtime import configure_cpu_allocator  # noqa: E402
 from neatt.fileio import write_json_atomic  # noqa: E402
@@ -46,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--warmup', type=int, default=3, help='untimed steps per model and mode')
     p.add_argument('--repeats', type=int, default=5, help='timed steps per model and mode (median)')
     p.add_argument('--grad-checkpointing', action='store_true', help='set_grad_checkpointing on both models')
+    p.add_argument('--peak-tflops', type=float, default=None,
+                   help='device peak for MFU (default: 989 for H100/H200 with --amp bf16/fp16, else no MFU)')
     p.add_argument('--json', default=None, help='write the results to this JSON file')
     args = p.parse_args(argv)
     cuda = args.device.startswith('cuda')
@@ -93,6 +99,20 @@ def make_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
     return step
 
 
+def count_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one training step (forward + backward) as torch's FlopCounterMode counts them."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def default_peak_tflops(device_name: str, amp: str) -> Optional[float]:
+    """Dense bf16/fp16 tensor-core peak of the GPUs we know (H100/H200 SXM: 989 TFLOP/s), else None."""
+    if amp != 'none' and ('H100' in device_name or 'H200' in device_name):
+        return 989.0
+    return None
+
+
 def measure(steps: Dict[str, Callable[[], None]], args) -> Dict[str, Dict[str, Optional[float]]]:
     """Warm up each step, then alternate timed steps between models; median ms and CUDA peak MiB/image."""
     cuda = args.device.startswith('cuda')
@@ -128,6 +148,7 @@ def main(argv=None) -> dict:
     images = torch.randn(args.batch_size, 3, *size, device=args.device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, models['vanilla'].num_classes, (args.batch_size,), device=args.device)
 
+    flops = {name: count_flops(make_step(m, images, labels, amp, device_type)) for name, m in models.items()}
     modes = (['eager'] if args.eager else []) + (['compiled'] if args.compile else [])
     results = {}
     for mode in modes:
@@ -138,6 +159,11 @@ def main(argv=None) -> dict:
         results[mode] = r
 
     device_name = torch.cuda.get_device_name() if device_type == 'cuda' else f'cpu ({torch.get_num_threads()} threads)'
+    peak = args.peak_tflops or default_peak_tflops(device_name, args.amp)
+    for r in results.values():
+        for name in models:
+            r[name]['tflops'] = flops[name] / (r[name]['ms'] * 1e-3) / 1e12
+            r[name]['mfu'] = r[name]['tflops'] / peak if peak else None
     openmp = {k: os.environ[k] for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT') if k in os.environ}
     depth = len(models['vanilla'].blocks)
     print(f"# {args.model} vs neatt_{args.model}, depth {depth}, batch {args.batch_size}, {size[0]}x{size[1]}, amp {args.amp}, "
@@ -147,13 +173,19 @@ def main(argv=None) -> dict:
         mem = ['n/a' if r[n]['peak_mib_per_image'] is None else f"{r[n]['peak_mib_per_image']:.1f}"
                for n in ('vanilla', 'neatt')]
         print(f"{mode:<10}{r['vanilla']['ms']:>12.1f}{r['neatt']['ms']:>12.1f}{r['ratio']:>8.2f}{mem[0]:>17}{mem[1]:>15}")
+    print(f"GFLOP per image and step: vanilla {flops['vanilla'] / args.batch_size / 1e9:.1f}, "
+          f"neatt {flops['neatt'] / args.batch_size / 1e9:.1f}" + (f"; MFU against {peak:g} TFLOP/s:" if peak else ''))
+    for mode, r in results.items():
+        print(f"  {mode:<10}" + ', '.join(
+            f"{n} {r[n]['tflops']:.1f} TFLOP/s" + (f" ({100 * r[n]['mfu']:.1f}% MFU)" if peak else '')
+            for n in ('vanilla', 'neatt')))
 
     payload = {
         'model': args.model, 'depth': depth, 'batch_size': args.batch_size, 'img_size': list(size), 'amp': args.amp,
         'device': device_name, 'grad_checkpointing': args.grad_checkpointing, 'warmup': args.warmup,
         'repeats': args.repeats, 'torch': torch.__version__, 'timm': timm.__version__,
         'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'host_allocator_tuned': allocator_tuned,
-        'openmp_env': openmp,
+        'openmp_env': openmp, 'flops_per_step': flops, 'peak_tflops': peak,
         'results': results,
     }
     if args.json:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import mix_softmax_triton
 from .head_mix_cpu import head_mix as _fused_head_mix
 from .logit_noise import add_logit_noise
 
@@ -52,7 +53,9 @@ class HeadMix(nn.Module):
     with gain 1/sqrt(2) and zero biases (as CODA's `head_ffn`). The weights live in `nn.Linear`s (`fc1`, `fc2`,
     `fc3`) for readable state-dict keys. `forward` applies them over the head axis of the head-major (H, B*N*N)
     logits, with no permute to a (B, N, N, H) layout: on CPU float32 in one fused kernel (`head_mix_cpu`),
-    elsewhere as matmuls with the residual `s + g(s)` folded into the last one.
+    elsewhere as matmuls with the residual `s + g(s)` folded into the last one. On a GPU with Triton,
+    `NestedAttention` bypasses `forward` and hands the weights to `mix_softmax_triton`, which fuses the mix with
+    the noise and the softmax.
     """
 
     def __init__(
@@ -92,7 +95,7 @@ class HeadMix(nn.Module):
         """Return `s + g(s)` for head-major logits `s` of shape (H, ...), e.g. (H, B, N, N).
 
         float32 on CPU goes to the fused kernel (`head_mix_cpu`), several times faster than the GEMMs there;
-        CUDA and autocast (bf16/fp16) keep the GEMMs.
+        autocast (bf16/fp16) on CPU, and GPUs without Triton, keep the GEMMs.
         """
         if (s.device.type == 'cpu' and s.dtype == torch.float32 and self.fc1.weight.dtype == torch.float32
                 and not torch.is_autocast_enabled('cpu')):
@@ -203,13 +206,22 @@ class NestedAttention(nn.Module):
             z = None
         else:
             z = self._logits(q, k, z_prev if chain_in else None)
-            if self.head_mix is not None:
-                z = self.head_mix(z)
-            if noisy:
-                z = self._add_noise(z)
-            # softmax in fp32 whatever the autocast dtype: chained and noisy logits grow with depth
-            attn = torch.softmax(z, dim=-1, dtype=torch.float32).to(v.dtype)
-            attn = self.attn_drop(attn)
+            if mix_softmax_triton.available(z) and not (self.training and self.attn_drop.p > 0):
+                # GPU: mix, noise and softmax in one fused kernel (mix_softmax_triton)
+                hm = self.head_mix
+                weights = [None] * 6 if hm is None else [hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias,
+                                                         hm.fc3.weight, hm.fc3.bias]
+                slope = 0. if hm is None else hm.negative_slope
+                z, attn = mix_softmax_triton.mix_noise_softmax(
+                    z, *weights, self.neatt_sigma if noisy else 0., slope, v.dtype)
+            else:
+                if self.head_mix is not None:
+                    z = self.head_mix(z)
+                if noisy:
+                    z = self._add_noise(z)
+                # softmax in fp32 whatever the autocast dtype: chained and noisy logits grow with depth
+                attn = torch.softmax(z, dim=-1, dtype=torch.float32).to(v.dtype)
+                attn = self.attn_drop(attn)
             o = torch.bmm(attn.view(H * B, N, N), v.reshape(H * B, N, self.head_dim))
             x = o.view(H, B, N, self.head_dim).permute(1, 2, 0, 3).reshape(B, N, C)
             z = z if self.neatt_chain else None

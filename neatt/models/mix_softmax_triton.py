@@ -1,0 +1,326 @@
+"""The Ne-Att logits' head mix, noise and softmax on a GPU, fused into one Triton kernel per direction.
+
+Per block, on head-major logits s (H, B, N, N), with g the cross-head MLP (attention.HeadMix) and eps ~ N(0, 1)::
+
+    z    = s + g(s) + sigma * eps        (returned: the next block chains it)
+    attn = softmax(z, over keys)         (returned, in the dtype of v)
+
+Why hand-written: as matmuls, g writes and re-reads two (4H, B*N*N) hidden activations per block, and the noise
+and softmax are more passes over (H, B, N, N) tensors. Measured on an H100 (ViT-B/16, bf16, batch 64, eager):
+Ne-Att took 2.9x vanilla's step, most of it in these memory-bound passes. Here one program takes one query row
+(b, i) for all H heads, keys in chunks of `BLOCK_J`: it loads s once, runs the MLP per key on tensor cores
+(features on the rows of a (4H, BLOCK_J) tile, H and 4H padded to powers of two, at least 16), adds the noise
+(Triton's Philox, four normals per counter, a counter per (head, row, 4 keys), seeded by one draw from torch's
+generator per call), stores z and keeps an online max/sum per head; a second sweep over the row writes attn.
+Nothing else goes to memory.
+
+The backward recomputes the MLP from s (saved instead of the hidden activations: H instead of 9H values per
+position) and goes through the softmax, the MLP and the residual in one sweep per row. Weight gradients are
+summed in float32 registers per program (a persistent grid) and the programs' partial sums added in torch, in
+program order, so results do not depend on scheduling.
+
+z is stored in the dtype of s (bf16 under autocast, as the matmul path gives it); the softmax reads z as
+stored, so that it sees what the next block sees. The math is in float32 except the matmul operands, which are
+in the dtype of s (as autocast's matmuls take them); float32 logits use full-precision ("ieee") dots.
+
+`TRITON_INTERPRET=1` runs the same kernels on CPU tensors (tests/test_mix_softmax_triton.py).
+"""
+from __future__ import annotations  # the kernels' `tl.constexpr` annotations stay strings without Triton
+
+import functools
+import math
+from typing import List, Optional, Tuple
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs (macOS): the matmul path in attention.py runs instead
+    triton = tl = None
+
+__all__ = ['available', 'mix_noise_softmax']
+
+# Launch settings, the fastest of a sweep on an H100 (one ViT-B/16 block of logits, bf16, batch 64; see
+# docs/benchmarks.md): keys per chunk, warps, and the backward's persistent programs per multiprocessor.
+_BLOCK_J = (16, 64)  # forward, backward
+_NUM_WARPS = (2, 4)
+_PROGRAMS_PER_SM = 2
+_MAX_NUMEL = 2 ** 31  # the noise's Philox offsets are int32
+
+
+def available(s: torch.Tensor) -> bool:
+    """Whether `mix_noise_softmax` can take these logits: on CUDA with Triton installed, int32-indexable."""
+    return triton is not None and s.is_cuda and s.numel() < _MAX_NUMEL
+
+
+def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
+         R, N, H, F, seed, sigma, slope,
+         HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr,
+         MIX: tl.constexpr, NOISE: tl.constexpr, PREC: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    hs = tl.arange(0, HP)
+    fs = tl.arange(0, FP)
+    js = tl.arange(0, BLOCK_J)
+    h_ok = hs < H
+    base = hs.to(tl.int64)[:, None] * R * N + r * N  # (HP, 1): where row r of each head starts
+    cdt = s_ptr.dtype.element_ty  # matmul operand dtype
+    if MIX:
+        f_ok = fs < F
+        w1 = tl.load(w1_ptr + fs[:, None] * H + hs[None, :], mask=f_ok[:, None] & h_ok[None, :], other=0.).to(cdt)
+        w2 = tl.load(w2_ptr + fs[:, None] * F + fs[None, :], mask=f_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
+        w3 = tl.load(w3_ptr + hs[:, None] * F + fs[None, :], mask=h_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
+        b1 = tl.load(b1_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
+        b2 = tl.load(b2_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
+        b3 = tl.load(b3_ptr + hs, mask=h_ok, other=0.).to(tl.float32)
+
+    m = tl.full([HP], float('-inf'), tl.float32)
+    l = tl.zeros([HP], tl.float32)
+    for j0 in range(0, N, BLOCK_J):
+        j = j0 + js
+        mask = h_ok[:, None] & (j < N)[None, :]
+        offs = base + j[None, :]
+        x = tl.load(s_ptr + offs, mask=mask, other=0.)
+        y = x.to(tl.float32)
+        if MIX:
+            a1 = tl.dot(w1, x, input_precision=PREC) + b1[:, None]
+            h1 = tl.where(a1 > 0, a1, a1 * slope).to(cdt)
+            a2 = tl.dot(w2, h1, input_precision=PREC) + b2[:, None]
+            h2 = tl.where(a2 > 0, a2, a2 * slope).to(cdt)
+            y += tl.dot(w3, h2, input_precision=PREC) + b3[:, None]
+        if NOISE:  # four normals per Philox counter; counter (h, r, j // 4) of a padded row, unique
+            q = ((hs[:, None] * R + r) * (tl.cdiv(N, BLOCK_J) * BLOCK_J // 4) + (j0 // 4)
+                 + tl.arange(0, BLOCK_J // 4)[None, :])
+            n0, n1, n2, n3 = tl.randn4x(seed, q.to(tl.int32))
+            y += sigma * tl.reshape(tl.join(tl.join(n0, n1), tl.join(n2, n3)), (HP, BLOCK_J))  # j = 4 (j // 4) + j % 4
+        zq = y.to(z_ptr.dtype.element_ty)
+        tl.store(z_ptr + offs, zq, mask=mask)
+        # padded heads keep finite stats (0), padded keys drop out (-inf)
+        zf = tl.where((j < N)[None, :], zq.to(tl.float32), float('-inf'))
+        m_new = tl.maximum(m, tl.max(zf, 1))
+        l = l * tl.exp(m - m_new) + tl.sum(tl.exp(zf - m_new[:, None]), 1)
+        m = m_new
+
+    tl.debug_barrier()  # the sweep below reads z stored by other threads of this program
+    inv_l = 1. / l
+    for j0 in range(0, N, BLOCK_J):
+        j = j0 + js
+        mask = h_ok[:, None] & (j < N)[None, :]
+        offs = base + j[None, :]
+        zf = tl.load(z_ptr + offs, mask=mask, other=0.).to(tl.float32)
+        p = tl.exp(zf - m[:, None]) * inv_l[:, None]
+        tl.store(attn_ptr + offs, p.to(attn_ptr.dtype.element_ty), mask=mask)
+
+
+def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+         R, N, H, F, slope,
+         HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr,
+         MIX: tl.constexpr, HAS_GZ: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    hs = tl.arange(0, HP)
+    fs = tl.arange(0, FP)
+    js = tl.arange(0, BLOCK_J)
+    h_ok = hs < H
+    cdt = s_ptr.dtype.element_ty
+    if MIX:
+        f_ok = fs < F
+        w1 = tl.load(w1_ptr + fs[:, None] * H + hs[None, :], mask=f_ok[:, None] & h_ok[None, :], other=0.).to(cdt)
+        w2 = tl.load(w2_ptr + fs[:, None] * F + fs[None, :], mask=f_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
+        w3 = tl.load(w3_ptr + hs[:, None] * F + fs[None, :], mask=h_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
+        b1 = tl.load(b1_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
+        b2 = tl.load(b2_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
+        w1t, w2t, w3t = tl.trans(w1), tl.trans(w2), tl.trans(w3)
+        dw1 = tl.zeros([FP, HP], tl.float32)
+        dw2 = tl.zeros([FP, FP], tl.float32)
+        dw3 = tl.zeros([HP, FP], tl.float32)
+        db1 = tl.zeros([FP], tl.float32)
+        db2 = tl.zeros([FP], tl.float32)
+        db3 = tl.zeros([HP], tl.float32)
+
+    for r in range(pid, R, tl.num_programs(0)):
+        base = hs.to(tl.int64)[:, None] * R * N + r * N  # r * N < numel / H < 2^31
+        rowdot = tl.zeros([HP], tl.float32)  # sum_j attn * d attn, the softmax backward's row term
+        for j0 in range(0, N, BLOCK_J):
+            j = j0 + js
+            mask = h_ok[:, None] & (j < N)[None, :]
+            offs = base + j[None, :]
+            p = tl.load(attn_ptr + offs, mask=mask, other=0.).to(tl.float32)
+            g = tl.load(ga_ptr + offs, mask=mask, other=0.).to(tl.float32)
+            rowdot += tl.sum(p * g, 1)
+        for j0 in range(0, N, BLOCK_J):
+            j = j0 + js
+            mask = h_ok[:, None] & (j < N)[None, :]
+            offs = base + j[None, :]
+            p = tl.load(attn_ptr + offs, mask=mask, other=0.).to(tl.float32)
+            g = tl.load(ga_ptr + offs, mask=mask, other=0.).to(tl.float32)
+            dz = p * (g - rowdot[:, None])
+            if HAS_GZ:
+                dz += tl.load(gz_ptr + offs, mask=mask, other=0.).to(tl.float32)
+            ds = dz
+            if MIX:
+                x = tl.load(s_ptr + offs, mask=mask, other=0.)
+                a1 = tl.dot(w1, x, input_precision=PREC) + b1[:, None]
+                h1 = tl.where(a1 > 0, a1, a1 * slope).to(cdt)
+                a2 = tl.dot(w2, h1, input_precision=PREC) + b2[:, None]
+                h2 = tl.where(a2 > 0, a2, a2 * slope).to(cdt)
+                dzc = dz.to(cdt)
+                d2 = tl.dot(w3t, dzc, input_precision=PREC)
+                d2 = tl.where(a2 > 0, d2, d2 * slope)
+                d2c = d2.to(cdt)
+                d1 = tl.dot(w2t, d2c, input_precision=PREC)
+                d1 = tl.where(a1 > 0, d1, d1 * slope)
+                d1c = d1.to(cdt)
+                ds += tl.dot(w1t, d1c, input_precision=PREC)
+                dw3 += tl.dot(dzc, tl.trans(h2), input_precision=PREC)
+                dw2 += tl.dot(d2c, tl.trans(h1), input_precision=PREC)
+                dw1 += tl.dot(d1c, tl.trans(x), input_precision=PREC)
+                db3 += tl.sum(dz, 1)
+                db2 += tl.sum(d2, 1)
+                db1 += tl.sum(d1, 1)
+            tl.store(ds_ptr + offs, ds.to(ds_ptr.dtype.element_ty), mask=mask)
+
+    if MIX:  # this program's partial sums, padded shapes, one after another
+        out = part_ptr + pid * (2 * FP * HP + FP * FP + 2 * FP + HP)
+        tl.store(out + fs[:, None] * HP + hs[None, :], dw1)
+        out += FP * HP
+        tl.store(out + fs[:, None] * FP + fs[None, :], dw2)
+        out += FP * FP
+        tl.store(out + hs[:, None] * FP + fs[None, :], dw3)
+        out += HP * FP
+        tl.store(out + fs, db1)
+        tl.store(out + FP + fs, db2)
+        tl.store(out + 2 * FP + hs, db3)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """(forward, backward) jitted kernels, or None without Triton. Built on first use, so that a TRITON_INTERPRET
+    set by then (the tests) takes effect."""
+    if triton is None:
+        return None
+    return triton.jit(_fwd), triton.jit(_bwd)
+
+
+def _pow2(n: int) -> int:
+    """Padded size of a tensor-core dot dimension: a power of two, at least 16."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def _launch_shape(s: torch.Tensor, w1: Optional[torch.Tensor]):
+    H, N = s.shape[0], s.shape[-1]
+    F = 0 if w1 is None else w1.shape[0]
+    return H, s.numel() // (H * N), N, F, _pow2(H), _pow2(max(F, 1))
+
+
+def _precision(s: torch.Tensor) -> str:
+    return 'ieee' if s.dtype == torch.float32 else 'tf32'  # 'tf32' is ignored by bf16/fp16 dots
+
+
+def _weights(w: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
+    return [t.detach().contiguous() for t in w]
+
+
+@torch.library.custom_op('neatt::mix_noise_softmax', mutates_args=())
+def mix_noise_softmax(s: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
+                      w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
+                      b3: Optional[torch.Tensor], sigma: float, slope: float,
+                      attn_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(z, attn) of the module docstring for contiguous head-major logits s (H, ..., N); `w1..b3` the head
+    MLP's fc1..fc3 (all None: no mix), sigma 0: no noise. The noise's seed is one draw from torch's global CPU
+    generator, so `torch.manual_seed` and activation checkpointing replay it.
+
+    A custom op, so that `torch.compile` keeps the kernel and its backward as they are.
+    """
+    fwd, _ = _kernels()
+    mix = w1 is not None
+    H, R, N, F, HP, FP = _launch_shape(s, w1)
+    seed = int(torch.randint(0, 2 ** 31 - 1, ())) if sigma > 0 else 0
+    z = torch.empty_like(s)
+    attn = torch.empty_like(s, dtype=attn_dtype)
+    w = _weights([w1, b1, w2, b2, w3, b3]) if mix else [s] * 6  # unread placeholders without a mix
+    fwd[(R,)](s, z, attn, *w, R, N, H, F, seed, sigma, slope,
+              HP=HP, FP=FP, BLOCK_J=_BLOCK_J[0], MIX=mix, NOISE=sigma > 0, PREC=_precision(s),
+              num_warps=_NUM_WARPS[0])
+    return z, attn
+
+
+@mix_noise_softmax.register_fake
+def _(s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype):
+    return torch.empty_like(s), torch.empty_like(s, dtype=attn_dtype)
+
+
+@torch.library.custom_op('neatt::mix_noise_softmax_backward', mutates_args=())
+def mix_noise_softmax_backward(grad_z: Optional[torch.Tensor], grad_attn: torch.Tensor, s: torch.Tensor,
+                               attn: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
+                               w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
+                               slope: float) -> List[torch.Tensor]:
+    """[ds] without a mix, else [ds, dw1, db1, dw2, db2, dw3, db3] (weight grads in float32)."""
+    _, bwd = _kernels()
+    mix = w1 is not None
+    H, R, N, F, HP, FP = _launch_shape(s, w1)
+    ds = torch.empty_like(s)
+    grid = R if not mix else min(R, _PROGRAMS_PER_SM * _multiprocessors(s.device))
+    part = torch.zeros(grid if mix else 1, 2 * FP * HP + FP * FP + 2 * FP + HP, device=s.device)
+    w = _weights([w1, b1, w2, b2, w3]) if mix else [s] * 5
+    gz = grad_attn if grad_z is None else grad_z.contiguous()
+    bwd[(grid,)](gz, grad_attn.contiguous(), s, attn, ds, part, *w, R, N, H, F, slope,
+                 HP=HP, FP=FP, BLOCK_J=_BLOCK_J[1], MIX=mix, HAS_GZ=grad_z is not None, PREC=_precision(s),
+                 num_warps=_NUM_WARPS[1])
+    if not mix:
+        return [ds]
+    dw1, dw2, dw3, db1, db2, db3 = part.sum(0).split([FP * HP, FP * FP, HP * FP, FP, FP, HP])
+    grads = [dw1.view(FP, HP)[:F, :H], db1[:F], dw2.view(FP, FP)[:F, :F], db2[:F], dw3.view(HP, FP)[:H, :F], db3[:H]]
+    return [ds] + [g.clone() for g in grads]  # a custom op's outputs may not alias each other
+
+
+@mix_noise_softmax_backward.register_fake
+def _(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, slope):
+    if w1 is None:
+        return [torch.empty_like(s)]
+    f32 = {'dtype': torch.float32, 'device': s.device}
+    F, H = w1.shape
+    return [torch.empty_like(s), s.new_empty((F, H), **f32), s.new_empty((F,), **f32), s.new_empty((F, F), **f32),
+            s.new_empty((F,), **f32), s.new_empty((H, F), **f32), s.new_empty((H,), **f32)]
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != 'cuda':
+        return 1  # TRITON_INTERPRET on CPU tensors
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _setup_context(ctx, inputs, output):
+    s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype = inputs
+    ctx.save_for_backward(s, output[1], w1, b1, w2, b2, w3)
+    ctx.slope = slope
+    ctx.weight_dtypes = [None if w is None else w.dtype for w in (w1, b1, w2, b2, w3, b3)]
+
+
+def _backward(ctx, grad_z, grad_attn):
+    s, attn, w1, b1, w2, b2, w3 = ctx.saved_tensors
+    grads = mix_noise_softmax_backward(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, ctx.slope)
+    ds, weight_grads = grads[0], grads[1:] or [None] * 6
+    weight_grads = [g if g is None else g.to(dt) for g, dt in zip(weight_grads, ctx.weight_dtypes)]
+    return (ds, *weight_grads, None, None, None)
+
+
+mix_noise_softmax.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _mlp_flops(s_shape, w1_shape) -> int:
+    """Multiply-adds x 2 of the head MLP over every position of s (its real, unpadded sizes)."""
+    if w1_shape is None:
+        return 0
+    F, H = w1_shape
+    return 2 * (math.prod(s_shape) // H) * (H * F + F * F + F * H)
+
+
+@register_flop_formula(torch.ops.neatt.mix_noise_softmax)
+def _forward_flops(s_shape, w1_shape, *args, **kwargs) -> int:
+    return _mlp_flops(s_shape, w1_shape)
+
+
+@register_flop_formula(torch.ops.neatt.mix_noise_softmax_backward)
+def _backward_flops(grad_z_shape, grad_attn_shape, s_shape, attn_shape, w1_shape, *args, **kwargs) -> int:
+    return 2 * _mlp_flops(s_shape, w1_shape)  # input and weight grads, as for matmuls (recompute not counted)

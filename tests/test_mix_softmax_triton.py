@@ -1,0 +1,188 @@
+"""The fused Triton head mix + noise + softmax (neatt/models/mix_softmax_triton.py) against a float64 re-computation.
+
+On a CPU machine the kernels run under TRITON_INTERPRET=1 (Triton's interpreter, numpy underneath), in a pytest
+subprocess, since the variable must be set before Triton is imported; with a GPU they run compiled on it, also
+in bfloat16. The reference is written here from NEATT.md's equations: the head
+MLP applied per (query, key) position over the head axis, the noise, the softmax over keys, and autograd through
+them for the gradients.
+"""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+triton = pytest.importorskip('triton')
+from neatt.models import mix_softmax_triton as mst  # noqa: E402
+
+INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+DEVICES = ['cpu'] if INTERPRETED else (['cuda'] if torch.cuda.is_available() else [])
+SLOPE = 0.2
+
+
+@pytest.mark.skipif(INTERPRETED, reason='this test launches the interpreted run')
+def test_kernels_under_the_interpreter():
+    """Runs this file's tests again in a process with TRITON_INTERPRET=1: the kernels on CPU tensors."""
+    env = {**os.environ, 'TRITON_INTERPRET': '1'}
+    run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert ' passed' in run.stdout and ' failed' not in run.stdout
+
+
+def _mlp(H, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    F = 4 * H
+    shapes = [(F, H), (F,), (F, F), (F,), (H, F), (H,)]
+    return [torch.randn(*sh, generator=g) / math.sqrt(sh[-1]) for sh in shapes]
+
+
+def _reference(s, weights, eps, sigma):
+    """float64: z = s + g(s) + sigma * eps, g per position over the head axis; attn = softmax over keys."""
+    x = s.movedim(0, -1)  # (..., N, H): heads last, as features
+    if weights is not None:
+        w1, b1, w2, b2, w3, b3 = weights
+        h = torch.nn.functional.leaky_relu(x @ w1.T + b1, SLOPE)
+        h = torch.nn.functional.leaky_relu(h @ w2.T + b2, SLOPE)
+        x = x + h @ w3.T + b3
+    z = x.movedim(-1, 0) + sigma * eps
+    return z, torch.softmax(z, dim=-1)
+
+
+def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0):
+    """(ours, reference) z, attn and the grads of one loss through both, on the same s, weights and eps."""
+    g = torch.Generator().manual_seed(seed)
+    s = (3 * torch.randn(H, B, N, N, generator=g)).to(device, dtype)
+    weights = _mlp(H, seed) if mix else None
+    gz, ga = torch.randn(2, H, B, N, N, generator=g).to(device)
+
+    s_ours = s.clone().requires_grad_()
+    w_ours = [w.to(device, copy=True).requires_grad_() for w in weights] if mix else [None] * 6
+    torch.manual_seed(seed)
+    z, attn = mst.mix_noise_softmax(s_ours, *w_ours, sigma, SLOPE, dtype)
+    ((z.float() * gz).sum() + (attn.float() * ga).sum()).backward()
+
+    s_ref = s.detach().double().cpu().requires_grad_()
+    w_ref = [w.detach().double().requires_grad_() for w in weights] if mix else None
+    # the noise ours drew, recovered from z (exact without a mix: z - s), or 0
+    eps = torch.zeros_like(s_ref)
+    if sigma > 0:
+        z_clean, _ = _reference(s_ref.detach(), w_ref and [w.detach() for w in w_ref], 0., 0.)
+        eps = (z.detach().double().cpu() - z_clean) / sigma
+    z_ref, attn_ref = _reference(s_ref, w_ref, eps, sigma)
+    ((z_ref * gz.double().cpu()).sum() + (attn_ref * ga.double().cpu()).sum()).backward()
+    ours = {'z': z, 'attn': attn, 'ds': s_ours.grad, **({f'w{i}': w.grad for i, w in enumerate(w_ours)} if mix else {})}
+    ref = {'z': z_ref, 'attn': attn_ref, 'ds': s_ref.grad, **({f'w{i}': w.grad for i, w in enumerate(w_ref)} if mix else {})}
+    return ours, ref, eps
+
+
+def _assert_close(ours, ref, rtol, atol):
+    for k in ref:
+        torch.testing.assert_close(ours[k].detach().double().cpu(), ref[k].detach(), rtol=rtol, atol=atol,
+                                   msg=lambda m, k=k: f'{k}: {m}')
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('H,N', [(12, 17), (3, 40), (5, 70)])
+def test_matches_reference_without_noise(device, H, N):
+    """Mix on, noise off, float32: z, attn and every gradient (s and the six MLP tensors) as the reference."""
+    ours, ref, _ = _run_both(H, B=2, N=N, device=device)
+    _assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_no_mix_is_noise_plus_softmax(device):
+    """Without the MLP (a first block): z = s + sigma * eps with eps ~ N(0, 1), and the grads through it."""
+    ours, ref, eps = _run_both(H=4, B=2, N=33, device=device, mix=False, sigma=0.7)
+    _assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    e = eps.flatten()
+    assert abs(e.mean()) < 0.03 and abs(e.std() - 1) < 0.03, (e.mean(), e.std())  # 8712 draws: 4-5 sigma bounds
+    assert (e.abs() > 3).float().mean() < 0.01
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_noise_with_mix(device):
+    """Mix and noise: the noise is N(0, sigma^2), a new draw per call, replayed by torch.manual_seed, and the
+    gradients are the reference's at the noisy z."""
+    ours, ref, eps = _run_both(H=3, B=2, N=40, device=device, sigma=1.0)
+    _assert_close(ours, ref, rtol=1e-4, atol=2e-5)
+    e = eps.flatten()
+    assert abs(e.mean()) < 0.03 and abs(e.std() - 1) < 0.03, (e.mean(), e.std())
+
+    s = torch.randn(3, 1, 20, 20, device=device)
+    w = [t.to(device) for t in _mlp(3)]
+    torch.manual_seed(5)
+    z1, _ = mst.mix_noise_softmax(s, *w, 1.0, SLOPE, torch.float32)
+    z2, _ = mst.mix_noise_softmax(s, *w, 1.0, SLOPE, torch.float32)
+    torch.manual_seed(5)
+    z3, _ = mst.mix_noise_softmax(s, *w, 1.0, SLOPE, torch.float32)
+    assert torch.equal(z1, z3) and not torch.allclose(z1, z2)
+
+
+def _errors(ours, ref):
+    """max |ours - ref| / max |ref| per tensor, the denominator at least 1% of the largest of all tensors (a
+    gradient that is 0 in exact arithmetic, e.g. the last block's fc3 bias, whose z feeds nothing, is then
+    compared at the scale of the others, not at that of its rounding noise)."""
+    floor = 1e-2 * max(float(r.abs().max()) for r in ref.values())
+    return {k: float((ours[k].detach().double().cpu() - ref[k]).abs().max()) / max(float(ref[k].abs().max()), floor)
+            for k in ref}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='bfloat16 dots need a GPU (the interpreter has none)')
+def test_bfloat16_no_worse_than_autocast_matmuls():
+    """bfloat16 logits: every output and gradient is as close to the float64 reference as autocast's matmul path
+    (HeadMix.forward, torch's noise-free softmax) gets on the same inputs, within a factor of 2."""
+    from neatt.models.attention import HeadMix
+    H, N = 12, 197
+    ours, ref, _ = _run_both(H=H, B=2, N=N, device='cuda', dtype=torch.bfloat16)
+
+    g = torch.Generator().manual_seed(0)  # _run_both's draws, replayed
+    s = (3 * torch.randn(H, 2, N, N, generator=g)).to('cuda', torch.bfloat16).requires_grad_()
+    gz, ga = torch.randn(2, H, 2, N, N, generator=g).to('cuda')
+    hm = HeadMix(H, negative_slope=SLOPE).cuda()
+    with torch.no_grad():
+        for p, w in zip([hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias, hm.fc3.weight, hm.fc3.bias],
+                        _mlp(H)):
+            p.copy_(w)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        z = hm(s)
+        attn = torch.softmax(z, dim=-1, dtype=torch.float32).to(torch.bfloat16)
+    ((z.float() * gz).sum() + (attn.float() * ga).sum()).backward()
+    params = [hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias, hm.fc3.weight, hm.fc3.bias]
+    matmul = {'z': z, 'attn': attn, 'ds': s.grad, **{f'w{i}': p.grad for i, p in enumerate(params)}}
+    ours_err, matmul_err = _errors(ours, ref), _errors(matmul, ref)
+    print('relative errors, fused vs matmul path:', {k: (round(ours_err[k], 5), round(matmul_err[k], 5)) for k in ref})
+    for k in ref:
+        assert ours_err[k] <= 2 * matmul_err[k] + 1e-3, (k, ours_err[k], matmul_err[k])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='the fused path is taken on CUDA only')
+def test_model_on_cuda_fused_matches_matmul_path(monkeypatch):
+    """A whole Ne-Att ViT on CUDA, noise off: in float32 the fused kernel gives the matmul path's output and
+    gradients; under bf16 autocast it is as close to that float32 result as the matmul path under autocast is."""
+    import timm
+    import neatt  # noqa: F401  (registers the models)
+    torch.manual_seed(0)
+    model = timm.create_model('neatt_vit_tiny_patch16_224', depth=3, neatt_sigma=0.).cuda().train()
+    x = torch.randn(4, 3, 224, 224, device='cuda')
+
+    def run(amp, fused):
+        monkeypatch.setattr(mst, 'available', lambda s: fused)
+        model.zero_grad()
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        out.float().square().mean().backward()
+        return {'out': out.float(), **{n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}}
+
+    ref = {k: v.double().cpu() for k, v in run(amp=False, fused=False).items()}
+    fused32 = run(amp=False, fused=True)
+    assert fused32.keys() == ref.keys()
+    for k, e in _errors(fused32, ref).items():
+        assert e < 1e-4, (k, e)
+    fused16, matmul16 = _errors(run(amp=True, fused=True), ref), _errors(run(amp=True, fused=False), ref)
+    worst = max(ref, key=lambda k: fused16[k] / (matmul16[k] + 1e-3))
+    print('worst bf16 error, fused vs matmul:', worst, fused16[worst], matmul16[worst])
+    for k in ref:
+        assert fused16[k] <= 2 * matmul16[k] + 1e-3, (k, fused16[k], matmul16[k])
