@@ -51,8 +51,9 @@ _MAX_NUMEL = 2 ** 31  # the noise's Philox offsets are int32
 
 
 def available(s: torch.Tensor) -> bool:
-    """Whether `mix_noise_softmax` can take these logits: on CUDA with Triton installed, int32-indexable."""
-    return triton is not None and s.is_cuda and s.numel() < _MAX_NUMEL
+    """Whether `mix_noise_softmax` can take these logits: contiguous, on CUDA with Triton installed, and small
+    enough for int32 noise offsets."""
+    return triton is not None and s.is_cuda and s.is_contiguous() and s.numel() < _MAX_NUMEL
 
 
 def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
