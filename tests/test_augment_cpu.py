@@ -91,3 +91,27 @@ def test_chain_flip_then_ops_in_slot_order_then_normalize():
 def test_empty_slots_leave_the_image():
     ours = _kernel([[cpu_kernels.NONE, cpu_kernels.NONE]] * N, [[5.0, 5.0]] * N)
     np.testing.assert_array_equal(ours, to_arrays(to_batch(photos())))
+
+
+@pytest.mark.parametrize('angle', [0.3, -13.0, 45.0, 90.0])
+def test_bicubic_rotate_of_flat_ramps_and_steps_is_pillows(angle):
+    """Images whose bicubic sums land on or near integers (flat areas, 255 plateaus, linear ramps, two-level
+    steps): the values the kernel's float32 cubics leave to float64. Pillow's pixels, every one. Reference:
+    Image.transform with the kernel's matrix (Image.rotate rounds cos and sin to 15 decimals: at 45 degrees
+    that moves 18 values of the ramp by 1, in the float64 kernel before this one too)."""
+    y, x = np.mgrid[:HEIGHT, :WIDTH]
+    ramp = np.stack([3 * x + y, 2 * y, np.full_like(x, 255)], -1) % 256
+    steps = np.where((x // 3 + y // 5) % 2 == 1, 255, 0)[..., None].repeat(3, -1)
+    flat = np.full((HEIGHT, WIDTH, 3), 200)
+    flat[:, WIDTH // 2:] = 17
+    images = np.stack([ramp, steps, flat]).astype(np.uint8)
+    mats = ops.affine_matrix('Rotate', torch.full((3,), angle, dtype=torch.float64), HEIGHT, WIDTH).view(3, 1, 2, 3)
+    x_b = torch.from_numpy(images).permute(0, 3, 1, 2)
+    out = torch.empty(x_b.shape, memory_format=torch.channels_last)
+    ident = torch.tensor([1.0, 1.0, 1.0])
+    cpu_kernels.augment(x_b, torch.zeros(3, dtype=torch.bool), torch.full((3, 1), cpu_kernels.WARP_BICUBIC),
+                        torch.zeros(3, 1, dtype=torch.float64), mats, FILL, ident, 0 * ident, out)
+    for i, im in enumerate(images):
+        im = Image.fromarray(im)
+        ref = im.transform(im.size, Image.AFFINE, tuple(mats[i, 0].flatten().tolist()), Image.BICUBIC, fillcolor=FILL)
+        np.testing.assert_array_equal(out[i].permute(1, 2, 0).numpy(), np.asarray(ref), err_msg=str(i))

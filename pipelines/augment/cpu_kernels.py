@@ -5,8 +5,8 @@ float temporaries and in grid_sample, and no library runs a per-image chain of P
 batch. Here each image lives in two small uint8 buffers (cache-resident) while its drawn ops run, then is written
 once, normalized, into the float output; `prange` spreads the images over numba's threads (`augment` sets their
 number to torch's). Each op follows Pillow's C code, float types and rounding included (Blend.c in float32,
-Geometry.c's affine filters in float64, the 3x3 SMOOTH filter rounded), so the results are Pillow's own:
-tests/test_augment_cpu.py compares every op with timm's PIL op.
+Geometry.c's affine filters in float64, or float32 where that provably rounds alike, the 3x3 SMOOTH filter
+rounded), so the results are Pillow's own: tests/test_augment_cpu.py compares every op with timm's PIL op.
 """
 import numpy as np
 import torch
@@ -213,9 +213,10 @@ def _sharpness(src, dst, f):
 
 @njit(inline='always')
 def _cubic(v1, v2, v3, v4, d):
-    """Pillow's BICUBIC macro (Geometry.c, a = -1), float64, in its own operation order."""
+    """Pillow's BICUBIC macro (Geometry.c, a = -1) in its own operation order; in the arguments' float type
+    (float64: Pillow's own arithmetic; `x + x` is its exact `2 * x` without promoting float32 to float64)."""
     p2 = -v1 + v3
-    p3 = 2 * (v1 - v2) + v3 - v4
+    p3 = (v1 - v2) + (v1 - v2) + v3 - v4
     p4 = -v1 + v2 - v3 + v4
     return v2 + d * (p2 + d * (p3 + d * p4))
 
@@ -242,11 +243,41 @@ def _tap_cubic(taps, t, x, d, shift):
                   _tap(taps, t + 1, x, shift + 32), d)
 
 
+# The 2-D bicubic runs in float32 (8 lanes, not 4) and redoes in float64 only the values that float32 cannot
+# place: those within _NEAR of an integer (Pillow clips, then truncates). Bound on |float32 - float64 value|,
+# u = 2^-24: (1) a row cubic of integer taps has exact p2..p4, then 6 roundings of results <= 1785 (the sum
+# of |coefficients| 255 + 255 + 765 + 510), and float32(dx) moves dx by <= 2^-25 against a slope <= 3315
+# (255 + 2 * 765 + 3 * 510): < 7.4e-4. (2) The rows, in [-63.75, 318.75] (a = -1 weights: sum of |w| <= 1.5,
+# negative ones >= -0.25), carry that to the result times <= 1.5: < 1.11e-3. (3) The column cubic: 13
+# roundings of results <= 2614 and dy's rounding against a slope <= 4973: < 2.18e-3. Sum < 3.3e-3 (Pillow's
+# float64 errors are ~1e-11; the worst seen on 6M random tap sets was 1.5e-4). _NEAR is 2.4x the bound.
+_NEAR = np.float32(2.0 ** -7)
+
+
 @njit(inline='always')
-def _tap_bicubic(taps, x, dx, dy, shift):
-    """Pillow's 2-D bicubic: four cubics along x (tap rows 0..3, two words each), then one along y."""
-    return _cubic(_tap_cubic(taps, 0, x, dx, shift), _tap_cubic(taps, 2, x, dx, shift),
-                  _tap_cubic(taps, 4, x, dx, shift), _tap_cubic(taps, 6, x, dx, shift), dy)
+def _word_byte(words, t, x, shift):
+    """Channel byte `shift` of tap t of chunk pixel x (one RGB pixel per uint32 word, tap-major)."""
+    return np.int32((words[t * _CHUNK + x] >> np.uint32(shift)) & np.uint32(255))
+
+
+@njit(inline='always')
+def _word_cubic(words, t, x, d, shift, real):
+    """`_cubic` along taps t..t + 3 of chunk pixel x, in the float type `real`."""
+    return _cubic(real(_word_byte(words, t, x, shift)), real(_word_byte(words, t + 1, x, shift)),
+                  real(_word_byte(words, t + 2, x, shift)), real(_word_byte(words, t + 3, x, shift)), d)
+
+
+@njit(inline='always')
+def _word_bicubic(words, x, dx, dy, shift, real):
+    """Pillow's 2-D bicubic in the float type `real`: four cubics along x (taps 0..3, 4..7, ...), one along y."""
+    return _cubic(_word_cubic(words, 0, x, dx, shift, real), _word_cubic(words, 4, x, dx, shift, real),
+                  _word_cubic(words, 8, x, dx, shift, real), _word_cubic(words, 12, x, dx, shift, real), dy)
+
+
+@njit(inline='always')
+def _u8_32(v):
+    """`_u8` of a float32, staying in float32."""
+    return np.uint8(min(max(v, np.float32(0)), np.float32(255)))
 
 
 @njit
@@ -278,41 +309,68 @@ def _packed_pairs(src, mirror):
 
 
 @njit(inline='always')
+def _bicubic_chunk_2d(pairs, wp32, base, dxs, dys, n, words, d32, vals, near, out):
+    """`_bicubic_chunk` of a warp along both axes: float32 cubics, float64 again for the values near an integer
+    (see _NEAR). A pixel whose 16 taps are equal is exact in both types (its p2..p4 are all 0)."""
+    for x in range(n):
+        b = base[x]
+        for j in range(4):
+            r = np.uint64(b + j * wp32)
+            p, q = pairs[r], pairs[r + np.uint64(2)]
+            t = 4 * j * _CHUNK + x
+            words[t], words[t + _CHUNK] = np.uint32(p & np.uint64(0xFFFFFFFF)), np.uint32(p >> np.uint64(32))
+            words[t + 2 * _CHUNK] = np.uint32(q & np.uint64(0xFFFFFFFF))
+            words[t + 3 * _CHUNK] = np.uint32(q >> np.uint64(32))
+    for x in range(_CHUNK):  # apart from the float32 loop: float64 data there would make it 4 lanes wide
+        d32[x], d32[_CHUNK + x] = np.float32(dxs[x]), np.float32(dys[x])
+    for x in range(_CHUNK):
+        dx, dy = d32[x], d32[_CHUNK + x]
+        vals[x] = _word_bicubic(words, x, dx, dy, 0, np.float32)
+        vals[_CHUNK + x] = _word_bicubic(words, x, dx, dy, 8, np.float32)
+        vals[2 * _CHUNK + x] = _word_bicubic(words, x, dx, dy, 16, np.float32)
+    any_near = np.uint8(0)
+    for x in range(_CHUNK):
+        diff = np.uint32(0)
+        for t in range(1, 16):
+            diff |= words[t * _CHUNK + x] ^ words[x]
+        v0, v1, v2 = vals[x], vals[_CHUNK + x], vals[2 * _CHUNK + x]
+        out[x], out[_CHUNK + x], out[2 * _CHUNK + x] = _u8_32(v0), _u8_32(v1), _u8_32(v2)
+        e = ((_u8_32(v0 - _NEAR) ^ _u8_32(v0 + _NEAR)) | (_u8_32(v1 - _NEAR) ^ _u8_32(v1 + _NEAR))
+             | (_u8_32(v2 - _NEAR) ^ _u8_32(v2 + _NEAR)))
+        near[x] = e if diff else np.uint8(0)
+        any_near |= near[x]
+    if any_near:
+        for x in range(n):
+            if near[x]:
+                for k in range(3):
+                    out[k * _CHUNK + x] = _u8(_word_bicubic(words, x, dxs[x], dys[x], 8 * k, np.float64))
+
+
+@njit(inline='always')
 def _bicubic_chunk(pairs, wp32, base, dxs, dys, n, along_x, along_y, taps, out):
-    """`_warp_bicubic` steps (2) and (3) for one chunk: gather the taps, compute the cubics into `out`."""
+    """`_warp_bicubic` steps (2) and (3) for one chunk of a 1-D warp: gather the taps, compute the cubics into
+    `out`."""
     if along_x:  # taps: row 1, columns 0..3
         for x in range(n):
             b = np.uint64(base[x] + wp32)
             taps[x], taps[_CHUNK + x] = pairs[b], pairs[b + np.uint64(2)]
-    elif along_y:  # taps: rows 0..3, column 1 (in the low half of the words)
+    else:  # along y; taps: rows 0..3, column 1 (in the low half of the words)
         for x in range(n):
             b = base[x] + 1
             for j in range(4):
                 taps[j * _CHUNK + x] = pairs[np.uint64(b + j * wp32)]
-    else:
-        for x in range(n):
-            b = base[x]
-            for j in range(4):
-                r = np.uint64(b + j * wp32)
-                taps[2 * j * _CHUNK + x], taps[(2 * j + 1) * _CHUNK + x] = pairs[r], pairs[r + np.uint64(2)]
     if along_x:
         for x in range(_CHUNK):
             d = dxs[x]
             out[x] = _u8(_tap_cubic(taps, 0, x, d, 0))
             out[_CHUNK + x] = _u8(_tap_cubic(taps, 0, x, d, 8))
             out[2 * _CHUNK + x] = _u8(_tap_cubic(taps, 0, x, d, 16))
-    elif along_y:
+    else:
         for x in range(_CHUNK):
             d = dys[x]
             for k in range(3):
                 out[k * _CHUNK + x] = _u8(_cubic(_tap(taps, 0, x, 8 * k), _tap(taps, 1, x, 8 * k),
                                                  _tap(taps, 2, x, 8 * k), _tap(taps, 3, x, 8 * k), d))
-    else:
-        for x in range(_CHUNK):
-            dx, dy = dxs[x], dys[x]
-            out[x] = _u8(_tap_bicubic(taps, x, dx, dy, 0))
-            out[_CHUNK + x] = _u8(_tap_bicubic(taps, x, dx, dy, 8))
-            out[2 * _CHUNK + x] = _u8(_tap_bicubic(taps, x, dx, dy, 16))
 
 
 @njit
@@ -321,15 +379,18 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror):
 
     Per chunk of `_CHUNK` output pixels of a row: (1) sample points, weights' fractions and the index of the
     top-left tap in the padded image of `_packed_pairs` (no clamping: the padding repeats the edges); (2) gather
-    each pixel's taps (8 words of two pixels, or 2 for a shear/translation along x, 4 along y) into tap-major
-    scratch; (3) the cubics, a loop over the chunk that LLVM vectorizes (4 pixels per instruction), both
-    skipped for a chunk that is all outside; (4) interleave into dst, fill where the sample point is outside.
+    each pixel's taps (16 words of one pixel, or 2 of two pixels for a shear/translation along x, 4 along y)
+    into tap-major scratch; (3) the cubics, a loop over the chunk that LLVM vectorizes (float32: 8 pixels per
+    instruction, with a float64 redo near integers; 1-D: float64, 4 pixels), both skipped for a chunk that is
+    all outside; (4) interleave into dst, fill where the sample point is outside.
     """
     h, w, _ = src.shape
     o = dst.reshape(-1)
     pairs = _packed_pairs(src, mirror)
     wp = w + 2 * _PAD
-    taps = np.zeros(8 * _CHUNK, np.uint64)  # pixels past the row end (last chunk) compute on zeros
+    taps = np.zeros(4 * _CHUNK, np.uint64)  # pixels past the row end (last chunk) compute on zeros
+    words, vals = np.zeros(16 * _CHUNK, np.uint32), np.empty(3 * _CHUNK, np.float32)  # the same for 2-D
+    d32, near = np.empty(2 * _CHUNK, np.float32), np.empty(_CHUNK, np.uint8)
     out = np.empty(3 * _CHUNK, np.uint8)
     dxs, dys, inside = np.empty(_CHUNK), np.empty(_CHUNK), np.empty(_CHUNK, np.bool_)
     base = np.empty(_CHUNK, np.int32)
@@ -351,7 +412,10 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror):
                 iy = np.int32(min(max(fy, -1.0), h_last))
                 base[x] = (iy + np.int32(_PAD - 1)) * wp32 + ix + np.int32(_PAD - 1)  # tap (row 0, column 0)
             if inside[:n].any():  # else all fill: a rotation's corners, a translation's far side
-                _bicubic_chunk(pairs, wp32, base, dxs, dys, n, along_x, along_y, taps, out)
+                if along_x or along_y:
+                    _bicubic_chunk(pairs, wp32, base, dxs, dys, n, along_x, along_y, taps, out)
+                else:
+                    _bicubic_chunk_2d(pairs, wp32, base, dxs, dys, n, words, d32, vals, near, out)
             row = o[(y * w + x0) * 3:(y * w + x0 + n) * 3]
             for x in range(n):
                 ok = inside[x]
