@@ -6,6 +6,7 @@ chain of ops quantizes as timm's does. Rotations are one `grid_sample` for all t
 tests/test_augment_ops.py compares every op with timm's PIL op on real photos.
 `arg` is a float64 tensor (N,) on the images' device; ops without an argument ignore it.
 """
+import math
 from typing import Sequence
 
 import torch
@@ -174,9 +175,12 @@ def affine_matrix(name: str, arg: torch.Tensor, height: int, width: int) -> torc
     elif name == 'TranslateYRel':
         m[:, 1, 2] = arg * height
     elif name == 'Rotate':
-        # PIL Image.rotate(angle): counter-clockwise about (w/2, h/2): output coords rotated by -angle
-        a = torch.deg2rad(-arg)
-        cos, sin = torch.cos(a), torch.sin(a)
+        # PIL Image.rotate(angle): counter-clockwise about (w/2, h/2), the output coords rotated by -angle, with
+        # PIL's own numbers: angle % 360, then cos and sin rounded to 15 decimals (without that rounding, 45
+        # degrees moves a few values of a ramp by 1). Python floats for that: `arg` is a CPU tensor of a few values.
+        rad = [-math.radians(a % 360.0) for a in arg.tolist()]
+        cos = torch.tensor([round(math.cos(r), 15) for r in rad], dtype=torch.float64, device=arg.device)
+        sin = torch.tensor([round(math.sin(r), 15) for r in rad], dtype=torch.float64, device=arg.device)
         cx, cy = width / 2.0, height / 2.0
         m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, sin, -sin, cos
         m[:, 0, 2] = -cos * cx - sin * cy + cx
