@@ -229,7 +229,9 @@ def mix_noise_softmax(s: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[
                       attn_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     """(z, attn) of the module docstring for contiguous head-major logits s (H, ..., N); `w1..b3` the head
     MLP's fc1..fc3 (all None: no mix), sigma 0: no noise. The noise's seed is one draw from torch's global CPU
-    generator, so `torch.manual_seed` and activation checkpointing replay it.
+    generator, so `torch.manual_seed` and activation checkpointing replay it. It is drawn on the host at each
+    call, so a CUDA graph (torch.compile's mode='reduce-overhead') would replay one seed: the trainer does not
+    use that mode.
 
     A custom op, so that `torch.compile` keeps the kernel and its backward as they are.
     """
