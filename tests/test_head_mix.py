@@ -112,3 +112,14 @@ def test_compiled_module_equals_eager_in_one_graph():
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
     for a, b in zip(compiled[2], eager[2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_flop_counter_counts_the_fused_op():
+    """FlopCounterMode sees the custom ops: H = 3, F = 12 over 16 positions is 16 * (3*12 + 12*12 + 12*3) = 3456
+    multiply-adds, 6912 FLOPs forward, twice that backward (hand-computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    hm = HeadMix(3)
+    s = torch.randn(3, 1, 4, 4, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        hm(s).sum().backward()
+    assert counter.get_total_flops() == 6912 + 2 * 6912

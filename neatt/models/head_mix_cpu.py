@@ -28,8 +28,11 @@ import torch
 import torch.nn.functional as nnf
 from numba import njit
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
+
+from .flops import head_mix_flops
 
 __all__ = ['head_mix']
 
@@ -354,3 +357,13 @@ def _backward_rule(ctx, gy):
 
 
 head_mix.register_autograd(_backward_rule, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.neatt.head_mix)
+def _forward_flops(x_shape, w1_shape, *args, **kwargs) -> int:
+    return head_mix_flops(x_shape, w1_shape)
+
+
+@register_flop_formula(torch.ops.neatt.head_mix_backward)
+def _backward_flops(gy_shape, x_shape, w1_shape, *args, **kwargs) -> int:
+    return head_mix_flops(x_shape, w1_shape, backward=True)

@@ -28,11 +28,12 @@ in the dtype of s (as autocast's matmuls take them); float32 logits use full-pre
 from __future__ import annotations  # the kernels' `tl.constexpr` annotations stay strings without Triton
 
 import functools
-import math
 from typing import List, Optional, Tuple
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
+
+from .flops import head_mix_flops
 
 try:
     import triton
@@ -311,19 +312,12 @@ def _backward(ctx, grad_z, grad_attn):
 mix_noise_softmax.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _mlp_flops(s_shape, w1_shape) -> int:
-    """Multiply-adds x 2 of the head MLP over every position of s (its real, unpadded sizes)."""
-    if w1_shape is None:
-        return 0
-    F, H = w1_shape
-    return 2 * (math.prod(s_shape) // H) * (H * F + F * F + F * H)
-
 
 @register_flop_formula(torch.ops.neatt.mix_noise_softmax)
 def _forward_flops(s_shape, w1_shape, *args, **kwargs) -> int:
-    return _mlp_flops(s_shape, w1_shape)
+    return head_mix_flops(s_shape, w1_shape)
 
 
 @register_flop_formula(torch.ops.neatt.mix_noise_softmax_backward)
 def _backward_flops(grad_z_shape, grad_attn_shape, s_shape, attn_shape, w1_shape, *args, **kwargs) -> int:
-    return 2 * _mlp_flops(s_shape, w1_shape)  # input and weight grads, as for matmuls (recompute not counted)
+    return head_mix_flops(s_shape, w1_shape, backward=True)
