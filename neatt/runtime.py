@@ -54,16 +54,14 @@ def configure_cpu_allocator() -> bool:
     return ok
 
 
-def short_openmp_spin_by_default() -> bool:
-    """GOMP_SPINCOUNT=30000 unless the environment already sets it or OMP_WAIT_POLICY; returns whether the
-    setting can still take effect.
+def short_openmp_spin_by_default() -> None:
+    """GOMP_SPINCOUNT=30000 unless the environment already sets it or OMP_WAIT_POLICY.
 
     libgomp reads it once, when torch loads it, so this must run before `import torch`: `neatt/__init__` calls it
     first thing, and the entry points (train_fast.py, tools/bench_*.py) import neatt before torch. A process
     that imported torch first keeps libgomp's default."""
     if 'OMP_WAIT_POLICY' not in os.environ:
         os.environ.setdefault('GOMP_SPINCOUNT', '30000')
-    return 'torch' not in sys.modules
 
 
 def use_threadsafe_numba() -> None:

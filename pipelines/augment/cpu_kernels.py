@@ -347,9 +347,9 @@ def _bicubic_chunk_2d(pairs, wp32, base, dxs, dys, n, words, d32, vals, near, ou
 
 
 @njit(inline='always')
-def _bicubic_chunk(pairs, wp32, base, dxs, dys, n, along_x, along_y, taps, out):
-    """`_warp_bicubic` steps (2) and (3) for one chunk of a 1-D warp: gather the taps, compute the cubics into
-    `out`."""
+def _bicubic_chunk(pairs, wp32, base, dxs, dys, n, along_x, taps, out):
+    """`_warp_bicubic` steps (2) and (3) for one chunk of a 1-D warp (along x, else along y): gather the taps,
+    compute the cubics into `out`."""
     if along_x:  # taps: row 1, columns 0..3
         for x in range(n):
             b = np.uint64(base[x] + wp32)
@@ -413,7 +413,7 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror):
                 base[x] = (iy + np.int32(_PAD - 1)) * wp32 + ix + np.int32(_PAD - 1)  # tap (row 0, column 0)
             if inside[:n].any():  # else all fill: a rotation's corners, a translation's far side
                 if along_x or along_y:
-                    _bicubic_chunk(pairs, wp32, base, dxs, dys, n, along_x, along_y, taps, out)
+                    _bicubic_chunk(pairs, wp32, base, dxs, dys, n, along_x, taps, out)
                 else:
                     _bicubic_chunk_2d(pairs, wp32, base, dxs, dys, n, words, d32, vals, near, out)
             row = o[(y * w + x0) * 3:(y * w + x0 + n) * 3]
