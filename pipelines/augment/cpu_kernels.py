@@ -243,15 +243,27 @@ def _tap_cubic(taps, t, x, d, shift):
                   _tap(taps, t + 1, x, shift + 32), d)
 
 
-# The 2-D bicubic runs in float32 (8 lanes, not 4) and redoes in float64 only the values that float32 cannot
-# place: those within _NEAR of an integer (Pillow clips, then truncates). Bound on |float32 - float64 value|,
-# u = 2^-24: (1) a row cubic of integer taps has exact p2..p4, then 6 roundings of results <= 1785 (the sum
-# of |coefficients| 255 + 255 + 765 + 510), and float32(dx) moves dx by <= 2^-25 against a slope <= 3315
-# (255 + 2 * 765 + 3 * 510): < 7.4e-4. (2) The rows, in [-63.75, 318.75] (a = -1 weights: sum of |w| <= 1.5,
-# negative ones >= -0.25), carry that to the result times <= 1.5: < 1.11e-3. (3) The column cubic: 13
-# roundings of results <= 2614 and dy's rounding against a slope <= 4973: < 2.18e-3. Sum < 3.3e-3 (Pillow's
-# float64 errors are ~1e-11; the worst seen on 6M random tap sets was 1.5e-4). _NEAR is 2.4x the bound.
-_NEAR = np.float32(2.0 ** -7)
+# The 2-D bicubic runs in float32 (8 lanes, not 4), in the weight form of Pillow's cubic (`_cubic_weights`: the
+# weights of the 4 x and 4 y taps are computed once per pixel for its 3 channels), and redoes in float64, in
+# Pillow's own operation order, only the values that float32 cannot place: those within _NEAR of an integer
+# (Pillow clips, then truncates). Bound on |float32 value - Pillow's float64 value|, u = 2^-24: (1) each
+# computed weight is off by <= 8u (|w| <= 1; a few roundings), so the four by <= 24u in all. (2) A row of
+# integer taps <= 255: 24u * 255 from the weights, u * 1.5 * 255 from the products (sum of |w| <= 1.5) and
+# 3 * 383u from the sums: < 7660u; rows lie in [-63.75, 318.75]. (3) The column: 1.5 * 7660u carried from the
+# rows, 24u * 319 from its weights, 4 * 479u from its products and sums: < 21100u = 1.26e-3. (4) Rounding dx
+# and dy to float32 moves each by <= 2^-25 against slopes <= 4973 (sums of |coefficients| of the cubic's
+# derivative): < 3e-4. Sum < 1.6e-3; Pillow's own float64 errors are ~1e-11 (the worst seen on 8M random
+# tap sets, half of them 0/255 patterns, was 1.2e-4). _NEAR is 2.4x the bound.
+_NEAR = np.float32(2.0 ** -8)
+
+
+@njit(inline='always')
+def _cubic_weights(d):
+    """`_cubic` as weights of v1..v4 (same polynomial): -d(1-d)^2, 1 - d^2(2-d), d(1 + d(1-d)), -d^2(1-d)."""
+    one = np.float32(1)
+    e = one - d
+    d2 = d * d
+    return -((d * e) * e), one - d2 * (one + e), d * (one + d * e), -(d2 * e)
 
 
 @njit(inline='always')
@@ -261,17 +273,35 @@ def _word_byte(words, t, x, shift):
 
 
 @njit(inline='always')
-def _word_cubic(words, t, x, d, shift, real):
-    """`_cubic` along taps t..t + 3 of chunk pixel x, in the float type `real`."""
-    return _cubic(real(_word_byte(words, t, x, shift)), real(_word_byte(words, t + 1, x, shift)),
-                  real(_word_byte(words, t + 2, x, shift)), real(_word_byte(words, t + 3, x, shift)), d)
+def _word_cubic(words, t, x, d, shift):
+    """`_cubic` along taps t..t + 3 of chunk pixel x, in float64 (Pillow's arithmetic)."""
+    return _cubic(float(_word_byte(words, t, x, shift)), float(_word_byte(words, t + 1, x, shift)),
+                  float(_word_byte(words, t + 2, x, shift)), float(_word_byte(words, t + 3, x, shift)), d)
 
 
 @njit(inline='always')
-def _word_bicubic(words, x, dx, dy, shift, real):
-    """Pillow's 2-D bicubic in the float type `real`: four cubics along x (taps 0..3, 4..7, ...), one along y."""
-    return _cubic(_word_cubic(words, 0, x, dx, shift, real), _word_cubic(words, 4, x, dx, shift, real),
-                  _word_cubic(words, 8, x, dx, shift, real), _word_cubic(words, 12, x, dx, shift, real), dy)
+def _word_bicubic(words, x, dx, dy, shift):
+    """Pillow's 2-D bicubic in float64: four cubics along x (taps 0..3, 4..7, ...), one along y."""
+    return _cubic(_word_cubic(words, 0, x, dx, shift), _word_cubic(words, 4, x, dx, shift),
+                  _word_cubic(words, 8, x, dx, shift), _word_cubic(words, 12, x, dx, shift), dy)
+
+
+@njit(inline='always')
+def _word_row32(words, t, x, w1, w2, w3, w4, shift):
+    """The weighted sum of taps t..t + 3 of chunk pixel x, in float32."""
+    v1, v2 = np.float32(_word_byte(words, t, x, shift)), np.float32(_word_byte(words, t + 1, x, shift))
+    v3, v4 = np.float32(_word_byte(words, t + 2, x, shift)), np.float32(_word_byte(words, t + 3, x, shift))
+    return ((w1 * v1 + w2 * v2) + w3 * v3) + w4 * v4
+
+
+@njit(inline='always')
+def _word_bicubic32(words, x, wx, wy, shift):
+    """The 2-D bicubic in float32 from the weights wx, wy (4 each) of `_cubic_weights`."""
+    r0 = _word_row32(words, 0, x, wx[0], wx[1], wx[2], wx[3], shift)
+    r1 = _word_row32(words, 4, x, wx[0], wx[1], wx[2], wx[3], shift)
+    r2 = _word_row32(words, 8, x, wx[0], wx[1], wx[2], wx[3], shift)
+    r3 = _word_row32(words, 12, x, wx[0], wx[1], wx[2], wx[3], shift)
+    return ((wy[0] * r0 + wy[1] * r1) + wy[2] * r2) + wy[3] * r3
 
 
 @njit(inline='always')
@@ -310,8 +340,8 @@ def _packed_pairs(src, mirror):
 
 @njit(inline='always')
 def _bicubic_chunk_2d(pairs, wp32, base, dxs, dys, n, words, d32, vals, near, out):
-    """`_bicubic_chunk` of a warp along both axes: float32 cubics, float64 again for the values near an integer
-    (see _NEAR). A pixel whose 16 taps are equal is exact in both types (its p2..p4 are all 0)."""
+    """`_bicubic_chunk` of a warp along both axes: float32 weights and sums, float64 again for the channels
+    whose value is near an integer (see _NEAR). A pixel whose 16 taps are equal is that pixel."""
     for x in range(n):
         b = base[x]
         for j in range(4):
@@ -324,26 +354,34 @@ def _bicubic_chunk_2d(pairs, wp32, base, dxs, dys, n, words, d32, vals, near, ou
     for x in range(_CHUNK):  # apart from the float32 loop: float64 data there would make it 4 lanes wide
         d32[x], d32[_CHUNK + x] = np.float32(dxs[x]), np.float32(dys[x])
     for x in range(_CHUNK):
-        dx, dy = d32[x], d32[_CHUNK + x]
-        vals[x] = _word_bicubic(words, x, dx, dy, 0, np.float32)
-        vals[_CHUNK + x] = _word_bicubic(words, x, dx, dy, 8, np.float32)
-        vals[2 * _CHUNK + x] = _word_bicubic(words, x, dx, dy, 16, np.float32)
+        wx, wy = _cubic_weights(d32[x]), _cubic_weights(d32[_CHUNK + x])
+        vals[x] = _word_bicubic32(words, x, wx, wy, 0)
+        vals[_CHUNK + x] = _word_bicubic32(words, x, wx, wy, 8)
+        vals[2 * _CHUNK + x] = _word_bicubic32(words, x, wx, wy, 16)
     any_near = np.uint8(0)
+    one = np.uint8(1)
     for x in range(_CHUNK):
         diff = np.uint32(0)
         for t in range(1, 16):
             diff |= words[t * _CHUNK + x] ^ words[x]
         v0, v1, v2 = vals[x], vals[_CHUNK + x], vals[2 * _CHUNK + x]
-        out[x], out[_CHUNK + x], out[2 * _CHUNK + x] = _u8_32(v0), _u8_32(v1), _u8_32(v2)
-        e = ((_u8_32(v0 - _NEAR) ^ _u8_32(v0 + _NEAR)) | (_u8_32(v1 - _NEAR) ^ _u8_32(v1 + _NEAR))
-             | (_u8_32(v2 - _NEAR) ^ _u8_32(v2 + _NEAR)))
-        near[x] = e if diff else np.uint8(0)
+        flat = diff == 0
+        w = words[x]
+        out[x] = np.uint8(w & 255) if flat else _u8_32(v0)
+        out[_CHUNK + x] = np.uint8((w >> 8) & 255) if flat else _u8_32(v1)
+        out[2 * _CHUNK + x] = np.uint8((w >> 16) & 255) if flat else _u8_32(v2)
+        e = (min(_u8_32(v0 - _NEAR) ^ _u8_32(v0 + _NEAR), one)
+             | (min(_u8_32(v1 - _NEAR) ^ _u8_32(v1 + _NEAR), one) << one)
+             | (min(_u8_32(v2 - _NEAR) ^ _u8_32(v2 + _NEAR), one) << np.uint8(2)))
+        near[x] = np.uint8(0) if flat else e
         any_near |= near[x]
     if any_near:
         for x in range(n):
-            if near[x]:
+            e = near[x]
+            if e:
                 for k in range(3):
-                    out[k * _CHUNK + x] = _u8(_word_bicubic(words, x, dxs[x], dys[x], 8 * k, np.float64))
+                    if e & (1 << k):
+                        out[k * _CHUNK + x] = _u8(_word_bicubic(words, x, dxs[x], dys[x], 8 * k))
 
 
 @njit(inline='always')
@@ -380,9 +418,9 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror):
     Per chunk of `_CHUNK` output pixels of a row: (1) sample points, weights' fractions and the index of the
     top-left tap in the padded image of `_packed_pairs` (no clamping: the padding repeats the edges); (2) gather
     each pixel's taps (16 words of one pixel, or 2 of two pixels for a shear/translation along x, 4 along y)
-    into tap-major scratch; (3) the cubics, a loop over the chunk that LLVM vectorizes (float32: 8 pixels per
-    instruction, with a float64 redo near integers; 1-D: float64, 4 pixels), both skipped for a chunk that is
-    all outside; (4) interleave into dst, fill where the sample point is outside.
+    into tap-major scratch; (3) the cubics, a loop over the chunk that LLVM vectorizes (2-D: float32 weights,
+    8 pixels per instruction, with a float64 redo near integers; 1-D: Pillow's float64, 4 pixels), both skipped
+    for a chunk that is all outside; (4) interleave into dst, fill where the sample point is outside.
     """
     h, w, _ = src.shape
     o = dst.reshape(-1)
