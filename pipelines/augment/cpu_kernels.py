@@ -14,6 +14,8 @@ from numba import njit, prange
 
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
+from .stream_store import stream_fence, stream_row
+
 __all__ = ['OP_CODES', 'NONE', 'WARP_BILINEAR', 'WARP_BICUBIC', 'augment']
 
 use_threadsafe_numba()
@@ -534,25 +536,27 @@ def _apply(src, dst, code, arg, mat, fill, mirror):
 
 
 @njit(inline='always')
-def _normalize_into(pixels, scale_row, shift_row, dst):
-    """(x / 255 - mean) / std as x * scale - shift along each row of W * C values."""
+def _normalize_into(pixels, scale_row, shift_row, dst, values):
+    """(x / 255 - mean) / std as x * scale - shift along each row of W * C values: into the cache-resident row
+    `values`, then into dst with streaming stores (stream_store.py: dst is written once and read elsewhere)."""
     for y in range(pixels.shape[0]):
         for i in range(pixels.shape[1]):
-            dst[y, i] = np.float32(pixels[y, i]) * scale_row[i] - shift_row[i]
+            values[i] = np.float32(pixels[y, i]) * scale_row[i] - shift_row[i]
+        stream_row(dst[y], values)
 
 
 @njit(inline='always')
-def _normalize_flipped_into(pixels, scale_row, shift_row, dst, row):
+def _normalize_flipped_into(pixels, scale_row, shift_row, dst, values, row):
     """`_normalize_into` of the mirrored RGB image, through packed rows (`_pack_row`) read backwards."""
     w = row.size
     for y in range(pixels.shape[0]):
-        d = dst[y]
         _pack_row(pixels[y], row)
         for x in range(w):
             v = row[w - 1 - x]
-            d[3 * x] = np.float32(v & 255) * scale_row[3 * x] - shift_row[3 * x]
-            d[3 * x + 1] = np.float32((v >> 8) & 255) * scale_row[3 * x + 1] - shift_row[3 * x + 1]
-            d[3 * x + 2] = np.float32(v >> 16) * scale_row[3 * x + 2] - shift_row[3 * x + 2]
+            values[3 * x] = np.float32(v & 255) * scale_row[3 * x] - shift_row[3 * x]
+            values[3 * x + 1] = np.float32((v >> 8) & 255) * scale_row[3 * x + 1] - shift_row[3 * x + 1]
+            values[3 * x + 2] = np.float32(v >> 16) * scale_row[3 * x + 2] - shift_row[3 * x + 2]
+        stream_row(dst[y], values)
 
 
 @njit(parallel=True, cache=True)
@@ -561,7 +565,9 @@ def _normalize(src, scale_row, shift_row, out):
     Separate because it compiles in seconds, where `_augment` with every op takes about 30 s the first time."""
     n, h, w, c = src.shape
     for b in prange(n):
-        _normalize_into(src[b].reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c))
+        values = np.empty(w * c, np.float32)
+        _normalize_into(src[b].reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), values)
+        stream_fence()
 
 
 @njit(parallel=True, cache=True)
@@ -573,7 +579,7 @@ def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
     n, h, w, c = src.shape
     for b in prange(n):
         bufs = np.empty((2, h, w, c), np.uint8)
-        row = np.empty(w, np.uint32)
+        row, values = np.empty(w, np.uint32), np.empty(w * c, np.float32)
         cur, held = src[b], -1  # held: which of bufs `cur` is (-1: the input image)
         mirror = flip[b]
         if mirror and c != 3:  # the mirrored reads (bicubic packing, normalization) pack RGB pixels
@@ -591,9 +597,11 @@ def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
             _apply(cur, bufs[held], op, arg[b, s], mats[b, s], fill, mirror)
             cur, mirror = bufs[held], mirror and op != WARP_BICUBIC
         if mirror:
-            _normalize_flipped_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), row)
+            _normalize_flipped_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), values,
+                                    row)
         else:
-            _normalize_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c))
+            _normalize_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), values)
+        stream_fence()
 
 
 def augment(images: torch.Tensor, flip: torch.Tensor, code: torch.Tensor, arg: torch.Tensor, mats: torch.Tensor,
