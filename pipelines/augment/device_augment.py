@@ -19,7 +19,7 @@ Two ways to run the drawn choices, with the same results up to the warps' interp
   there is no per-image Python loop. On CPU a slice goes through in chunks of a few images so that the float
   temporaries stay small; on an accelerator it is one call.
 
-Either way ops that change nothing at their drawn argument (`ops.is_identity`) are skipped.
+Either way ops that change nothing at their drawn argument (`ops.identity_range`) are skipped.
 """
 from typing import NamedTuple, Optional
 
@@ -28,7 +28,7 @@ import torch
 from . import cpu_kernels
 from .config import AugmentConfig
 from .erasing import BatchRandomErasing
-from .ops import AXIS_OPS, COLOR_OPS, GEOMETRIC_OPS, affine_matrix, is_identity, warp_affine, warp_axis
+from .ops import AXIS_OPS, COLOR_OPS, GEOMETRIC_OPS, affine_matrix, identity_range, warp_affine, warp_axis
 from .policy import BatchPolicy
 
 __all__ = ['DeviceAugment']
@@ -76,7 +76,17 @@ class DeviceAugment:
             hparams = dict(translate_const=int(cfg.img_size * 0.45), img_mean=cfg.fill)
             self.policy = BatchPolicy(cfg.aa, hparams, random_interpolation=cfg.interpolation == 'random',
                                       bicubic_default=cfg.interpolation == 'bicubic')
-            # group key (see _draw_ops) -> cpu_kernels op code: color ops by name, then 3 warp kinds x bicubic
+            names = self.policy.op_names
+            # per op index: its group key (the index for color ops; for the warps len(names) + 2 * kind, kind 0 for
+            # a 2-D warp, 1 / 2 for a 1-D one along x / y (ops.AXIS_OPS), + 1 where bicubic), whether it warps,
+            # and the arguments at which it changes nothing (skipped, like ops drawn but not applied: key -1)
+            self._op_key = torch.tensor([len(names) + 2 * {'x': 1, 'y': 2}.get(AXIS_OPS.get(name), 0)
+                                         if name in GEOMETRIC_OPS else i for i, name in enumerate(names)])
+            self._op_warp = torch.tensor([name in GEOMETRIC_OPS for name in names])
+            lo, hi = zip(*(identity_range(name) for name in names))
+            self._identity_lo = torch.tensor(lo, dtype=torch.float64)
+            self._identity_hi = torch.tensor(hi, dtype=torch.float64)
+            # group key -> cpu_kernels op code: color ops by name, then 3 warp kinds x bicubic
             warps = [cpu_kernels.WARP_BICUBIC if bicubic else cpu_kernels.WARP_BILINEAR
                      for _ in range(3) for bicubic in (0, 1)]
             self._kernel_code = torch.tensor(
@@ -187,23 +197,19 @@ class DeviceAugment:
         return COLOR_OPS[self.policy.op_names[key]](x, args.to(dev, non_blocking=True))
 
     def _draw_ops(self, batch_size: int, height: int, width: int, generator: Optional[torch.Generator]) -> _OpPlan:
-        """Draw the batch's ops and turn them into group keys, arguments and warp matrices (CPU tensors)."""
+        """Draw the batch's ops and turn them into group keys, arguments and warp matrices (CPU tensors): every
+        slot at once through the per-op tables made in __init__, then one `affine_matrix` call per warp op drawn."""
         draw = self.policy.sample(batch_size, generator, 'cpu')
-        names = self.policy.op_names
-        # keys: op index for color ops; for the warps len(names) + 2 * kind + bicubic, kind 0 for a 2-D warp,
-        # 1 / 2 for a 1-D one along x / y (ops.AXIS_OPS); -1 for nothing to do
-        geometric = len(names)
-        key = torch.full_like(draw.op, -1)
-        mats = torch.zeros(draw.op.shape + (2, 3), dtype=torch.float64)
-        for i, name in enumerate(names):
-            sel = (draw.op == i) & draw.apply & ~is_identity(name, draw.arg)
-            if name in GEOMETRIC_OPS:
-                kind = {'x': 1, 'y': 2}.get(AXIS_OPS.get(name), 0)
-                key[sel] = geometric + 2 * kind + draw.bicubic[sel].long()
-                mats[sel] = affine_matrix(name, draw.arg[sel], height, width)
-            else:
-                key[sel] = i
-        return _OpPlan(key=key, arg=draw.arg, mats=mats)
+        op, arg = draw.op, draw.arg
+        identity = (arg >= self._identity_lo[op]) & (arg <= self._identity_hi[op])
+        live = draw.apply & ~identity
+        key = torch.where(live, self._op_key[op] + (self._op_warp[op] & draw.bicubic), -1)
+        mats = torch.zeros(op.shape + (2, 3), dtype=torch.float64)
+        warped = live & self._op_warp[op]
+        for i in op[warped].unique().tolist():
+            sel = warped & (op == i)
+            mats[sel] = affine_matrix(self.policy.op_names[i], arg[sel], height, width)
+        return _OpPlan(key=key, arg=arg, mats=mats)
 
     def _normalize(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """out = (x / 255 - mean) / std, computed on (N*H, W*C) views of the channels_last memory.

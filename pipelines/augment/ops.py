@@ -7,14 +7,14 @@ tests/test_augment_ops.py compares every op with timm's PIL op on real photos.
 `arg` is a float64 tensor (N,) on the images' device; ops without an argument ignore it.
 """
 import math
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    'GEOMETRIC_OPS', 'AXIS_OPS', 'COLOR_OPS', 'is_identity', 'affine_matrix', 'warp_affine', 'warp_axis',
-    'blend', 'grayscale', 'invert', 'posterize', 'solarize', 'solarize_add', 'color', 'contrast', 'brightness',
+    'GEOMETRIC_OPS', 'AXIS_OPS', 'COLOR_OPS', 'identity_range', 'is_identity', 'affine_matrix', 'warp_affine',
+    'warp_axis', 'blend', 'grayscale', 'invert', 'posterize', 'solarize', 'solarize_add', 'color', 'contrast', 'brightness',
     'sharpness', 'auto_contrast', 'equalize',
 ]
 
@@ -300,18 +300,25 @@ COLOR_OPS = {
 }
 
 
-def is_identity(name: str, arg: torch.Tensor) -> torch.Tensor:
-    """Where timm's op at these arguments returns the image unchanged (bool, like `arg`), so it can be skipped.
+def identity_range(name: str) -> Tuple[float, float]:
+    """The arguments [lo, hi] at which timm's op returns the image unchanged, so that it can be skipped (an
+    empty range, lo > hi, for ops that always change it).
 
     A zero shear/translate/rotation samples exactly at pixel centres (PIL's cubic and linear weights are then
     (0, 1, 0, 0)), solarize at 256 and posterize at 8 bits change nothing, enhance at factor 1 blends to itself.
     """
     if name in GEOMETRIC_OPS or name == 'SolarizeAdd':
-        return arg == 0
+        return 0.0, 0.0
     if name.startswith('Posterize'):
-        return arg >= 8
+        return 8.0, math.inf
     if name.startswith('Solarize'):
-        return arg >= 256
+        return 256.0, math.inf
     if name.startswith(('Color', 'Contrast', 'Brightness', 'Sharpness')):
-        return arg == 1.0
-    return torch.zeros_like(arg, dtype=torch.bool)
+        return 1.0, 1.0
+    return math.inf, -math.inf
+
+
+def is_identity(name: str, arg: torch.Tensor) -> torch.Tensor:
+    """Where timm's op at these arguments returns the image unchanged (bool, like `arg`); see `identity_range`."""
+    lo, hi = identity_range(name)
+    return (arg >= lo) & (arg <= hi)
