@@ -248,15 +248,16 @@ def _tap_cubic(taps, t, x, d, shift):
 # The 2-D bicubic runs in float32 (8 lanes, not 4), in the weight form of Pillow's cubic (`_cubic_weights`: the
 # weights of the 4 x and 4 y taps are computed once per pixel for its 3 channels), and redoes in float64, in
 # Pillow's own operation order, only the values that float32 cannot place: those within _NEAR of an integer
-# (Pillow clips, then truncates). Bound on |float32 value - Pillow's float64 value|, u = 2^-24: (1) each
-# computed weight is off by <= 8u (|w| <= 1; a few roundings), so the four by <= 24u in all. (2) A row of
-# integer taps <= 255: 24u * 255 from the weights, u * 1.5 * 255 from the products (sum of |w| <= 1.5) and
-# 3 * 383u from the sums: < 7660u; rows lie in [-63.75, 318.75]. (3) The column: 1.5 * 7660u carried from the
-# rows, 24u * 319 from its weights, 4 * 479u from its products and sums: < 21100u = 1.26e-3. (4) Rounding dx
-# and dy to float32 moves each by <= 2^-25 against slopes <= 4973 (sums of |coefficients| of the cubic's
-# derivative): < 3e-4. Sum < 1.6e-3; Pillow's own float64 errors are ~1e-11 (the worst seen on 8M random
-# tap sets, half of them 0/255 patterns, was 1.2e-4). _NEAR is 2.4x the bound.
-_NEAR = np.float32(2.0 ** -8)
+# (Pillow clips, then truncates). Bound on |float32 value - Pillow's float64 value|, u = 2^-24 (float32's unit
+# roundoff): (1) the computed weights are off by <= 0.8u, 6u, 2.8u and 0.55u (w1..w4 as written; 1 - d is exact
+# for d >= 1/2 and off by <= u below), < 10.2u in all. (2) A row of integer taps <= 255: 10.2u * 255 from the
+# weights, u * 1.5 * 255 from the products (sum of |w| <= 1.5) and 3 * 383u from the sums: < 4130u; rows lie
+# in [-63.75, 318.75]. (3) The column: 1.5 * 4130u carried from the rows, 10.2u * 319 from its weights, 4 * 479u
+# from its products and sums: < 11400u = 6.8e-4. (4) Rounding dx and dy to float32 moves each by <= 2^-25
+# against a slope <= 1.5 * 1.5 * 255 (the weights' derivatives sum to 0, their positive parts to <= 1.5):
+# < 3.5e-5. Sum < 7.2e-4; Pillow's own float64 errors are ~1e-11 (the worst seen on 8M random tap sets, half
+# of them 0/255 patterns, was 1.2e-4). _NEAR is 2.7x the bound.
+_NEAR = np.float32(2.0 ** -9)
 
 
 @njit(inline='always')

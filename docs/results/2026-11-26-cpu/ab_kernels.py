@@ -2,7 +2,7 @@
 late evening): the bicubic warps alone (ms per 224 px photo, 64 photos, best of 7) and the whole DeviceAugment
 call (--aa v0, erasing 0.5 'pixel', 256 photos in batches of 64, best of 8), one thread; outputs compared.
 
-    git show f3ebf51~1:pipelines/augment/cpu_kernels.py > /tmp/ck_old.py
+    git show f3ebf51~1:pipelines/augment/cpu_kernels.py | sed "s/^from \.stream_store/from pipelines.augment.stream_store/" > /tmp/ck_old.py
     .venv/bin/python docs/results/2026-11-26-cpu/ab_kernels.py /tmp/ck_old.py
 
 (The copy is imported by its file name, from its folder: numba's cache needs an importable module.)
