@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 __all__ = [
     'GEOMETRIC_OPS', 'AXIS_OPS', 'COLOR_OPS', 'identity_range', 'is_identity', 'affine_matrix', 'warp_affine',
-    'warp_axis', 'blend', 'grayscale', 'invert', 'posterize', 'solarize', 'solarize_add', 'color', 'contrast', 'brightness',
-    'sharpness', 'auto_contrast', 'equalize',
+    'warp_axis', 'blend', 'grayscale', 'invert', 'posterize', 'solarize', 'solarize_add', 'color', 'contrast',
+    'brightness', 'sharpness', 'auto_contrast', 'equalize',
 ]
 
 
