@@ -312,7 +312,6 @@ def _backward(ctx, grad_z, grad_attn):
 mix_noise_softmax.register_autograd(_backward, setup_context=_setup_context)
 
 
-
 @register_flop_formula(torch.ops.neatt.mix_noise_softmax)
 def _forward_flops(s_shape, w1_shape, *args, **kwargs) -> int:
     return head_mix_flops(s_shape, w1_shape)

@@ -215,10 +215,9 @@ def _sharpness(src, dst, f):
 
 @njit(inline='always')
 def _cubic(v1, v2, v3, v4, d):
-    """Pillow's BICUBIC macro (Geometry.c, a = -1) in its own operation order; in the arguments' float type
-    (float64: Pillow's own arithmetic; `x + x` is its exact `2 * x` without promoting float32 to float64)."""
+    """Pillow's BICUBIC macro (Geometry.c, a = -1), float64, in its own operation order."""
     p2 = -v1 + v3
-    p3 = (v1 - v2) + (v1 - v2) + v3 - v4
+    p3 = 2 * (v1 - v2) + v3 - v4
     p4 = -v1 + v2 - v3 + v4
     return v2 + d * (p2 + d * (p3 + d * p4))
 

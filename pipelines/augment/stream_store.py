@@ -15,7 +15,8 @@ from numba.extending import intrinsic
 
 __all__ = ['stream_row', 'stream_fence']
 
-_LANES = 8  # float32 values per streamed store: 32 bytes, which must be 32-byte aligned
+_LANES = 8  # float32 values per streamed store
+_BYTES = 4 * _LANES  # a streamed store's size, and the alignment it needs
 _X86 = platform.machine().lower() in ('x86_64', 'amd64', 'i386', 'i686')
 
 
@@ -37,7 +38,7 @@ def _stream8(typingctx, dst, i, src, j):
         src_data = context.make_array(signature.args[2])(context, builder, src_v).data
         vector = ir.VectorType(ir.FloatType(), _LANES).as_pointer()
         value = builder.load(builder.bitcast(builder.gep(src_data, [j_v]), vector), align=4)
-        store = builder.store(value, builder.bitcast(builder.gep(dst_data, [i_v]), vector), align=4 * _LANES)
+        store = builder.store(value, builder.bitcast(builder.gep(dst_data, [i_v]), vector), align=_BYTES)
         store.set_metadata('nontemporal', builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
         return context.get_dummy_value()
     return types.void(dst, i, src, j), codegen
@@ -59,10 +60,10 @@ def stream_fence(typingctx):
 @njit(inline='always')
 def stream_row(dst, src):
     """dst[:] = src[:] (1-D float32, same size): plain stores up to dst's first 32-byte boundary and for the
-    tail, streaming stores between. Call `stream_fence()` once the rows of a batch are written."""
+    tail, streaming stores between. Call `stream_fence()` once the rows are written (the kernel: per image)."""
     n = dst.size
     address = _address(dst)
-    head = min(((32 - address % 32) % 32) // 4, n) if address % 4 == 0 else n
+    head = min(((_BYTES - address % _BYTES) % _BYTES) // 4, n) if address % 4 == 0 else n
     for i in range(head):
         dst[i] = src[i]
     i = head
