@@ -27,7 +27,7 @@ from typing import Iterator, Tuple
 
 import numpy as np
 import torch
-from numba import carray, njit, types
+from numba import carray, njit, set_parallel_chunksize, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -39,6 +39,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
+from .augment.cpu_kernels import pack_row
 from .base import Loader
 from .crop import eval_resize_geometry, flip_flags, rrc_windows
 
@@ -120,6 +121,13 @@ def _weighted_rows(acc, rows, start, taps, weights, half):
             acc[i] += np.int32(row[i]) * wk
 
 
+@njit(inline='always')
+def _clip8(acc, out):
+    """out[:] = Pillow's clip8 of the fixed-point sums acc[:] (vectorizes)."""
+    for i in range(acc.size):
+        out[i] = min(max(acc[i] >> _PRECISION_BITS, 0), 255)
+
+
 @njit([types.void(src, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _U8_HWC)
        for src in (_U8_HWC, _U8_HWC_RO)], cache=True, nogil=True)
 def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
@@ -130,9 +138,9 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
 
     Pillow's arithmetic (int32 sums of 8-bit pixels times 22-bit weights, rounded and clipped to 8 bits after
     each pass, horizontal pass first), in a loop order that vectorizes: both passes run as weighted sums of whole
-    contiguous rows. For the horizontal pass the window's columns are first copied into rows (a transpose), and
-    its result is stored transposed back (and mirrored, for ``flip``, in the same store). Integer sums do not
-    depend on their order, so this is bit-exact.
+    contiguous rows. For the horizontal pass the window's columns are first copied into rows (a transpose of
+    4-byte pixel words: one store per pixel rather than three), and its result is stored transposed back (and
+    mirrored, for ``flip``, in the same store). Integer sums do not depend on their order, so this is bit-exact.
     """
     oh, ow = dst.shape[0], dst.shape[1]
     hb, hk64 = _coeffs(w, out_w, ox, ow)
@@ -144,28 +152,29 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
     col0 = hb[0, 0]
     cols = hb[ow - 1, 0] + hb[ow - 1, 1] - col0
 
-    src_t = np.empty((cols, rows * 3), np.uint8)  # column x of the window is row x here
+    src_t = np.empty((cols, rows * 4), np.uint8)  # column x of the window is row x here, RGB0 per pixel
+    words = src_t.reshape(-1).view(np.uint32)
+    packed = np.empty(cols, np.uint32)
+    first = 3 * (x0 + col0)
     for r in range(rows):
-        line = src[y0 + row0 + r]
+        pack_row(src[y0 + row0 + r].reshape(-1)[first:first + 3 * cols], packed)
         for x in range(cols):
-            for c in range(3):
-                src_t[x, 3 * r + c] = line[x0 + col0 + x, c]
+            words[x * rows + r] = packed[x]
     tmp = np.empty((rows, ow * 3), np.uint8)  # horizontal pass result, 8-bit as in Pillow
-    hacc = np.empty(rows * 3, np.int32)
+    hacc = np.empty(rows * 4, np.int32)
+    hbytes = np.empty(rows * 4, np.uint8)
     for xx in range(ow):
-        start, taps = hb[xx, 0] - col0, hb[xx, 1]
-        xo = ow - 1 - xx if flip else xx  # where output column xx lands
-        _weighted_rows(hacc, src_t, start, taps, hk[xx], half)
+        _weighted_rows(hacc, src_t, hb[xx, 0] - col0, hb[xx, 1], hk[xx], half)
+        _clip8(hacc, hbytes)
+        xo = 3 * (ow - 1 - xx if flip else xx)  # where output column xx lands
         for r in range(rows):
-            for c in range(3):
-                tmp[r, 3 * xo + c] = min(max(hacc[3 * r + c] >> _PRECISION_BITS, 0), 255)  # Pillow's clip8
+            tmp[r, xo], tmp[r, xo + 1], tmp[r, xo + 2] = hbytes[4 * r], hbytes[4 * r + 1], hbytes[4 * r + 2]
 
     vacc = np.empty(ow * 3, np.int32)
     flat = dst.reshape(oh, ow * 3)
     for yy in range(oh):
         _weighted_rows(vacc, tmp, vb[yy, 0] - row0, vb[yy, 1], vk[yy], half)
-        for i in range(ow * 3):
-            flat[yy, i] = min(max(vacc[i] >> _PRECISION_BITS, 0), 255)
+        _clip8(vacc, flat[yy])
 
 
 class TableCropDecoder(ResizedCropRGBImageDecoder):
@@ -194,6 +203,9 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
             table = carray(_voidptr(address), (num_rows, 9), np.int64)
+            # one image at a time to whichever thread is free: crops differ in cost, and numba's default even
+            # split of a batch left a thread idle at its end (FFCV's own decoders keep that split)
+            chunk_size = set_parallel_chunksize(1)
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
@@ -209,6 +221,7 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
                     image = image_data.reshape(height, width, 3)
                 t = table[source_ix]
                 resample_bicubic(image, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], destination[dst_ix])
+            set_parallel_chunksize(chunk_size)
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

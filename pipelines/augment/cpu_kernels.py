@@ -16,7 +16,7 @@ from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
 from .stream_store import stream_fence, stream_row
 
-__all__ = ['OP_CODES', 'NONE', 'WARP_BILINEAR', 'WARP_BICUBIC', 'augment']
+__all__ = ['OP_CODES', 'NONE', 'WARP_BILINEAR', 'WARP_BICUBIC', 'augment', 'pack_row']
 
 use_threadsafe_numba()
 
@@ -46,7 +46,7 @@ def _blend(d, i, f):
 
 
 @njit(inline='always')
-def _pack_row(s, row):
+def pack_row(s, row):
     """row[x] = RGB pixel x of the flat uint8 row s as one uint32 (bytes 0..2). Loops over packed pixels
     vectorize; loops over 3-byte pixels do not (a Color blend or a mirrored row costs ~3x more that way)."""
     for x in range(row.size):
@@ -55,7 +55,7 @@ def _pack_row(s, row):
 
 @njit(inline='always')
 def _unpack_row(row, d):
-    """The inverse of `_pack_row`."""
+    """The inverse of `pack_row`."""
     for x in range(row.size):
         v = row[x]
         d[3 * x], d[3 * x + 1], d[3 * x + 2] = np.uint8(v & 255), np.uint8((v >> 8) & 255), np.uint8(v >> 16)
@@ -161,11 +161,11 @@ def _luma(r, g, b):
 
 @njit
 def _color(src, dst, f):
-    """ImageEnhance.Color: blend with the grayscale image (on packed rows, see `_pack_row`)."""
+    """ImageEnhance.Color: blend with the grayscale image (on packed rows, see `pack_row`)."""
     h, w, _ = src.shape
     row = np.empty(w, np.uint32)
     for y in range(h):
-        _pack_row(src[y].reshape(-1), row)
+        pack_row(src[y].reshape(-1), row)
         for x in range(w):
             v = row[x]
             r, g, b = np.int32(v & 255), np.int32((v >> 8) & 255), np.int32(v >> 16)
@@ -323,7 +323,7 @@ def _packed_pairs(src, mirror):
     pairs = np.empty((h + 2 * _PAD) * wp, np.uint64)
     for y in range(h):
         packed = row[_PAD:_PAD + w]
-        _pack_row(src[y].reshape(-1), packed)
+        pack_row(src[y].reshape(-1), packed)
         if mirror:
             for x in range(w // 2):
                 packed[x], packed[w - 1 - x] = packed[w - 1 - x], packed[x]
@@ -547,10 +547,10 @@ def _normalize_into(pixels, scale_row, shift_row, dst, values):
 
 @njit(inline='always')
 def _normalize_flipped_into(pixels, scale_row, shift_row, dst, values, row):
-    """`_normalize_into` of the mirrored RGB image, through packed rows (`_pack_row`) read backwards."""
+    """`_normalize_into` of the mirrored RGB image, through packed rows (`pack_row`) read backwards."""
     w = row.size
     for y in range(pixels.shape[0]):
-        _pack_row(pixels[y], row)
+        pack_row(pixels[y], row)
         for x in range(w):
             v = row[w - 1 - x]
             values[3 * x] = np.float32(v & 255) * scale_row[3 * x] - shift_row[3 * x]
