@@ -7,8 +7,9 @@ import torch
 from scipy import stats
 from timm.data.random_erasing import RandomErasing
 
-from pipelines.augment import AugmentConfig, DeviceAugment
+from pipelines.augment import AugmentConfig, DeviceAugment, cpu_kernels
 from pipelines.augment.erasing import BatchRandomErasing
+from pipelines.augment.ops import affine_matrix
 from tests._augment_data import photos, to_batch
 from _noise_reference import GROUP, logit_noise
 
@@ -130,3 +131,36 @@ def test_cpu_pixel_noise_is_standard_normal():
     assert values.size > 10 ** 5
     assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
     assert stats.kstest(values, 'norm').pvalue > 1e-3
+
+
+@pytest.mark.parametrize('ops', [False, True], ids=['normalize-only', 'flip-and-ops'])
+def test_kernel_erases_as_paint_does(ops):
+    """DeviceAugment's CPU kernel paints the 'pixel' boxes into each row as it normalizes (cpu_kernels.augment
+    with `noise`): the same batch as normalizing first, then BatchRandomErasing.paint with the same draws."""
+    x = to_batch(photos() * 4)
+    n, c, h, w = x.shape
+    g = torch.Generator().manual_seed(3)
+    flip = torch.rand(n, generator=g) < 0.5 if ops else torch.zeros(n, dtype=torch.bool)
+    # ops: Equalize, or a 2-D bicubic warp (Rotate 20 degrees), or nothing, per image
+    code = torch.tensor([[(cpu_kernels.OP_CODES['Equalize'], cpu_kernels.WARP_BICUBIC, 0)[i % 3] if ops else 0]
+                         for i in range(n)])
+    mats = torch.zeros(n, 1, 2, 3, dtype=torch.float64)
+    mats[:, 0] = affine_matrix('Rotate', torch.full((n,), 20.0, dtype=torch.float64), h, w)
+    args = torch.zeros(n, 1, dtype=torch.float64)
+    scale, shift = torch.full((c,), 1 / 64), torch.full((c,), 2.0)
+    er = BatchRandomErasing(1.0, mode='pixel', max_count=3)
+
+    def run(fused):
+        gen = torch.Generator().manual_seed(11)
+        draw = er.sample(n, c, h, w, gen)
+        out = torch.empty(x.shape, memory_format=torch.channels_last)
+        noise = er.noise_boxes(draw, c, gen) if fused else None
+        cpu_kernels.augment(x, flip, code, args, mats, (128, 128, 128), scale, shift, out, noise)
+        if not fused:
+            er.paint(out, draw, gen)
+        return out, draw
+
+    fused, draw = run(True)
+    reference, _ = run(False)
+    assert int(draw.active.sum()) > n  # up to 3 boxes per image, a later one painting over an earlier one
+    assert torch.equal(fused, reference)

@@ -8,12 +8,15 @@ number to torch's). Each op follows Pillow's C code, float types and rounding in
 Geometry.c's affine filters in float64, or float32 where that provably rounds alike, the 3x3 SMOOTH filter
 rounded), so the results are Pillow's own: tests/test_augment_cpu.py compares every op with timm's PIL op.
 """
+from typing import Optional
+
 import numpy as np
 import torch
 from numba import njit, parallel_chunksize, prange
 
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
+from .erasing import NoiseBoxes, box_noise, erase_row
 from .stream_store import stream_fence, stream_row
 
 __all__ = ['OP_CODES', 'NONE', 'WARP_BILINEAR', 'WARP_BICUBIC', 'augment', 'pack_row']
@@ -536,18 +539,22 @@ def _apply(src, dst, code, arg, mat, fill, mirror):
 
 
 @njit(inline='always')
-def _normalize_into(pixels, scale_row, shift_row, dst, values):
+def _normalize_into(pixels, scale_row, shift_row, dst, values, noise):
     """(x / 255 - mean) / std as x * scale - shift along each row of W * C values: into the cache-resident row
-    `values`, then into dst with streaming stores (stream_store.py: dst is written once and read elsewhere)."""
+    `values`, where the image's erasing boxes are painted (`noise`: `_image_noise`), then into dst with streaming
+    stores (stream_store.py: dst is written once and read elsewhere)."""
+    boxes, j0, j1, eps, at = noise
     for y in range(pixels.shape[0]):
         for i in range(pixels.shape[1]):
             values[i] = np.float32(pixels[y, i]) * scale_row[i] - shift_row[i]
+        erase_row(values, y, boxes, j0, j1, eps, at)
         stream_row(dst[y], values)
 
 
 @njit(inline='always')
-def _normalize_flipped_into(pixels, scale_row, shift_row, dst, values, row):
+def _normalize_flipped_into(pixels, scale_row, shift_row, dst, values, noise, row):
     """`_normalize_into` of the mirrored RGB image, through packed rows (`pack_row`) read backwards."""
+    boxes, j0, j1, eps, at = noise
     w = row.size
     for y in range(pixels.shape[0]):
         pack_row(pixels[y], row)
@@ -556,25 +563,36 @@ def _normalize_flipped_into(pixels, scale_row, shift_row, dst, values, row):
             values[3 * x] = np.float32(v & 255) * scale_row[3 * x] - shift_row[3 * x]
             values[3 * x + 1] = np.float32((v >> 8) & 255) * scale_row[3 * x + 1] - shift_row[3 * x + 1]
             values[3 * x + 2] = np.float32(v >> 16) * scale_row[3 * x + 2] - shift_row[3 * x + 2]
+        erase_row(values, y, boxes, j0, j1, eps, at)
         stream_row(dst[y], values)
 
 
+@njit(inline='always')
+def _image_noise(b, boxes, group0, start, k0, k1):
+    """Image b's erasing boxes and their noise (erasing.py's `NoiseBoxes`, `box_noise`), for `_normalize_into`."""
+    j0, j1 = start[b], start[b + 1]
+    eps, at = box_noise(boxes, group0, j0, j1, k0, k1)
+    return boxes, j0, j1, eps, at
+
+
 @njit(parallel=True, cache=True)
-def _normalize(src, scale_row, shift_row, out):
-    """`_augment` of a batch with no flip and no op (eval, and training without --aa): only the normalization.
-    Separate because it compiles in seconds, where `_augment` with every op takes about 30 s the first time."""
+def _normalize(src, scale_row, shift_row, out, boxes, group0, start, k0, k1):
+    """`_augment` of a batch with no flip and no op (eval, and training without --aa): only the normalization
+    (and erasing). Separate because it compiles in seconds, where `_augment` with every op takes about 30 s the
+    first time."""
     n, h, w, c = src.shape
     for b in prange(n):
         values = np.empty(w * c, np.float32)
-        _normalize_into(src[b].reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), values)
+        noise = _image_noise(b, boxes, group0, start, k0, k1)
+        _normalize_into(src[b].reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), values, noise)
         stream_fence()
 
 
 @njit(parallel=True, cache=True)
-def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
-    """Per image: flip, ops, normalize. The flip commutes with every op but the warps (the color ops are per
-    pixel or use flip-invariant statistics; SMOOTH is symmetric), so it is done where it is cheapest: by the
-    first warp (a bicubic one packs its input mirrored; a bilinear one gets a flipped copy), else by the
+def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out, boxes, group0, start, k0, k1):
+    """Per image: flip, ops, normalize and erase. The flip commutes with every op but the warps (the color ops
+    are per pixel or use flip-invariant statistics; SMOOTH is symmetric), so it is done where it is cheapest: by
+    the first warp (a bicubic one packs its input mirrored; a bilinear one gets a flipped copy), else by the
     normalization, which reads the pixels mirrored."""
     n, h, w, c = src.shape
     for b in prange(n):
@@ -596,18 +614,21 @@ def _augment(src, flip, code, arg, mats, fill, scale_row, shift_row, out):
             held = 1 if held == 0 else 0
             _apply(cur, bufs[held], op, arg[b, s], mats[b, s], fill, mirror)
             cur, mirror = bufs[held], mirror and op != WARP_BICUBIC
+        noise = _image_noise(b, boxes, group0, start, k0, k1)
         if mirror:
             _normalize_flipped_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), values,
-                                    row)
+                                    noise, row)
         else:
-            _normalize_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), values)
+            _normalize_into(cur.reshape(h, w * c), scale_row, shift_row, out[b].reshape(h, w * c), values, noise)
         stream_fence()
 
 
 def augment(images: torch.Tensor, flip: torch.Tensor, code: torch.Tensor, arg: torch.Tensor, mats: torch.Tensor,
-            fill, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:
+            fill, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor, noise: Optional[NoiseBoxes] = None
+            ) -> None:
     """Write each image's chain into `out`: flip if `flip[b]`, then the ops `code[b, s]` in slot order, then
-    `x * scale - shift` per channel.
+    `x * scale - shift` per channel, then the random erasing boxes of `noise` (erasing.py's CPU 'pixel' noise,
+    painted into each row as it is normalized: no second pass over the output).
 
     images: uint8 (B, C, H, W) CPU, channels_last; out: float32 of the same shape, channels_last. flip (B,) bool;
     code (B, L) int64 (`OP_CODES`, `WARP_*`, `NONE`); arg (B, L) float64 (the ops' argument as timm passes it);
@@ -617,9 +638,13 @@ def augment(images: torch.Tensor, flip: torch.Tensor, code: torch.Tensor, arg: t
     b, c, h, w = images.shape
     src, dst = images.permute(0, 2, 3, 1).numpy(), out.permute(0, 2, 3, 1).numpy()
     scale_row, shift_row = scale.float().repeat(w).numpy(), shift.float().repeat(w).numpy()
-    if flip.any() or (code != NONE).any():
-        with parallel_chunksize(1):  # an image to each free thread, not an even split: a Rotate costs 10x more
+    if noise is None:
+        noise = NoiseBoxes(np.zeros((0, 4), np.int64), np.zeros(0, np.int64), np.zeros(b + 1, np.int64),
+                           np.uint64(0), np.uint64(0))
+    # an image to each free thread, not an even split: a Rotate costs 10x more than a plain image
+    with parallel_chunksize(1):
+        if flip.any() or (code != NONE).any():
             _augment(src, flip.numpy(), code.numpy(), arg.numpy(), mats.reshape(b, -1, 6).numpy(),
-                     np.asarray(fill, np.uint8), scale_row, shift_row, dst)
-    else:
-        _normalize(src, scale_row, shift_row, dst)
+                     np.asarray(fill, np.uint8), scale_row, shift_row, dst, *noise)
+        else:
+            _normalize(src, scale_row, shift_row, dst, *noise)

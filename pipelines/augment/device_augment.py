@@ -125,7 +125,12 @@ class DeviceAugment:
         if out is None:
             out = torch.empty((B, C, H, W), dtype=torch.float32, device=device, memory_format=torch.channels_last)
         if device.type == 'cpu' and self.compiled_cpu:
-            self._augment_compiled(images, flip, plan, out)
+            # the kernel paints 'pixel' boxes as it normalizes, with the noise BatchRandomErasing.paint would draw
+            fused = erase is not None and self.erasing.mode == 'pixel'
+            noise = self.erasing.noise_boxes(erase, C, noise_gen) if fused else None
+            self._augment_compiled(images, flip, plan, out, noise)
+            if noise is not None:
+                return out
         else:
             self._augment_batched(images, flip, plan, out)
         if erase is not None:
@@ -133,8 +138,9 @@ class DeviceAugment:
         return out
 
     def _augment_compiled(self, images: torch.Tensor, flip: Optional[torch.Tensor], plan: Optional[_OpPlan],
-                          out: torch.Tensor) -> None:
-        """CPU: every image's flip, ops and normalization in one compiled pass (cpu_kernels.py)."""
+                          out: torch.Tensor, noise) -> None:
+        """CPU: every image's flip, ops, normalization and `noise` (erasing.NoiseBoxes or None) in one compiled
+        pass (cpu_kernels.py)."""
         B = images.shape[0]
         if plan is None:  # no aa: zero op slots
             plan = _OpPlan(key=torch.full((B, 0), -1), arg=torch.zeros(B, 0, dtype=torch.float64),
@@ -144,7 +150,7 @@ class DeviceAugment:
             code = torch.where(plan.key >= 0, self._kernel_code[plan.key.clamp(min=0)], cpu_kernels.NONE)
         cpu_kernels.augment(images.contiguous(memory_format=torch.channels_last),
                             flip if flip is not None else torch.zeros(B, dtype=torch.bool), code, plan.arg,
-                            plan.mats, self.cfg.fill, self._scale, self._shift, out)
+                            plan.mats, self.cfg.fill, self._scale, self._shift, out, noise)
 
     def _augment_batched(self, images: torch.Tensor, flip: Optional[torch.Tensor], plan: Optional[_OpPlan],
                          out: torch.Tensor) -> None:

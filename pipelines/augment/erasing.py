@@ -16,7 +16,9 @@ normals of neatt/models/logit_noise.py, seeded by one draw from the erasing's ge
 the same boxes and noise, so a resumed run replays its batches). The layout, so that the values can be
 re-derived (tests/test_augment_erasing.py does): the painted boxes in (image, slot) order each take
 ceil(h * w * C / GROUP) whole groups of logit_noise's stream, starting where the previous box's groups end,
-and write their first h * w * C values in the box's (row, column, channel) order.
+and write their first h * w * C values in the box's (row, column, channel) order. DeviceAugment's CPU kernel
+paints the same values into each row as it normalizes it (`box_noise`, `erase_row`): the output, 602 KB of
+float32 per image at 224 px, is then written once instead of being read back for a second pass.
 """
 import math
 from typing import NamedTuple, Optional
@@ -28,29 +30,63 @@ from numba import njit, parallel_chunksize, prange
 from neatt.models.logit_noise import GROUP, LANES, normal_group, philox_key
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
 
-__all__ = ['BatchRandomErasing', 'EraseDraw']
+__all__ = ['BatchRandomErasing', 'EraseDraw', 'NoiseBoxes', 'box_noise', 'erase_row']
 
 use_threadsafe_numba()
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _paint_noise(rows, boxes, first, group0, k0, k1):
-    """Fill boxes of `rows` ((B, H, W * C) float32) with N(0, 1) noise; images in parallel, boxes in order.
+@njit(fastmath=True, cache=True)
+def box_noise(boxes, group0, j0, j1, k0, k1):
+    """The N(0, 1) values of boxes j0 .. j1 - 1 (see `NoiseBoxes`), one box after another: (values, at), box j
+    starting at values[at[j - j0]]. Its own function (not inlined), so that the CPU kernel that erases as it
+    normalizes (cpu_kernels.py) computes the very values `_paint_noise` does, under the same fast-math flags."""
+    at = np.zeros(j1 - j0 + 1, np.int64)
+    for j in range(j0, j1):
+        at[j - j0 + 1] = at[j - j0] + (boxes[j, 2] * boxes[j, 3] + GROUP - 1) // GROUP * GROUP
+    eps = np.empty(at[j1 - j0], np.float32)
+    u, v = np.empty(2 * LANES, np.float32), np.empty(2 * LANES, np.float32)
+    for j in range(j0, j1):
+        for g in range((at[j - j0 + 1] - at[j - j0]) // GROUP):
+            first = at[j - j0] + g * GROUP
+            normal_group(group0[j] + g, k0, k1, u, v, eps[first:first + GROUP])
+    return eps, at
 
-    boxes (n, 5) int64: image, top, left * C, h, w * C, sorted by (image, slot); the boxes of the i-th painted
-    image are first[i]:first[i + 1]; box j draws the groups from group0[j] on. Each box's noise is drawn into
-    a scratch array, then copied row by row (one loop doing both ran ~1.5x slower).
+
+@njit(inline='always')
+def erase_row(values, y, boxes, j0, j1, eps, at):
+    """Paint row y of an image's (W * C) values with its boxes j0 .. j1 - 1 that cross it, in slot order (a
+    later box paints over an earlier one); eps, at: `box_noise` of those boxes."""
+    for j in range(j0, j1):
+        top, left, h, width = boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3]
+        if top <= y < top + h:
+            first = at[j - j0] + (y - top) * width
+            values[left:left + width] = eps[first:first + width]
+
+
+@njit(parallel=True, cache=True)
+def _paint_noise(rows, boxes, group0, start, k0, k1):
+    """Fill the boxes of `rows` ((B, H, W * C) float32) with their noise (`NoiseBoxes`); images in parallel."""
+    for b in prange(start.size - 1):
+        j0, j1 = start[b], start[b + 1]
+        if j1 > j0:
+            eps, at = box_noise(boxes, group0, j0, j1, k0, k1)
+            for y in range(rows.shape[1]):
+                erase_row(rows[b, y], y, boxes, j0, j1, eps, at)
+
+
+class NoiseBoxes(NamedTuple):
+    """Where the CPU 'pixel' noise goes (module docstring), as numpy arrays for the compiled painters.
+
+    boxes (n, 4) int64: top, left * C, h, w * C in the (H, W * C) rows of the channels_last memory, in (image,
+    slot) order; image b's boxes are start[b]:start[b + 1] ((B + 1,) int64); box j draws the stream's groups
+    from group0[j] on ((n,) int64); (k0, k1): the stream's Philox key.
     """
-    for i in prange(first.size - 1):
-        u, v = np.empty(2 * LANES, np.float32), np.empty(2 * LANES, np.float32)
-        for j in range(first[i], first[i + 1]):
-            b, top, left, h, width = boxes[j]
-            groups = (h * width + GROUP - 1) // GROUP
-            eps = np.empty(groups * GROUP, np.float32)
-            for g in range(groups):
-                normal_group(group0[j] + g, k0, k1, u, v, eps[g * GROUP:(g + 1) * GROUP])
-            for r in range(h):
-                rows[b, top + r, left:left + width] = eps[r * width:(r + 1) * width]
+
+    boxes: np.ndarray
+    group0: np.ndarray
+    start: np.ndarray
+    k0: np.uint64
+    k1: np.uint64
 
 
 class EraseDraw(NamedTuple):
@@ -164,21 +200,24 @@ class BatchRandomErasing:
             color = draw.colors[b, k] if draw.colors is not None else None
             pixels_hwc[b, t:t + h, l:l + w] = self._values(h * w, C, color, images, generator).view(h, w, C)
 
-    def _paint_noise_cpu(self, images, draw: EraseDraw, generator) -> None:
-        B, C, H, W = images.shape
+    def noise_boxes(self, draw: EraseDraw, channels: int, generator: Optional[torch.Generator]) -> NoiseBoxes:
+        """The CPU 'pixel' noise plan of `draw` (`NoiseBoxes`), its key drawn from `generator` (one draw)."""
+        C = channels
         k0, k1 = philox_key(generator)
         b, k = torch.where(draw.active)  # row-major: (image, slot) order
-        if not b.numel():
-            return
-        boxes = torch.stack([b, draw.top[b, k], draw.left[b, k] * C, draw.h[b, k], draw.w[b, k] * C], 1)
-        groups = (boxes[:, 3] * boxes[:, 4] + GROUP - 1) // GROUP
-        group0 = groups.cumsum(0) - groups
-        images_at = torch.unique_consecutive(b, return_counts=True)[1]
-        first = torch.cat([images_at.new_zeros(1), images_at.cumsum(0)])
+        boxes = torch.stack([draw.top[b, k], draw.left[b, k] * C, draw.h[b, k], draw.w[b, k] * C], 1)
+        groups = (boxes[:, 2] * boxes[:, 3] + GROUP - 1) // GROUP
+        start = torch.zeros(draw.active.shape[0] + 1, dtype=torch.int64)
+        torch.cumsum(draw.active.sum(1), 0, out=start[1:])
+        return NoiseBoxes(boxes.numpy(), (groups.cumsum(0) - groups).numpy(), start.numpy(), k0, k1)
+
+    def _paint_noise_cpu(self, images, draw: EraseDraw, generator) -> None:
+        B, C, H, W = images.shape
+        noise = self.noise_boxes(draw, C, generator)
         numba_threads_like_torch()
         rows = images.permute(0, 2, 3, 1).view(B, H, W * C).numpy()
         with parallel_chunksize(1):  # an image to each free thread: box areas differ up to 16x
-            _paint_noise(rows, boxes.numpy(), first.numpy(), group0.numpy(), k0, k1)
+            _paint_noise(rows, noise.boxes, noise.group0, noise.start, noise.k0, noise.k1)
 
     def _paint_indexed(self, images, draw: EraseDraw, rows, k, generator) -> None:
         B, C, H, W = images.shape
