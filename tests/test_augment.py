@@ -60,7 +60,7 @@ def test_hflip_one_flips_every_image():
 
 def _replay_with_timm(aug: DeviceAugment, x: torch.Tensor, seed: int, resample) -> list:
     """Every image's drawn ops (no flip, no erasing) replayed one by one with timm's PIL op functions."""
-    draw = aug.policy.sample(x.shape[0], torch.Generator().manual_seed(seed), 'cpu')
+    draw = aug.policy.sample(x.shape[0], torch.Generator().manual_seed(seed))
     kwargs = dict(fillcolor=aug.cfg.fill, resample=resample)
     images, applied = [], 0
     for i, im in enumerate(photos() * (x.shape[0] // len(photos()))):

@@ -14,14 +14,13 @@ HPARAMS = dict(translate_const=100, img_mean=(124, 116, 104))
 
 @pytest.mark.parametrize('name', sorted(LEVEL_TO_ARG_BATCHED))
 def test_level_to_arg_matches_timm(name, monkeypatch):
-    """Our tensor version of each LEVEL_TO_ARG function gives timm's value, for both outcomes of the sign."""
+    """Our batched version of each LEVEL_TO_ARG function gives timm's value, for both outcomes of the sign."""
     levels = [i / 4 for i in range(0, 61)]  # 0 .. 15 (mmax lets magnitudes exceed 10)
     for draw, sign in ((0.0, 1.0), (1.0, -1.0)):  # timm negates when random.random() > 0.5
         monkeypatch.setattr(taa.random, 'random', lambda: draw)
         ref = [taa.LEVEL_TO_ARG[name](lv, HPARAMS)[0] for lv in levels]
-        ours = LEVEL_TO_ARG_BATCHED[name](torch.tensor(levels, dtype=torch.float64),
-                                          torch.full((len(levels),), sign, dtype=torch.float64), HPARAMS)
-        np.testing.assert_allclose(ours.numpy(), ref, rtol=0, atol=1e-12, err_msg=name)
+        ours = LEVEL_TO_ARG_BATCHED[name](np.array(levels), np.full(len(levels), sign), HPARAMS)
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12, err_msg=name)
 
 
 def test_every_timm_aa_op_with_an_argument_has_a_batched_level_function():
@@ -60,7 +59,7 @@ N = 20000  # images drawn for the frequency tests
 
 def _touched(p: BatchPolicy, seed=0):
     """Share of images in which each op passed its probability test in at least one slot."""
-    d = p.sample(N, torch.Generator().manual_seed(seed), 'cpu')
+    d = p.sample(N, torch.Generator().manual_seed(seed))
     return {name: float(((d.op == i) & d.apply).any(dim=1).double().mean()) for i, name in enumerate(p.op_names)}
 
 
@@ -93,7 +92,7 @@ def test_rand_augment_op_frequencies_follow_timm():
 def test_weighted_rand_augment_picks_distinct_ops_by_weight():
     """'tweights': timm picks without replacement, with _RAND_WEIGHTED_0's weights."""
     p = BatchPolicy('rand-m9-tweights', HPARAMS)
-    d = p.sample(N, torch.Generator().manual_seed(0), 'cpu')
+    d = p.sample(N, torch.Generator().manual_seed(0))
     assert (d.op[:, 0] != d.op[:, 1]).all()
     first = torch.bincount(d.op[:, 0], minlength=len(p.op_names)).double() / N
     weights = taa._RAND_WEIGHTED_0
@@ -105,7 +104,7 @@ def test_weighted_rand_augment_picks_distinct_ops_by_weight():
 def test_magnitude_noise_and_sign_follow_timm():
     """Rotate under rand-m9-mstd0.5: |degrees| = 3 * clip(N(9, 0.5), 0, 10); sign +/- with p 1/2 (vs timm)."""
     p = BatchPolicy('rand-m9-mstd0.5', HPARAMS)
-    d = p.sample(N, torch.Generator().manual_seed(1), 'cpu')
+    d = p.sample(N, torch.Generator().manual_seed(1))
     rot = d.arg[d.op == p.op_names.index('Rotate')]
     op = taa.AugmentOp('Rotate', prob=1.0, magnitude=9, hparams=dict(HPARAMS, magnitude_std=0.5))
     random.seed(0)
@@ -121,8 +120,8 @@ def test_magnitude_noise_and_sign_follow_timm():
 
 def test_sampling_is_deterministic_per_seed():
     p = BatchPolicy('rand-m9-mstd0.5-inc1', HPARAMS)
-    a, b = (p.sample(64, torch.Generator().manual_seed(3), 'cpu') for _ in range(2))
-    c = p.sample(64, torch.Generator().manual_seed(4), 'cpu')
+    a, b = (p.sample(64, torch.Generator().manual_seed(3)) for _ in range(2))
+    c = p.sample(64, torch.Generator().manual_seed(4))
     assert torch.equal(a.op, b.op) and torch.equal(a.arg, b.arg) and torch.equal(a.apply, b.apply)
     assert not torch.equal(a.op, c.op)
 
@@ -130,7 +129,7 @@ def test_sampling_is_deterministic_per_seed():
 def test_random_interpolation_picks_bilinear_or_bicubic_per_image_and_op():
     """--train-interpolation random: timm's AugmentOp picks from (BILINEAR, BICUBIC) at each call."""
     fixed = BatchPolicy('v0', HPARAMS, random_interpolation=False, bicubic_default=False)
-    assert not fixed.sample(100, torch.Generator().manual_seed(0), 'cpu').bicubic.any()
+    assert not fixed.sample(100, torch.Generator().manual_seed(0)).bicubic.any()
     p = BatchPolicy('v0', HPARAMS, random_interpolation=True)
-    share = float(p.sample(N, torch.Generator().manual_seed(0), 'cpu').bicubic.double().mean())
+    share = float(p.sample(N, torch.Generator().manual_seed(0)).bicubic.double().mean())
     assert _within_binomial(share, 0.5, n=2 * N)

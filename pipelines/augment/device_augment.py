@@ -23,6 +23,7 @@ Either way ops that change nothing at their drawn argument (`ops.identity_range`
 """
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 
 from . import cpu_kernels
@@ -80,12 +81,10 @@ class DeviceAugment:
             # per op index: its group key (the index for color ops; for the warps len(names) + 2 * kind, kind 0 for
             # a 2-D warp, 1 / 2 for a 1-D one along x / y (ops.AXIS_OPS), + 1 where bicubic), whether it warps,
             # and the arguments at which it changes nothing (skipped, like ops drawn but not applied: key -1)
-            self._op_key = torch.tensor([len(names) + 2 * {'x': 1, 'y': 2}.get(AXIS_OPS.get(name), 0)
-                                         if name in GEOMETRIC_OPS else i for i, name in enumerate(names)])
-            self._op_warp = torch.tensor([name in GEOMETRIC_OPS for name in names])
-            lo, hi = zip(*(identity_range(name) for name in names))
-            self._identity_lo = torch.tensor(lo, dtype=torch.float64)
-            self._identity_hi = torch.tensor(hi, dtype=torch.float64)
+            self._op_key = np.array([len(names) + 2 * {'x': 1, 'y': 2}.get(AXIS_OPS.get(name), 0)
+                                     if name in GEOMETRIC_OPS else i for i, name in enumerate(names)], np.int64)
+            self._op_warp = np.array([name in GEOMETRIC_OPS for name in names])
+            self._identity_lo, self._identity_hi = np.array([identity_range(name) for name in names], np.float64).T
             # group key -> cpu_kernels op code: color ops by name, then 3 warp kinds x bicubic
             warps = [cpu_kernels.WARP_BICUBIC if bicubic else cpu_kernels.WARP_BILINEAR
                      for _ in range(3) for bicubic in (0, 1)]
@@ -204,18 +203,20 @@ class DeviceAugment:
 
     def _draw_ops(self, batch_size: int, height: int, width: int, generator: Optional[torch.Generator]) -> _OpPlan:
         """Draw the batch's ops and turn them into group keys, arguments and warp matrices (CPU tensors): every
-        slot at once through the per-op tables made in __init__, then one `affine_matrix` call per warp op drawn."""
-        draw = self.policy.sample(batch_size, generator, 'cpu')
-        op, arg = draw.op, draw.arg
+        slot at once through the per-op tables made in __init__, then one `affine_matrix` call per warp op drawn.
+        numpy, like the draw itself (policy.py says why)."""
+        draw = self.policy.sample(batch_size, generator)
+        op, arg = draw.op.numpy(), draw.arg.numpy()
         identity = (arg >= self._identity_lo[op]) & (arg <= self._identity_hi[op])
-        live = draw.apply & ~identity
-        key = torch.where(live, self._op_key[op] + (self._op_warp[op] & draw.bicubic), -1)
-        mats = torch.zeros(op.shape + (2, 3), dtype=torch.float64)
-        warped = live & self._op_warp[op]
-        for i in op[warped].unique().tolist():
+        live = draw.apply.numpy() & ~identity
+        warp = self._op_warp[op]
+        key = np.where(live, self._op_key[op] + (warp & draw.bicubic.numpy()), -1)
+        mats = np.zeros(op.shape + (2, 3))
+        warped = live & warp
+        for i in np.unique(op[warped]).tolist():
             sel = warped & (op == i)
-            mats[sel] = affine_matrix(self.policy.op_names[i], arg[sel], height, width)
-        return _OpPlan(key=key, arg=arg, mats=mats)
+            mats[sel] = affine_matrix(self.policy.op_names[i], torch.from_numpy(arg[sel]), height, width).numpy()
+        return _OpPlan(key=torch.from_numpy(key), arg=draw.arg, mats=torch.from_numpy(mats))
 
     def _normalize(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """out = (x / 255 - mean) / std, computed on (N*H, W*C) views of the channels_last memory.

@@ -202,14 +202,15 @@ class BatchRandomErasing:
 
     def noise_boxes(self, draw: EraseDraw, channels: int, generator: Optional[torch.Generator]) -> NoiseBoxes:
         """The CPU 'pixel' noise plan of `draw` (`NoiseBoxes`), its key drawn from `generator` (one draw)."""
-        C = channels
         k0, k1 = philox_key(generator)
-        b, k = torch.where(draw.active)  # row-major: (image, slot) order
-        boxes = torch.stack([draw.top[b, k], draw.left[b, k] * C, draw.h[b, k], draw.w[b, k] * C], 1)
+        active = draw.active.numpy()
+        b, k = np.nonzero(active)  # row-major: (image, slot) order
+        top, left, h, w = (v.numpy()[b, k] for v in (draw.top, draw.left, draw.h, draw.w))
+        boxes = np.stack([top, left * channels, h, w * channels], 1)
         groups = (boxes[:, 2] * boxes[:, 3] + GROUP - 1) // GROUP
-        start = torch.zeros(draw.active.shape[0] + 1, dtype=torch.int64)
-        torch.cumsum(draw.active.sum(1), 0, out=start[1:])
-        return NoiseBoxes(boxes.numpy(), (groups.cumsum(0) - groups).numpy(), start.numpy(), k0, k1)
+        start = np.zeros(active.shape[0] + 1, np.int64)
+        np.cumsum(active.sum(1), out=start[1:])
+        return NoiseBoxes(boxes, np.cumsum(groups) - groups, start, k0, k1)
 
     def _paint_noise_cpu(self, images, draw: EraseDraw, generator) -> None:
         B, C, H, W = images.shape

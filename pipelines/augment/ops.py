@@ -9,6 +9,7 @@ tests/test_augment_ops.py compares every op with timm's PIL op on real photos.
 import math
 from typing import Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -157,37 +158,37 @@ def equalize(img: torch.Tensor, arg=None) -> torch.Tensor:
 
 
 def affine_matrix(name: str, arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """timm's PIL affine data (output pixel -> input pixel, PIL's continuous coordinates) as (N, 2, 3) float64."""
-    n = arg.shape[0]
-    m = torch.zeros(n, 2, 3, dtype=torch.float64, device=arg.device)
-    m[:, 0, 0] = 1
-    m[:, 1, 1] = 1
+    """timm's PIL affine data (output pixel -> input pixel, PIL's continuous coordinates) as (N, 2, 3) float64 on
+    the CPU, from a CPU `arg`. Built in numpy: a few values, where torch's per-call overhead costs more."""
+    a = arg.numpy()
+    m = np.zeros((a.shape[0], 6))
+    m[:, 0] = m[:, 4] = 1
     if name == 'ShearX':
-        m[:, 0, 1] = arg
+        m[:, 1] = a
     elif name == 'ShearY':
-        m[:, 1, 0] = arg
+        m[:, 3] = a
     elif name == 'TranslateX':
-        m[:, 0, 2] = arg
+        m[:, 2] = a
     elif name == 'TranslateY':
-        m[:, 1, 2] = arg
+        m[:, 5] = a
     elif name == 'TranslateXRel':
-        m[:, 0, 2] = arg * width
+        m[:, 2] = a * width
     elif name == 'TranslateYRel':
-        m[:, 1, 2] = arg * height
+        m[:, 5] = a * height
     elif name == 'Rotate':
         # PIL Image.rotate(angle): counter-clockwise about (w/2, h/2), the output coords rotated by -angle, with
         # PIL's own numbers: angle % 360, then cos and sin rounded to 15 decimals (without that rounding, 45
-        # degrees moves a few values of a ramp by 1). Python floats for that: `arg` is a CPU tensor of a few values.
-        rad = [-math.radians(a % 360.0) for a in arg.tolist()]
-        cos = torch.tensor([round(math.cos(r), 15) for r in rad], dtype=torch.float64, device=arg.device)
-        sin = torch.tensor([round(math.sin(r), 15) for r in rad], dtype=torch.float64, device=arg.device)
+        # degrees moves a few values of a ramp by 1). Python floats for that, as in PIL.
+        rad = [-math.radians(v % 360.0) for v in a.tolist()]
+        cos = np.array([round(math.cos(r), 15) for r in rad])
+        sin = np.array([round(math.sin(r), 15) for r in rad])
         cx, cy = width / 2.0, height / 2.0
-        m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, sin, -sin, cos
-        m[:, 0, 2] = -cos * cx - sin * cy + cx
-        m[:, 1, 2] = sin * cx - cos * cy + cy
+        m[:, 0], m[:, 1], m[:, 3], m[:, 4] = cos, sin, -sin, cos
+        m[:, 2] = -cos * cx - sin * cy + cx
+        m[:, 5] = sin * cx - cos * cy + cy
     else:
         raise KeyError(f'{name} is not a geometric op')
-    return m
+    return torch.from_numpy(m).view(-1, 2, 3)
 
 
 GEOMETRIC_OPS = ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'TranslateXRel', 'TranslateYRel', 'Rotate')

@@ -3,12 +3,13 @@
 timm parses the string and builds its own policy objects (`auto_augment_transform`, `rand_augment_transform`);
 we read the ops, probabilities, magnitudes and magnitude noise back from those objects, so that every option
 timm accepts (and every error it raises) is the same here. What timm does per image in Python with `random`,
-`BatchPolicy.sample` does for the batch with tensors drawn from one `torch.Generator`.
+`BatchPolicy.sample` does for the batch with numbers drawn from one `torch.Generator`.
 """
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from timm.data.auto_augment import (
     _LEVEL_DENOM, AutoAugment, RandAugment, auto_augment_transform, rand_augment_transform,
@@ -17,18 +18,8 @@ from timm.data.auto_augment import (
 __all__ = ['BatchPolicy', 'OpDraw', 'LEVEL_TO_ARG_BATCHED', 'parse_aa']
 
 
-def _draw_rand(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
-    """U[0, 1) float64 on `device`, drawn on the generator's own device (CPU or the batch's)."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
-
-
-def _draw_randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
-
-
-# Batched twins of timm's LEVEL_TO_ARG functions: (level, sign) -> op argument, float64 like timm's Python floats.
+# Batched twins of timm's LEVEL_TO_ARG functions: (level, sign) -> op argument, float64 numpy arrays like timm's
+# Python floats.
 # `sign` is -1 where timm's `_randomly_negate` would negate. Ops without an argument are absent (timm: None).
 # tests/test_augment_policy.py checks each one against timm's own function over a grid of levels and both signs.
 def _scaled(scale: float, negate: bool) -> Callable:
@@ -43,7 +34,7 @@ def _enhance(level, sign, hparams):
 
 
 def _enhance_increasing(level, sign, hparams):
-    return (1.0 + level / _LEVEL_DENOM * 0.9 * sign).clamp(min=0.1)
+    return np.maximum(1.0 + level / _LEVEL_DENOM * 0.9 * sign, 0.1)
 
 
 def _translate_abs(level, sign, hparams):
@@ -55,11 +46,11 @@ def _translate_rel(level, sign, hparams):
 
 
 def _posterize(level, sign, hparams):
-    return torch.floor(level / _LEVEL_DENOM * 4)
+    return np.floor(level / _LEVEL_DENOM * 4)
 
 
 def _solarize(level, sign, hparams):
-    return torch.floor(level / _LEVEL_DENOM * 256).clamp(max=256)
+    return np.minimum(np.floor(level / _LEVEL_DENOM * 256), 256)
 
 
 LEVEL_TO_ARG_BATCHED: Dict[str, Callable] = {
@@ -69,7 +60,7 @@ LEVEL_TO_ARG_BATCHED: Dict[str, Callable] = {
     'PosterizeOriginal': lambda level, sign, hp: _posterize(level, sign, hp) + 4,
     'Solarize': _solarize,
     'SolarizeIncreasing': lambda level, sign, hp: 256 - _solarize(level, sign, hp),
-    'SolarizeAdd': lambda level, sign, hp: torch.floor(level / _LEVEL_DENOM * 110).clamp(max=128),
+    'SolarizeAdd': lambda level, sign, hp: np.minimum(np.floor(level / _LEVEL_DENOM * 110), 128),
     'Color': _enhance,
     'Contrast': _enhance,
     'Brightness': _enhance,
@@ -146,56 +137,57 @@ class BatchPolicy:
         if self.kind == 'auto':
             # (S, L) tables; a sub-policy shorter than L is padded with an op of probability -1 (never applied)
             pad = lambda s, f, v: [f(op) for op in s] + [v] * (self.num_layers - len(s))
-            self.table_op = torch.tensor([pad(s, lambda o: index[o.name], 0) for s in slots])
-            self.table_prob = torch.tensor([pad(s, lambda o: float(o.prob), -1.0) for s in slots], dtype=torch.float64)
-            self.table_mag = torch.tensor([pad(s, lambda o: float(o.magnitude), 0.0) for s in slots],
-                                          dtype=torch.float64)
+            self.table_op = np.array([pad(s, lambda o: index[o.name], 0) for s in slots], np.int64)
+            self.table_prob = np.array([pad(s, lambda o: float(o.prob), -1.0) for s in slots], np.float64)
+            self.table_mag = np.array([pad(s, lambda o: float(o.magnitude), 0.0) for s in slots], np.float64)
         else:
-            self.choice_op = torch.tensor([index[op.name] for op in all_ops])
-            self.choice_prob = torch.tensor([float(op.prob) for op in all_ops], dtype=torch.float64)
-            self.choice_mag = torch.tensor([float(op.magnitude) for op in all_ops], dtype=torch.float64)
+            self.choice_op = np.array([index[op.name] for op in all_ops], np.int64)
+            self.choice_prob = np.array([float(op.prob) for op in all_ops], np.float64)
+            self.choice_mag = np.array([float(op.magnitude) for op in all_ops], np.float64)
             cw = timm_aa.choice_weights
             self.choice_weights = None if cw is None else torch.as_tensor(cw, dtype=torch.float64)
 
-    def sample(self, batch_size: int, generator: Optional[torch.Generator], device) -> OpDraw:
-        """Draw every image's ops; the draws have fixed shapes and order, so a seeded generator repeats them."""
+    def sample(self, batch_size: int, generator: Optional[torch.Generator]) -> OpDraw:
+        """Draw every image's ops (CPU tensors); the draws have fixed shapes and order, so a seeded generator
+        repeats them. The random numbers come from `generator` (torch's: a loader seeds one per batch); the rest
+        is numpy, because a batch's draw is a few hundred values and torch's per-call overhead (a few µs, numpy's
+        is under one) would cost more than the arithmetic."""
         B, L = batch_size, self.num_layers
+        rand = lambda *shape: torch.rand(shape, generator=generator, dtype=torch.float64).numpy()
         if self.kind == 'auto':
             # timm: random.choice(policy), then each op of the sub-policy in turn
-            sub = torch.floor(_draw_rand(B, generator, 'cpu') * len(self.table_op)).long()
+            sub = np.floor(rand(B) * len(self.table_op)).astype(np.int64)
             op, prob, mag = self.table_op[sub], self.table_prob[sub], self.table_mag[sub]
         else:
             n_choices = len(self.choice_op)
             if self.choice_weights is None:
                 # timm: np.random.choice(ops, num_layers, replace=True)
-                pick = torch.floor(_draw_rand((B, L), generator, 'cpu') * n_choices).long()
+                pick = np.floor(rand(B, L) * n_choices).astype(np.int64)
             else:
                 # timm: np.random.choice(ops, num_layers, replace=False, p=weights); Gumbel-top-k on the log
                 # weights is the same distribution as that sequential weighted sampling without replacement
-                u = _draw_rand((B, n_choices), generator, 'cpu')
+                u = torch.from_numpy(rand(B, n_choices))
                 keys = torch.log(self.choice_weights)[None] - torch.log(-torch.log(u.clamp_min(1e-300)))
-                pick = keys.topk(L, dim=1).indices
+                pick = keys.topk(L, dim=1).indices.numpy()
             op, prob, mag = self.choice_op[pick], self.choice_prob[pick], self.choice_mag[pick]
-        op, prob, mag = op.to(device), prob.to(device), mag.to(device)
         # timm: `if prob < 1.0 and random.random() > prob: skip`
-        apply = _draw_rand((B, L), generator, device) <= prob
+        apply = rand(B, L) <= prob
         if self.magnitude_std == math.inf:
-            mag = _draw_rand((B, L), generator, device) * mag  # timm: random.uniform(0, magnitude)
-        elif self.magnitude_std > 0:
-            mag = mag + self.magnitude_std * _draw_randn((B, L), generator, device)  # random.gauss
-        mag = mag.clamp(0.0, self.magnitude_max)
+            mag = rand(B, L) * mag  # timm: random.uniform(0, magnitude)
+        elif self.magnitude_std > 0:  # timm: random.gauss
+            mag = mag + self.magnitude_std * torch.randn((B, L), generator=generator, dtype=torch.float64).numpy()
+        mag = np.clip(mag, 0.0, self.magnitude_max)
         # timm's _randomly_negate: `-v if random.random() > 0.5 else v`
-        sign = torch.where(_draw_rand((B, L), generator, device) > 0.5, -1.0, 1.0).to(torch.float64)
-        if self.random_interpolation:
-            bicubic = _draw_rand((B, L), generator, device) < 0.5
-        else:
-            bicubic = torch.full((B, L), self.bicubic_default, device=device)
-        arg = torch.zeros_like(mag)
+        sign = np.where(rand(B, L) > 0.5, -1.0, 1.0)
+        bicubic = rand(B, L) < 0.5 if self.random_interpolation else np.full((B, L), self.bicubic_default)
+        arg = np.zeros_like(mag)
         for i, name in enumerate(self.op_names):
             fn = LEVEL_TO_ARG_BATCHED.get(name)
-            if fn is not None:
-                arg = torch.where(op == i, fn(mag, sign, self.hparams), arg)
-        return OpDraw(op=op, apply=apply, arg=arg, bicubic=bicubic)
+            sel = op == i
+            if fn is not None and sel.any():
+                arg[sel] = fn(mag[sel], sign[sel], self.hparams)
+        return OpDraw(op=torch.from_numpy(op), apply=torch.from_numpy(apply), arg=torch.from_numpy(arg),
+                      bicubic=torch.from_numpy(bicubic))
 
 
 def parse_aa(aa: str, hparams: dict):
