@@ -130,24 +130,26 @@ class BatchRandomErasing:
         self.log_aspect = (math.log(min_aspect), math.log(max_aspect or 1 / min_aspect))
 
     def sample_boxes(self, batch_size: int, height: int, width: int, generator: Optional[torch.Generator]):
-        """(top, left, h, w, active) each (N, max_count) int64/bool on the CPU, drawn as timm's loop would."""
+        """(top, left, h, w, active) each (N, max_count) int64/bool on the CPU, drawn as timm's loop would. The
+        uniforms come from `generator`, the arithmetic is numpy's (a few hundred values: torch's per-call
+        overhead would cost more)."""
         B, K, A = batch_size, self.max_count, self.attempts
-        rand = lambda *shape: torch.rand(shape, generator=generator, dtype=torch.float64)
+        rand = lambda *shape: torch.rand(shape, generator=generator, dtype=torch.float64).numpy()
         erase = rand(B) <= self.probability  # timm: `if random.random() > probability: return`
-        count = self.min_count + torch.floor(rand(B) * (self.max_count - self.min_count + 1)).long()
+        count = self.min_count + np.floor(rand(B) * (self.max_count - self.min_count + 1)).astype(np.int64)
         target = (self.min_area + (self.max_area - self.min_area) * rand(B, K, A)) * (height * width)
-        target = target / count.view(B, 1, 1)
-        aspect = torch.exp(self.log_aspect[0] + (self.log_aspect[1] - self.log_aspect[0]) * rand(B, K, A))
-        # Python's round() and torch.round both round half to even
-        h = torch.round(torch.sqrt(target * aspect)).long()
-        w = torch.round(torch.sqrt(target / aspect)).long()
+        target = target / count[:, None, None]
+        aspect = np.exp(self.log_aspect[0] + (self.log_aspect[1] - self.log_aspect[0]) * rand(B, K, A))
+        # Python's round() and numpy's both round half to even
+        h = np.round(np.sqrt(target * aspect)).astype(np.int64)
+        w = np.round(np.sqrt(target / aspect)).astype(np.int64)
         fits = (w < width) & (h < height)
-        first = fits.long().argmax(dim=2, keepdim=True)  # the attempt timm keeps
-        h, w = h.gather(2, first).squeeze(2), w.gather(2, first).squeeze(2)
-        top = torch.floor(rand(B, K) * (height - h + 1)).long()  # random.randint(0, H - h)
-        left = torch.floor(rand(B, K) * (width - w + 1)).long()
-        active = erase[:, None] & (torch.arange(K) < count[:, None]) & fits.any(dim=2)
-        return top, left, h, w, active
+        first = fits.argmax(axis=2)[..., None]  # the attempt timm keeps
+        h, w = np.take_along_axis(h, first, 2)[..., 0], np.take_along_axis(w, first, 2)[..., 0]
+        top = np.floor(rand(B, K) * (height - h + 1)).astype(np.int64)  # random.randint(0, H - h)
+        left = np.floor(rand(B, K) * (width - w + 1)).astype(np.int64)
+        active = erase[:, None] & (np.arange(K) < count[:, None]) & fits.any(axis=2)
+        return tuple(torch.from_numpy(v) for v in (top, left, h, w, active))
 
     def sample(self, batch_size: int, channels: int, height: int, width: int,
                generator: Optional[torch.Generator]) -> EraseDraw:
