@@ -115,3 +115,18 @@ def test_bicubic_rotate_of_flat_ramps_and_steps_is_pillows(angle):
         im = Image.fromarray(im)
         ref = im.rotate(angle, Image.BICUBIC, fillcolor=FILL)
         np.testing.assert_array_equal(out[i].permute(1, 2, 0).numpy(), np.asarray(ref), err_msg=str(i))
+
+
+@pytest.mark.parametrize('data', [(1, 0, 0, 0, 1, -0.37), (1, 0, 0, 0, 1, 2 - 1e-15), (1, 0, 0, 0, 1, 60.5),
+                                  (1, 0, 0, 0, 1.25, -3.0)],
+                         ids=['fraction', 'near-integer', 'half-outside', 'scaled'])
+def test_rows_along_y_are_pillows(data):
+    """Translations along y take whole rows (`_shift_rows_y`): mirrored input included, against Pillow's
+    transform with the same matrix (a sample height just below an integer; half the rows filled; a y scale)."""
+    flip = torch.arange(N) % 2 == 1
+    mats = torch.tensor(data, dtype=torch.float64).view(1, 1, 2, 3).expand(N, 1, 2, 3).clone()
+    ours = _kernel([[cpu_kernels.WARP_BICUBIC]] * N, [[0.0]] * N, mats, flip)
+    for i, im in enumerate(photos()):
+        im = im.transpose(Image.FLIP_LEFT_RIGHT) if flip[i] else im
+        ref = im.transform(im.size, Image.AFFINE, tuple(data), resample=Image.BICUBIC, fillcolor=FILL)
+        np.testing.assert_array_equal(ours[i], np.asarray(ref), err_msg=str(i))

@@ -468,17 +468,49 @@ def _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror):
 
 
 @njit
+def _shift_rows_y(src, dst, m, fill, mirror):
+    """`_warp_bicubic` of a warp along y with m[3] == 0 (TranslateY): every pixel of an output row samples the
+    same source height (m[3] * (x + 0.5) is exactly 0), so the row is the cubic of 4 whole source rows with one
+    fraction, over contiguous bytes. Mirrored input: the rows are computed as they are, then stored mirrored
+    (the warp works per column)."""
+    h, w, _ = src.shape
+    tmp = np.empty(3 * w, np.uint8)
+    for y in range(h):
+        row = dst[y].reshape(-1)
+        yin = m[3] * 0.5 + m[4] * (y + 0.5) + m[5]
+        if not (0.0 <= yin < h):
+            for x in range(w):
+                row[3 * x], row[3 * x + 1], row[3 * x + 2] = fill[0], fill[1], fill[2]
+            continue
+        fy = np.floor(yin - 0.5)
+        dy, iy = (yin - 0.5) - fy, int(fy)
+        r0, r1 = src[_clamp(iy - 1, h)].reshape(-1), src[_clamp(iy, h)].reshape(-1)
+        r2, r3 = src[_clamp(iy + 1, h)].reshape(-1), src[_clamp(iy + 2, h)].reshape(-1)
+        out = tmp if mirror else row
+        for i in range(3 * w):
+            out[i] = _u8(_cubic(float(r0[i]), float(r1[i]), float(r2[i]), float(r3[i]), dy))
+        if mirror:
+            for x in range(w):
+                for c in range(3):
+                    row[3 * x + c] = tmp[3 * (w - 1 - x) + c]
+
+
+@njit
 def _warp(src, dst, m, fill, bicubic, mirror):
     """Image.transform(AFFINE, m, BILINEAR or BICUBIC, fillcolor=fill) as Geometry.c computes it.
 
     Pillow samples at x + 0.5, y + 0.5; a source point outside [0, w) x [0, h) keeps the fill; taps clamp to the
     edge. Shears and translations along one axis sample the other axis exactly at a pixel centre (weight 1 in
-    Pillow's filter), so those read 4 taps instead of 16, with the same arithmetic.
+    Pillow's filter), so those read 4 taps instead of 16, with the same arithmetic; a translation along y reads
+    whole rows instead (`_shift_rows_y`).
     """
     along_x = m[3] == 0.0 and m[4] == 1.0 and m[5] == 0.0  # yin == y + 0.5 exactly
     along_y = m[0] == 1.0 and m[1] == 0.0 and m[2] == 0.0
     if bicubic:
-        _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror)
+        if along_y and m[3] == 0.0:
+            _shift_rows_y(src, dst, m, fill, mirror)
+        else:
+            _warp_bicubic(src, dst, m, fill, along_x, along_y, mirror)
         return
     h, w, c = src.shape
     for y in range(h):
