@@ -1,4 +1,4 @@
-"""DeviceAugment's CPU path: each image's whole chain (flip, aa ops, normalize) in one compiled numba kernel.
+"""DeviceAugment's CPU path: each image's whole chain (flip, aa ops, normalize, erase) in one numba kernel.
 
 Why hand-written: on the CPU the batched torch ops (ops.py, the path kept for accelerators) spend their time on
 float temporaries and in grid_sample, and no library runs a per-image chain of Pillow-exact uint8 ops over a

@@ -12,7 +12,8 @@ generator seeded by the CPU one.
 Two ways to run the drawn choices, with the same results up to the warps' interpolation:
 
 * CPU batches (default): cpu_kernels.py, one compiled pass per image (flip, its ops in Pillow's exact
-  arithmetic, normalization), images spread over torch's thread count; `compiled_cpu=False` turns it off.
+  arithmetic, normalization, 'pixel' erasing), images spread over torch's thread count; `compiled_cpu=False`
+  turns it off.
 * Any device: the batched torch ops of ops.py. Per stage (the flip, then each aa slot) the images are sorted by
   the op they drew (one row gather of the uint8 batch), so every op runs once, on one contiguous slice holding
   exactly the images that drew it: the work follows what the policy asks for, not (number of ops) x (batch), and
@@ -123,16 +124,14 @@ class DeviceAugment:
         noise_gen = self._noise_generator(device, generator) if erase is not None else None
         if out is None:
             out = torch.empty((B, C, H, W), dtype=torch.float32, device=device, memory_format=torch.channels_last)
+        # the CPU kernel paints 'pixel' boxes as it normalizes, with the noise BatchRandomErasing.paint would draw
+        in_kernel = erase is not None and device.type == 'cpu' and self.compiled_cpu and self.erasing.mode == 'pixel'
         if device.type == 'cpu' and self.compiled_cpu:
-            # the kernel paints 'pixel' boxes as it normalizes, with the noise BatchRandomErasing.paint would draw
-            fused = erase is not None and self.erasing.mode == 'pixel'
-            noise = self.erasing.noise_boxes(erase, C, noise_gen) if fused else None
-            self._augment_compiled(images, flip, plan, out, noise)
-            if noise is not None:
-                return out
+            self._augment_compiled(images, flip, plan, out,
+                                   self.erasing.noise_boxes(erase, C, noise_gen) if in_kernel else None)
         else:
             self._augment_batched(images, flip, plan, out)
-        if erase is not None:
+        if erase is not None and not in_kernel:
             self.erasing.paint(out, erase, noise_gen)
         return out
 
