@@ -124,9 +124,10 @@ class DeviceAugment:
         noise_gen = self._noise_generator(device, generator) if erase is not None else None
         if out is None:
             out = torch.empty((B, C, H, W), dtype=torch.float32, device=device, memory_format=torch.channels_last)
+        compiled = device.type == 'cpu' and self.compiled_cpu
         # the CPU kernel paints 'pixel' boxes as it normalizes, with the noise BatchRandomErasing.paint would draw
-        in_kernel = erase is not None and device.type == 'cpu' and self.compiled_cpu and self.erasing.mode == 'pixel'
-        if device.type == 'cpu' and self.compiled_cpu:
+        in_kernel = compiled and erase is not None and self.erasing.mode == 'pixel'
+        if compiled:
             self._augment_compiled(images, flip, plan, out,
                                    self.erasing.noise_boxes(erase, C, noise_gen) if in_kernel else None)
         else:

@@ -220,7 +220,7 @@ class BatchRandomErasing:
         numba_threads_like_torch()
         rows = images.permute(0, 2, 3, 1).view(B, H, W * C).numpy()
         with parallel_chunksize(1):  # an image to each free thread: box areas differ up to 16x
-            _paint_noise(rows, noise.boxes, noise.group0, noise.start, noise.k0, noise.k1)
+            _paint_noise(rows, *noise)
 
     def _paint_indexed(self, images, draw: EraseDraw, rows, k, generator) -> None:
         B, C, H, W = images.shape
