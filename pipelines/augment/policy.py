@@ -7,12 +7,12 @@ timm accepts (and every error it raises) is the same here. What timm does per im
 """
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 from timm.data.auto_augment import (
-    _LEVEL_DENOM, AutoAugment, RandAugment, auto_augment_transform, rand_augment_transform,
+    _LEVEL_DENOM, AutoAugment, auto_augment_transform, rand_augment_transform,
 )
 
 __all__ = ['BatchPolicy', 'OpDraw', 'LEVEL_TO_ARG_BATCHED', 'parse_aa']

@@ -7,9 +7,10 @@ uint8 train epochs (decode + crop + resize + flip) of the same dataset, batch 64
 
 The dataset dir defaults to the 1,800 photos of `tools/bench_loader.py --make-photos 2000 --data /tmp/bench/photos`.
 """
-import importlib, os, sys, time
-sys.path.insert(0, '.')
-import neatt, numpy as np, torch
+import os, sys, time
+sys.path.insert(0, '.')  # run from the repo root
+import neatt  # noqa: F401  (its OpenMP setting first, as in the trainer)
+import torch
 from pipelines import base
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
 old_name = os.path.splitext(os.path.basename(sys.argv[1]))[0]
