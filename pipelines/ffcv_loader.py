@@ -9,18 +9,22 @@ Two things differ from FFCV's stock ``RandomResizedCropRGBImageDecoder``, on pur
   constants, and recompiling every epoch would cost seconds.
 * Interpolation. The stock decoders resize with OpenCV's ``INTER_AREA`` (checked: ``ffcv.libffcv.resize_crop``
   equals ``cv2.resize(..., INTER_AREA)`` exactly). Here the resize is Pillow's antialiased bicubic
-  (``ImagingResample``: 22-bit fixed-point coefficients, horizontal pass into 8-bit rows, then vertical; rewritten
-  for numba), which is what timm's torchvision transforms use. It equals Pillow's two single-axis passes
-  bit for bit; Pillow 13's one-call resize sometimes runs the vertical pass first, one level apart at most.
-  FFCV's JPEG decoder itself differs from PIL's by a few levels (tests/test_loader.py measures it).
+  (``ImagingResample``: 22-bit fixed-point coefficients, two passes with 8-bit results, in Pillow's order;
+  rewritten for numba), which is what timm's torchvision transforms use. It equals Pillow's resize bit for bit.
   Exact is not slow here: the loops are ordered so that both passes vectorize, and the resize costs about a third
   of OpenCV's ``INTER_AREA`` at these scales (0.34 against 1.08 ms for a typical 224 px crop of a 400x350 photo).
+* Decoding. FFCV's ``imdecode`` decodes the whole JPEG with libjpeg-turbo's fast IDCT, a few levels off Pillow's
+  decode. Here ``pipelines/_jpeg_window.c`` decodes only the crop's rows and columns (nothing below the window;
+  above it only the entropy decoding), with Pillow's settings: the window equals Pillow's decode bit for bit, so
+  an FFCV sample is exactly torchvision's transform of the stored JPEG, and a train image decodes in about three
+  quarters of the time.
 
 The epoch order is ``pipelines.sharding``'s: FFCV's ``Loader`` is built ``SEQUENTIAL`` over this rank's indices,
 and before each epoch its traversal order is replaced by one returning exactly the batches still to read (a
 resumed epoch decodes nothing it skips). FFCV's ``Loader`` cannot take a custom ``TraversalOrder`` class
 directly (its ``isinstance`` check expects an instance that it then calls).
 """
+import ctypes
 import math
 import os
 from typing import Iterator, Tuple
@@ -33,12 +37,13 @@ from numba.extending import intrinsic
 
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import ctypes_imdecode
 from ffcv.loader import Loader as _FfcvLoader, OrderOption
+from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.compiler import Compiler
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
+from . import _jpeg_window
 from .augment.cpu_kernels import pack_row
 from .base import Loader
 from .crop import eval_resize_geometry, flip_flags, rrc_windows
@@ -46,6 +51,12 @@ from .crop import eval_resize_geometry, flip_flags, rrc_windows
 __all__ = ["FfcvLoader", "TableCropDecoder", "resample_bicubic"]
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
+
+# int neatt_decode_window(jpeg, size, top, left, height, width, out, stride): see pipelines/_jpeg_window.c
+decode_window = ctypes.CDLL(_jpeg_window.__file__).neatt_decode_window
+decode_window.restype = ctypes.c_int
+decode_window.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+                          ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64]
 
 
 @intrinsic
@@ -110,13 +121,15 @@ def _coeffs(in_size, out_size, first, count):
 
 
 @njit(inline='always')
-def _weighted_rows(acc, rows, start, taps, weights, half):
-    """acc[:] = half + sum over k < taps of weights[k] * rows[start + k] (Pillow's int32 sum; whole rows, so it
-    vectorizes)."""
+def _weighted_rows(acc, rows, start, taps, weights, half, first):
+    """acc[:] = half + sum over k < taps of weights[k] * rows[start + k][first:first + acc.size] (Pillow's int32
+    sum; whole rows, so it vectorizes)."""
     acc[:] = half
     for k in range(taps):
         wk = weights[k]
         row = rows[start + k]
+        if first:  # sliced: an index i + first would not vectorize
+            row = row[first:first + acc.size]
         for i in range(acc.shape[0]):
             acc[i] += np.int32(row[i]) * wk
 
@@ -128,6 +141,43 @@ def _clip8(acc, out):
         out[i] = min(max(acc[i] >> _PRECISION_BITS, 0), 255)
 
 
+@njit(inline='always')
+def _vertical_pass(rows, first, bounds, weights, shift, out):
+    """Pillow's vertical pass: out[yy] = the clipped weighted sum of the source rows ``rows[bounds[yy, 0] + shift
+    + k]``, each read from byte ``first`` on."""
+    half = np.int32(1 << (_PRECISION_BITS - 1))
+    acc = np.empty(out.shape[1], np.int32)
+    for yy in range(out.shape[0]):
+        _weighted_rows(acc, rows, bounds[yy, 0] + shift, bounds[yy, 1], weights[yy], half, first)
+        _clip8(acc, out[yy])
+
+
+@njit(inline='always')
+def _horizontal_pass(rows, first, cols, bounds, weights, col0, flip, out):
+    """Pillow's horizontal pass of ``cols`` RGB pixels of each row of ``rows`` from byte ``first`` (source column
+    ``col0 + x``) into ``out`` (rows, out width * 3), mirrored if ``flip``. The window's columns are first copied into
+    rows (a transpose of 4-byte pixel words: one store per pixel rather than three), so that each output column is
+    a weighted sum of whole rows and vectorizes; its result is stored transposed back, and mirrored in that store."""
+    n = out.shape[0]
+    ow = out.shape[1] // 3
+    columns = np.empty((cols, n * 4), np.uint8)  # column x is row x here, RGB0 per pixel
+    words = columns.reshape(-1).view(np.uint32)
+    packed = np.empty(cols, np.uint32)
+    for r in range(n):
+        pack_row(rows[r][first:first + 3 * cols], packed)
+        for x in range(cols):
+            words[x * n + r] = packed[x]
+    half = np.int32(1 << (_PRECISION_BITS - 1))
+    acc = np.empty(n * 4, np.int32)
+    pixels = np.empty(n * 4, np.uint8)
+    for xx in range(ow):
+        _weighted_rows(acc, columns, bounds[xx, 0] - col0, bounds[xx, 1], weights[xx], half, 0)
+        _clip8(acc, pixels)
+        xo = 3 * (ow - 1 - xx if flip else xx)  # where output column xx lands
+        for r in range(n):
+            out[r, xo], out[r, xo + 1], out[r, xo + 2] = pixels[4 * r], pixels[4 * r + 1], pixels[4 * r + 2]
+
+
 @njit([types.void(src, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _U8_HWC)
        for src in (_U8_HWC, _U8_HWC_RO)], cache=True, nogil=True)
 def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
@@ -137,44 +187,29 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
     offset.
 
     Pillow's arithmetic (int32 sums of 8-bit pixels times 22-bit weights, rounded and clipped to 8 bits after
-    each pass, horizontal pass first), in a loop order that vectorizes: both passes run as weighted sums of whole
-    contiguous rows. For the horizontal pass the window's columns are first copied into rows (a transpose of
-    4-byte pixel words: one store per pixel rather than three), and its result is stored transposed back (and
-    mirrored, for ``flip``, in the same store). Integer sums do not depend on their order, so this is bit-exact.
+    each pass), and Pillow's order of the two passes (``ImagingResampleInner``: vertical first when the height
+    shrinks by more than twice as many pixels as the width, horizontal first otherwise), computed only for the
+    rows and columns the window needs. Integer sums do not depend on their order, so this is bit-exact.
     """
     oh, ow = dst.shape[0], dst.shape[1]
     hb, hk64 = _coeffs(w, out_w, ox, ow)
     vb, vk64 = _coeffs(h, out_h, oy, oh)
     hk, vk = hk64.astype(np.int32), vk64.astype(np.int32)
-    half = np.int32(1 << (_PRECISION_BITS - 1))
     row0 = vb[0, 0]  # the source rows and columns that the output window reads
     rows = vb[oh - 1, 0] + vb[oh - 1, 1] - row0
     col0 = hb[0, 0]
     cols = hb[ow - 1, 0] + hb[ow - 1, 1] - col0
-
-    src_t = np.empty((cols, rows * 4), np.uint8)  # column x of the window is row x here, RGB0 per pixel
-    words = src_t.reshape(-1).view(np.uint32)
-    packed = np.empty(cols, np.uint32)
+    src_rows = src.reshape(src.shape[0], -1)
     first = 3 * (x0 + col0)
-    for r in range(rows):
-        pack_row(src[y0 + row0 + r].reshape(-1)[first:first + 3 * cols], packed)
-        for x in range(cols):
-            words[x * rows + r] = packed[x]
-    tmp = np.empty((rows, ow * 3), np.uint8)  # horizontal pass result, 8-bit as in Pillow
-    hacc = np.empty(rows * 4, np.int32)
-    hbytes = np.empty(rows * 4, np.uint8)
-    for xx in range(ow):
-        _weighted_rows(hacc, src_t, hb[xx, 0] - col0, hb[xx, 1], hk[xx], half)
-        _clip8(hacc, hbytes)
-        xo = 3 * (ow - 1 - xx if flip else xx)  # where output column xx lands
-        for r in range(rows):
-            tmp[r, xo], tmp[r, xo + 1], tmp[r, xo + 2] = hbytes[4 * r], hbytes[4 * r + 1], hbytes[4 * r + 2]
-
-    vacc = np.empty(ow * 3, np.int32)
     flat = dst.reshape(oh, ow * 3)
-    for yy in range(oh):
-        _weighted_rows(vacc, tmp, vb[yy, 0] - row0, vb[yy, 1], vk[yy], half)
-        _clip8(vacc, flat[yy])
+    if h - out_h > 0 and h - out_h > 2 * (w - out_w):
+        tmp = np.empty((oh, cols * 3), np.uint8)  # vertical pass result, 8-bit as in Pillow
+        _vertical_pass(src_rows, first, vb, vk, y0, tmp)
+        _horizontal_pass(tmp, 0, cols, hb, hk, col0, flip, flat)
+    else:
+        tmp = np.empty((rows, ow * 3), np.uint8)  # horizontal pass result
+        _horizontal_pass(src_rows[y0 + row0:y0 + row0 + rows], first, cols, hb, hk, col0, flip, tmp)
+        _vertical_pass(tmp, 0, vb, vk, -row0, flat)
 
 
 class TableCropDecoder(ResizedCropRGBImageDecoder):
@@ -206,22 +241,31 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
             # one image at a time to whichever thread is free: crops differ in cost, and numba's default even
             # split of a batch left a thread idle at its end (FFCV's own decoders keep that split)
             chunk_size = set_parallel_chunksize(1)
+            failures = 0
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
-                height = np.uint32(field["height"])
-                width = np.uint32(field["width"])
-                if field["mode"] == jpg:
+                height = np.int64(field["height"])
+                width = np.int64(field["width"])
+                t = table[source_ix]
+                if field["mode"] == jpg:  # decode the window's rows, from an iMCU edge at or left of its columns
                     temp_buffer = temp_storage[dst_ix]
-                    ctypes_imdecode(image_data.ctypes.data, image_data.size, height, width, temp_buffer.ctypes.data,
-                                    height, width, 0, 0, 1, 1, False, False)
-                    image = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                    left = decode_window(image_data.ctypes.data, image_data.size, t[0], t[1], t[2], t[3],
+                                         temp_buffer.ctypes.data, 3 * width)
+                    image = temp_buffer.reshape(-1)[:3 * t[2] * width].reshape(t[2], width, 3)
+                    y0, x0 = 0, left
                 else:
                     image = image_data.reshape(height, width, 3)
-                t = table[source_ix]
-                resample_bicubic(image, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], destination[dst_ix])
+                    y0, x0 = t[0], t[1]
+                if x0 >= 0:
+                    resample_bicubic(image, y0, x0, t[2], t[3], t[4], t[5], t[6], t[7], t[8], destination[dst_ix])
+                else:  # counted, raised after the loop: a raise inside it would stop numba running it in parallel
+                    failures += 1
             set_parallel_chunksize(chunk_size)
+            if failures:
+                raise ValueError("a JPEG record of this .beton does not decode: it is damaged; re-run "
+                                 "tools/convert_datasets.py with --force")
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True
@@ -239,6 +283,28 @@ class _PlannedOrder(TraversalOrder):
         return self.indices
 
 
+class _EpochThread(EpochIterator):
+    """FFCV's epoch thread, keeping its exception for the consumer: FFCV's own only prints it and dies, and its
+    ``__next__`` then waits forever."""
+    error = None
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as e:  # reported by FfcvLoader._iter_uint8, in the training process's own traceback
+            self.error = e
+
+
+class _ReportingFfcvLoader(_FfcvLoader):
+    def __iter__(self):  # FFCV's Loader.__iter__ (ffcv 1.0.2), with the thread above
+        Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return _EpochThread(self, order[:len(self) * self.batch_size])
+
+
 class FfcvLoader(Loader):
     """Reads ``<data_dir>/<split>.beton``; ``num_workers`` is FFCV's decoding thread count."""
 
@@ -254,7 +320,7 @@ class FfcvLoader(Loader):
                       ToTorchImage(channels_last=True, convert_back_int16=False)],
             "label": [IntDecoder(), ToTensor(), *to_device],
         }
-        self._ffcv = _FfcvLoader(path, batch_size=self.batch_size, num_workers=max(1, self.num_workers),
+        self._ffcv = _ReportingFfcvLoader(path, batch_size=self.batch_size, num_workers=max(1, self.num_workers),
                                  order=OrderOption.SEQUENTIAL, indices=self.order.indices(0), pipelines=pipelines,
                                  drop_last=False, os_cache=True)
         if self._ffcv.reader.num_samples != self.num_samples:
@@ -287,12 +353,12 @@ class FfcvLoader(Loader):
         epoch_iterator = iter(self._ffcv)
         try:
             while True:
-                # FFCV's thread dies silently on an exception and its __next__ then waits forever: watch it
+                # on an exception FFCV's thread ends without a batch, and its __next__ would wait forever
                 while epoch_iterator.output_queue.empty() and epoch_iterator.is_alive():
                     epoch_iterator.join(0.002)
                 if epoch_iterator.output_queue.empty():
-                    raise RuntimeError(f"FFCV's decoding thread for {self._ffcv.fname} stopped mid-epoch; its "
-                                       "exception is printed above (\"Exception in thread\")")
+                    raise RuntimeError(f"FFCV's decoding thread for {self._ffcv.fname} stopped mid-epoch: "
+                                       f"{epoch_iterator.error}") from epoch_iterator.error
                 try:
                     images, labels = next(epoch_iterator)
                 except StopIteration:

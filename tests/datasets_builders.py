@@ -10,8 +10,8 @@ Builders (for conversion, loader and trainer tests):
   optionally packed as ``cifar-100-python.tar.gz``.
 * :func:`make_folder_tree` - a plain ImageFolder tree.
 
-Readers (each uses the library's own reader, CPU only): :func:`read_ffcv` (FFCV ``Loader``) and :func:`read_dali`
-(DALI ``fn.readers.webdataset`` + ``fn.decoders.image``).
+Readers (each uses the library's own reader, CPU only): :func:`read_ffcv` (FFCV ``Loader``), :func:`read_ffcv_jpegs`
+(FFCV ``Reader``: the stored JPEG bytes) and :func:`read_dali` (DALI ``fn.readers.webdataset`` + ``fn.decoders.image``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["CIFAR100_CLASSES", "photo_tiles", "Expected", "make_imagenet_tree", "make_cifar100_release",
-           "make_folder_tree", "read_ffcv", "read_dali", "run_convert_cli", "BAD_SKIPPED", "BAD_CONVERTED"]
+           "make_folder_tree", "read_ffcv", "read_ffcv_jpegs", "read_dali", "run_convert_cli", "BAD_SKIPPED", "BAD_CONVERTED"]
 
 CIFAR100_CLASSES = (
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
@@ -286,6 +286,23 @@ def read_ffcv(beton: str, batch_size: int = 64):
         images.append(np.array(im))
         labels.append(np.array(lab).reshape(-1))
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def read_ffcv_jpegs(beton: str, field: str = "image") -> list:
+    """The stored bytes of every record's JPEG image in order, located with FFCV's ``Reader`` (metadata
+    ``data_ptr`` + allocation table)."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.reader import Reader
+    reader = Reader(beton)
+    meta = reader.metadata[f"f{list(reader.handlers).index(field)}"]
+    assert (meta["mode"] == IMAGE_MODES["jpg"]).all(), "records stored raw, not as JPEG"
+    size_at = dict(zip(reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist()))
+    with open(beton, "rb") as f:
+        out = []
+        for ptr in meta["data_ptr"].tolist():
+            f.seek(ptr)
+            out.append(f.read(size_at[ptr]))
+    return out
 
 
 def read_dali(data_dir: str, shards: list):
