@@ -1,9 +1,8 @@
 """pipelines.crop and the FFCV backend's resampler, against torchvision/Pillow as the reference.
 
-The resampler is Pillow's bicubic ``ImagingResample`` (horizontal pass, 8-bit rows, vertical pass). Pillow 13
-sometimes runs the vertical pass first (its rule is not documented), which moves some pixels by one level; so
-the exact reference is Pillow's own two single-axis passes in that order, and Pillow's one-call resize
-(what torchvision calls) must agree within one level.
+The resampler is Pillow's bicubic ``ImagingResample`` (two passes with 8-bit results, in Pillow 13's order: the
+vertical pass first when the height shrinks by more than twice the width's pixels). The reference is what
+torchvision calls, Pillow's one-call resize, bit for bit.
 """
 import math
 

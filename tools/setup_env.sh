@@ -26,9 +26,9 @@ if [ -n "$missing" ]; then
     fi
 fi
 
-# The stamp names the hash of pyproject.toml and the C sources: a changed dependency list, or a changed decoder,
-# reinstalls (which also rebuilds the decoder).
-stamp="$VENV/.neatt-installed-$(cat pyproject.toml pipelines/*.c | sha256sum | cut -c1-16)"
+# The stamp names the hash of the package's build files and C source: a changed dependency list, or a changed
+# decoder, reinstalls (which also rebuilds the decoder).
+stamp="$VENV/.neatt-installed-$(cat pyproject.toml setup.py pipelines/*.c | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && ls pipelines/_jpeg_window.*.so >/dev/null 2>&1; then
     exit 0
 fi
