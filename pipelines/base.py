@@ -202,6 +202,8 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
+        if (e.name or "").startswith("pipelines."):  # a part of neatt itself, whose message says what to do
+            raise LoaderError(f"backend {backend!r} is not usable here: {e}") from None
         raise LoaderError(f"backend {backend!r} is not usable here ({e}); install it with "
                           f"`pip install {package}` or pick another backend") from None
 

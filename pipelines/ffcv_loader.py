@@ -43,10 +43,16 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
-from . import _jpeg_window
 from .augment.cpu_kernels import pack_row
 from .base import Loader
 from .crop import eval_resize_geometry, flip_flags, rrc_windows
+
+try:
+    from . import _jpeg_window
+except ImportError as e:
+    raise ImportError("its JPEG decoder pipelines/_jpeg_window.c is not built: run `make setup` (or `pip install -e "
+                      ".` in the repository) on a machine with libjpeg's headers (apt: libjpeg-dev)",
+                      name="pipelines._jpeg_window") from e
 
 __all__ = ["FfcvLoader", "TableCropDecoder", "resample_bicubic"]
 

@@ -231,6 +231,18 @@ def test_ffcv_damaged_record_stops_with_the_reason(digits, tmp_path):
             pass
 
 
+def test_ffcv_decoder_not_built(digits, monkeypatch):
+    """A checkout used without `make setup` (the C decoder never compiled): the message says how to build it, not
+    to pip-install ffcv."""
+    import pipelines
+    monkeypatch.setitem(sys.modules, "pipelines._jpeg_window", None)  # what a missing extension module gives
+    monkeypatch.delattr(pipelines, "_jpeg_window", raising=False)
+    monkeypatch.delitem(sys.modules, "pipelines.ffcv_loader", raising=False)
+    with pytest.raises(LoaderError, match=r"_jpeg_window.c is not built: run `make setup`") as info:
+        build_loader(digits, backend="ffcv", image_size=SIZE)
+    assert "pip install ffcv" not in str(info.value)
+
+
 def test_format_not_converted(digits, tmp_path):
     data = tmp_path / "digits"
     shutil.copytree(digits, data)
