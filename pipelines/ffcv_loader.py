@@ -16,8 +16,8 @@ Two things differ from FFCV's stock ``RandomResizedCropRGBImageDecoder``, on pur
 * Decoding. FFCV's ``imdecode`` decodes the whole JPEG with libjpeg-turbo's fast IDCT, a few levels off Pillow's
   decode. Here ``pipelines/_jpeg_window.c`` decodes only the crop's rows and columns (nothing below the window;
   above it only the entropy decoding), with Pillow's settings: the window equals Pillow's decode bit for bit, so
-  an FFCV sample is exactly torchvision's transform of the stored JPEG, and a train image decodes in about three
-  quarters of the time.
+  an FFCV sample is exactly torchvision's transform of the stored JPEG, and a train crop of a 400x350 photo
+  decodes in about 80% of the time (docs/benchmarks.md, 2026-11-27).
 
 The epoch order is ``pipelines.sharding``'s: FFCV's ``Loader`` is built ``SEQUENTIAL`` over this rank's indices,
 and before each epoch its traversal order is replaced by one returning exactly the batches still to read (a

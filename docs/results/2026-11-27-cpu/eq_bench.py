@@ -1,7 +1,7 @@
 """FFCV vs torchvision uint8 batches on the bench photos (1,800 photos ~400x350, 224 px): equal?"""
 import sys, torch
 sys.path.insert(0, '.')
-import neatt  # noqa
+import neatt  # noqa: F401  (its OpenMP and numba threading settings first, as in the trainer)
 from pipelines.base import build_loader
 d = '/tmp/bench/photos/out/folder'
 for split in ('train', 'val'):
