@@ -193,9 +193,9 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
     offset.
 
     Pillow's arithmetic (int32 sums of 8-bit pixels times 22-bit weights, rounded and clipped to 8 bits after
-    each pass), and Pillow's order of the two passes (``ImagingResampleInner``: vertical first when the height
-    shrinks by more than twice as many pixels as the width, horizontal first otherwise), computed only for the
-    rows and columns the window needs. Integer sums do not depend on their order, so this is bit-exact.
+    each pass), and Pillow's order of the two passes (``ImagingResampleInner`` since Pillow 13: vertical first when
+    the height shrinks by more than twice as many pixels as the width, horizontal first otherwise; hence
+    ``pillow>=13``), computed only for the rows and columns the window needs. Integer sums do not depend on their order, so this is bit-exact.
     """
     oh, ow = dst.shape[0], dst.shape[1]
     hb, hk64 = _coeffs(w, out_w, ox, ow)
