@@ -58,8 +58,26 @@ class _JpegDataset(Dataset):
         return torch.from_numpy(np.array(img, dtype=np.uint8)), int(self.reader.labels[index])
 
 
+class _PassKeys:
+    """The DataLoader's sampler: the ``(index, epoch)`` keys of the pass being read, set before each pass."""
+
+    def __init__(self):
+        self.keys = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
 class TorchLoader(Loader):
-    """PIL + torchvision decoding in DataLoader worker processes (``num_workers``; 0 decodes in-process)."""
+    """PIL + torchvision decoding in DataLoader worker processes (``num_workers``; 0 decodes in-process).
+
+    One DataLoader for the loader's life, its workers persistent across epochs as in timm's loader (forking new
+    ones each epoch costs seconds on a big training process); so, as with the other backends, read one pass at a
+    time.
+    """
 
     def __init__(self, data_dir: str, manifest: dict, **kwargs):
         super().__init__(data_dir, manifest, **kwargs)
@@ -69,15 +87,19 @@ class TorchLoader(Loader):
                              f"says {self.num_samples}; re-run tools/convert_datasets.py with --force")
         self.dataset = _JpegDataset(reader, self.image_size, self.train, self.crop_pct, self.seed, self.scale,
                                     self.ratio, self.hflip)
-
-    def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        keys = [(int(i), epoch) for i in self.order.remaining(epoch, start_batch)]
-        cuda = self.device.type == "cuda"
+        self._keys = _PassKeys()
         # The workers draw nothing random (crops come from the keys), but DataLoader still takes a base seed at
         # iter(): from its own generator here, so that reading data never moves torch's global RNG.
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, num_workers=self.num_workers,
-                            pin_memory=cuda, drop_last=False, generator=generator)
-        for images, labels in loader:  # images (B, H, W, 3) contiguous: NCHW permute is channels-last
+        self._worker_seeds = torch.Generator()
+        self._loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self._keys,
+                                  num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                                  drop_last=False, generator=self._worker_seeds,
+                                  persistent_workers=self.num_workers > 0)
+
+    def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        self._keys.keys = [(int(i), epoch) for i in self.order.remaining(epoch, start_batch)]
+        self._worker_seeds.manual_seed(self.seed + epoch)
+        cuda = self.device.type == "cuda"
+        for images, labels in self._loader:  # images (B, H, W, 3) contiguous: NCHW permute is channels-last
             yield (images.to(self.device, non_blocking=cuda).permute(0, 3, 1, 2),
                    labels.to(self.device, non_blocking=cuda))
