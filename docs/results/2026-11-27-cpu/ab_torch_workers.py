@@ -10,7 +10,6 @@ workers persist (2026-11-27), in one process, epochs interleaved: uint8 train ep
 import os, sys, time
 sys.path.insert(0, '.')  # run from the repo root
 import neatt  # noqa: F401  (its OpenMP and numba threading settings first, as in the trainer)
-import torch
 from pipelines import base
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
 base.BACKENDS['torch_old'] = (os.path.splitext(os.path.basename(sys.argv[1]))[0], 'TorchLoader', 'dali', 'torchvision')
