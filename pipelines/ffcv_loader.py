@@ -57,6 +57,7 @@ except ImportError as e:
 __all__ = ["FfcvLoader", "TableCropDecoder", "resample_bicubic"]
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
+_HALF = 1 << (_PRECISION_BITS - 1)  # rounds the fixed-point sums
 
 # int neatt_decode_window(jpeg, size, top, left, height, width, out, stride): see pipelines/_jpeg_window.c
 decode_window = ctypes.CDLL(_jpeg_window.__file__).neatt_decode_window
@@ -127,10 +128,10 @@ def _coeffs(in_size, out_size, first, count):
 
 
 @njit(inline='always')
-def _weighted_rows(acc, rows, start, taps, weights, half, first):
-    """acc[:] = half + sum over k < taps of weights[k] * rows[start + k][first:first + acc.size] (Pillow's int32
+def _weighted_rows(acc, rows, start, taps, weights, first):
+    """acc[:] = _HALF + sum over k < taps of weights[k] * rows[start + k][first:first + acc.size] (Pillow's int32
     sum; whole rows, so it vectorizes)."""
-    acc[:] = half
+    acc[:] = _HALF
     for k in range(taps):
         wk = weights[k]
         row = rows[start + k]
@@ -151,10 +152,9 @@ def _clip8(acc, out):
 def _vertical_pass(rows, first, bounds, weights, shift, out):
     """Pillow's vertical pass: out[yy] = the clipped weighted sum of the source rows ``rows[bounds[yy, 0] + shift
     + k]``, each read from byte ``first`` on."""
-    half = np.int32(1 << (_PRECISION_BITS - 1))
     acc = np.empty(out.shape[1], np.int32)
     for yy in range(out.shape[0]):
-        _weighted_rows(acc, rows, bounds[yy, 0] + shift, bounds[yy, 1], weights[yy], half, first)
+        _weighted_rows(acc, rows, bounds[yy, 0] + shift, bounds[yy, 1], weights[yy], first)
         _clip8(acc, out[yy])
 
 
@@ -173,11 +173,10 @@ def _horizontal_pass(rows, first, cols, bounds, weights, col0, flip, out):
         pack_row(rows[r][first:first + 3 * cols], packed)
         for x in range(cols):
             words[x * n + r] = packed[x]
-    half = np.int32(1 << (_PRECISION_BITS - 1))
     acc = np.empty(n * 4, np.int32)
     pixels = np.empty(n * 4, np.uint8)
     for xx in range(ow):
-        _weighted_rows(acc, columns, bounds[xx, 0] - col0, bounds[xx, 1], weights[xx], half, 0)
+        _weighted_rows(acc, columns, bounds[xx, 0] - col0, bounds[xx, 1], weights[xx], 0)
         _clip8(acc, pixels)
         xo = 3 * (ow - 1 - xx if flip else xx)  # where output column xx lands
         for r in range(n):
@@ -195,7 +194,8 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
     Pillow's arithmetic (int32 sums of 8-bit pixels times 22-bit weights, rounded and clipped to 8 bits after
     each pass), and Pillow's order of the two passes (``ImagingResampleInner`` since Pillow 13: vertical first when
     the height shrinks by more than twice as many pixels as the width, horizontal first otherwise; hence
-    ``pillow>=13``), computed only for the rows and columns the window needs. Integer sums do not depend on their order, so this is bit-exact.
+    ``pillow>=13``), computed only for the rows and columns the window needs. Integer sums do not depend on their
+    order, so this is bit-exact.
     """
     oh, ow = dst.shape[0], dst.shape[1]
     hb, hk64 = _coeffs(w, out_w, ox, ow)
@@ -252,7 +252,6 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
-                height = np.int64(field["height"])
                 width = np.int64(field["width"])
                 t = table[source_ix]
                 if field["mode"] == jpg:  # decode the window's rows, from an iMCU edge at or left of its columns
@@ -262,7 +261,7 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
                     image = temp_buffer.reshape(-1)[:3 * t[2] * width].reshape(t[2], width, 3)
                     y0, x0 = 0, left
                 else:
-                    image = image_data.reshape(height, width, 3)
+                    image = image_data.reshape(np.int64(field["height"]), width, 3)
                     y0, x0 = t[0], t[1]
                 if x0 >= 0:
                     resample_bicubic(image, y0, x0, t[2], t[3], t[4], t[5], t[6], t[7], t[8], destination[dst_ix])
@@ -327,8 +326,8 @@ class FfcvLoader(Loader):
             "label": [IntDecoder(), ToTensor(), *to_device],
         }
         self._ffcv = _ReportingFfcvLoader(path, batch_size=self.batch_size, num_workers=max(1, self.num_workers),
-                                 order=OrderOption.SEQUENTIAL, indices=self.order.indices(0), pipelines=pipelines,
-                                 drop_last=False, os_cache=True)
+                                          order=OrderOption.SEQUENTIAL, indices=self.order.indices(0),
+                                          pipelines=pipelines, drop_last=False, os_cache=True)
         if self._ffcv.reader.num_samples != self.num_samples:
             raise ValueError(f"{path} holds {self._ffcv.reader.num_samples} samples, the manifest says "
                              f"{self.num_samples}; re-run tools/convert_datasets.py with --force")
