@@ -10,8 +10,9 @@ Builders (for conversion, loader and trainer tests):
   optionally packed as ``cifar-100-python.tar.gz``.
 * :func:`make_folder_tree` - a plain ImageFolder tree.
 
-Readers (each uses the library's own reader, CPU only): :func:`read_ffcv` (FFCV ``Loader``), :func:`read_ffcv_jpegs`
-(FFCV ``Reader``: the stored JPEG bytes) and :func:`read_dali` (DALI ``fn.readers.webdataset`` + ``fn.decoders.image``).
+Readers (each uses the library's own reader, CPU only): :func:`read_ffcv` (FFCV ``Loader``),
+:func:`read_ffcv_jpegs` (FFCV ``Reader``: the stored JPEG bytes) and :func:`read_dali` (DALI
+``fn.readers.webdataset`` + ``fn.decoders.image``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["CIFAR100_CLASSES", "photo_tiles", "Expected", "make_imagenet_tree", "make_cifar100_release",
-           "make_folder_tree", "read_ffcv", "read_ffcv_jpegs", "read_dali", "run_convert_cli", "BAD_SKIPPED", "BAD_CONVERTED"]
+           "make_folder_tree", "read_ffcv", "read_ffcv_jpegs", "read_dali", "run_convert_cli", "BAD_SKIPPED",
+           "BAD_CONVERTED"]
 
 CIFAR100_CLASSES = (
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "

@@ -215,8 +215,7 @@ def test_unknown_backend_split_and_bad_numbers(digits):
 
 
 def test_ffcv_damaged_record_stops_with_the_reason(digits, tmp_path):
-    """A JPEG record overwritten in the .beton: iterating raises (no hang), and the reason names the record and
-    the fix."""
+    """A JPEG record overwritten in the .beton: iterating raises (no hang), with the reason and the fix."""
     from ffcv.reader import Reader
     data = tmp_path / "digits"
     shutil.copytree(digits, data)
