@@ -39,8 +39,9 @@ def _mlp(H, seed=0):
     return [torch.randn(*sh, generator=g) / math.sqrt(sh[-1]) for sh in shapes]
 
 
-def _reference(s, weights, eps, sigma):
-    """float64: z = s + g(s) + sigma * eps, g per position over the head axis; attn = softmax over keys."""
+def _reference(s, weights, eps, sigma, n_keys=None):
+    """float64: z = s + g(s) + sigma * eps, g per position over the head axis; attn = softmax over the first
+    n_keys keys (all by default), 0 on the others."""
     x = s.movedim(0, -1)  # (..., N, H): heads last, as features
     if weights is not None:
         w1, b1, w2, b2, w3, b3 = weights
@@ -48,10 +49,12 @@ def _reference(s, weights, eps, sigma):
         h = torch.nn.functional.leaky_relu(h @ w2.T + b2, SLOPE)
         x = x + h @ w3.T + b3
     z = x.movedim(-1, 0) + sigma * eps
-    return z, torch.softmax(z, dim=-1)
+    N = z.shape[-1]
+    n_keys = N if n_keys is None else n_keys
+    return z, torch.nn.functional.pad(torch.softmax(z[..., :n_keys], dim=-1), (0, N - n_keys))
 
 
-def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0):
+def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0, n_keys=None):
     """(ours, reference) z, attn and the grads of one loss through both, on the same s, weights and eps."""
     g = torch.Generator().manual_seed(seed)
     s = (3 * torch.randn(H, B, N, N, generator=g)).to(device, dtype)
@@ -61,7 +64,7 @@ def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0)
     s_ours = s.clone().requires_grad_()
     w_ours = [w.to(device, copy=True).requires_grad_() for w in weights] if mix else [None] * 6
     torch.manual_seed(seed)
-    z, attn = mst.mix_noise_softmax(s_ours, *w_ours, sigma, SLOPE, dtype)
+    z, attn = mst.mix_noise_softmax(s_ours, *w_ours, sigma, SLOPE, dtype, n_keys=n_keys)
     ((z.float() * gz).sum() + (attn.float() * ga).sum()).backward()
 
     s_ref = s.detach().double().cpu().requires_grad_()
@@ -71,7 +74,7 @@ def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0)
     if sigma > 0:
         z_clean, _ = _reference(s_ref.detach(), w_ref and [w.detach() for w in w_ref], 0., 0.)
         eps = (z.detach().double().cpu() - z_clean) / sigma
-    z_ref, attn_ref = _reference(s_ref, w_ref, eps, sigma)
+    z_ref, attn_ref = _reference(s_ref, w_ref, eps, sigma, n_keys)
     ((z_ref * gz.double().cpu()).sum() + (attn_ref * ga.double().cpu()).sum()).backward()
     ours = {'z': z, 'attn': attn, 'ds': s_ours.grad, **({f'w{i}': w.grad for i, w in enumerate(w_ours)} if mix else {})}
     ref = {'z': z_ref, 'attn': attn_ref, 'ds': s_ref.grad, **({f'w{i}': w.grad for i, w in enumerate(w_ref)} if mix else {})}
@@ -90,6 +93,15 @@ def test_matches_reference_without_noise(device, H, N):
     """Mix on, noise off, float32: z, attn and every gradient (s and the six MLP tensors) as the reference."""
     ours, ref, _ = _run_both(H, B=2, N=N, device=device)
     _assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_keys_past_n_keys_leave_the_softmax(device):
+    """n_keys < N (the token padding of NestedAttention): z everywhere as without it, the softmax over the first
+    n_keys keys only, attn exactly 0 on the rest, and the gradients of both through that."""
+    ours, ref, _ = _run_both(H=5, B=2, N=40, device=device, n_keys=33)
+    _assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    assert not ours['attn'][..., 33:].any()
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -158,30 +170,54 @@ def test_bfloat16_no_worse_than_autocast_matmuls():
         assert ours_err[k] <= 2 * matmul_err[k] + 1e-3, (k, ours_err[k], matmul_err[k])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='the fused path is taken on CUDA only')
-def test_model_on_cuda_fused_matches_matmul_path(monkeypatch):
-    """A whole Ne-Att ViT on CUDA, noise off: in float32 the fused kernel gives the matmul path's output and
-    gradients; under bf16 autocast it is as close to that float32 result as the matmul path under autocast is."""
+def _model_run(model, x, monkeypatch, fused, amp=False):
+    """Output and parameter gradients of one step with the fused path on or off, and the shapes of the logits
+    that each block hands on."""
+    monkeypatch.setattr(mst, 'available', lambda device, numel: fused)
+    shapes = []
+    hooks = [blk.attn.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out[1].shape)))
+             for blk in model.blocks]
+    model.zero_grad()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(x)
+    out.float().square().mean().backward()
+    for h in hooks:
+        h.remove()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {'out': out.detach().float(), **grads}, shapes
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_model_fused_padded_matches_matmul_path(device, monkeypatch):
+    """A 3-block Ne-Att ViT on 32 px images (N = 65 tokens), float32, noise off: the fused path, whose logits
+    are padded to 72 tokens, gives the matmul path's output and every parameter gradient (within 1e-4 of each
+    tensor's scale)."""
+    import timm
+    import neatt  # noqa: F401  (registers the models)
+    torch.manual_seed(0)
+    model = timm.create_model('neatt_vit_tiny_patch4_32', depth=3, neatt_sigma=0.).to(device).train()
+    x = torch.randn(2, 3, 32, 32, device=device)
+    ref, ref_shapes = _model_run(model, x, monkeypatch, fused=False)
+    fused, fused_shapes = _model_run(model, x, monkeypatch, fused=True)
+    assert ref_shapes == [(3, 2, 65, 65)] * 3 and fused_shapes == [(3, 2, 72, 72)] * 3
+    assert fused.keys() == ref.keys()
+    ref = {k: v.double().cpu() for k, v in ref.items()}
+    for k, e in _errors(fused, ref).items():
+        assert e < 1e-4, (k, e)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='bfloat16 dots need a GPU (the interpreter has none)')
+def test_model_bfloat16_fused_no_worse_than_matmul_path(monkeypatch):
+    """ViT-Ti/16 at 224 px (N = 197, padded to 200 on the fused path), 3 blocks, noise off: under bf16 autocast
+    the fused path is as close to the float32 matmul path's result as the matmul path under autocast is."""
     import timm
     import neatt  # noqa: F401  (registers the models)
     torch.manual_seed(0)
     model = timm.create_model('neatt_vit_tiny_patch16_224', depth=3, neatt_sigma=0.).cuda().train()
     x = torch.randn(4, 3, 224, 224, device='cuda')
-
-    def run(amp, fused):
-        monkeypatch.setattr(mst, 'available', lambda s: fused)
-        model.zero_grad()
-        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-        out.float().square().mean().backward()
-        return {'out': out.float(), **{n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}}
-
-    ref = {k: v.double().cpu() for k, v in run(amp=False, fused=False).items()}
-    fused32 = run(amp=False, fused=True)
-    assert fused32.keys() == ref.keys()
-    for k, e in _errors(fused32, ref).items():
-        assert e < 1e-4, (k, e)
-    fused16, matmul16 = _errors(run(amp=True, fused=True), ref), _errors(run(amp=True, fused=False), ref)
+    ref = {k: v.double().cpu() for k, v in _model_run(model, x, monkeypatch, fused=False)[0].items()}
+    fused16 = _errors(_model_run(model, x, monkeypatch, fused=True, amp=True)[0], ref)
+    matmul16 = _errors(_model_run(model, x, monkeypatch, fused=False, amp=True)[0], ref)
     worst = max(ref, key=lambda k: fused16[k] / (matmul16[k] + 1e-3))
     print('worst bf16 error, fused vs matmul:', worst, fused16[worst], matmul16[worst])
     for k in ref:

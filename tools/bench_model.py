@@ -10,8 +10,9 @@ Units: milliseconds per training step (forward, cross-entropy, backward; no opti
 `--repeats` steps after `--warmup` steps; ratio = Ne-Att / vanilla. Peak memory is MiB per image
 (`torch.cuda.max_memory_allocated` over a step); the CPU reports none, so it is printed as n/a.
 Throughput: each model's FLOPs per step are counted once with torch's FlopCounterMode (eager, the same math as
-compiled; fused kernels count through their registered formulas), giving TFLOP/s and, where the peak is known
-(`--peak-tflops`, default for H100/H200: 989 dense bf16/fp16), MFU = achieved / peak.
+compiled), giving TFLOP/s and, where the peak is known (`--peak-tflops`, default for H100/H200: 989 dense
+bf16/fp16), MFU = achieved / peak. These are model FLOPs: Ne-Att's are counted with its fused GPU path off,
+since that path pads the tokens (197 -> 200 at 224 px) and would count the padding's work too.
 Both models have the same weights (the vanilla state dict is loaded into Ne-Att) and run in train mode (noise
 on, sigma 1). Steps alternate between the two models so that both see the same machine load.
 """
@@ -21,6 +22,7 @@ import statistics
 import sys
 import time
 from typing import Callable, Dict, Optional
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import neatt  # noqa: E402,F401  (registers neatt_vit_*; first, so that its OpenMP setting precedes torch's load)
@@ -28,7 +30,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from neatt.models import load_checkpoint  # noqa: E402
+from neatt.models import load_checkpoint, mix_softmax_triton  # noqa: E402
 from neatt.runtime import configure_cpu_allocator  # noqa: E402
 from neatt.fileio import write_json_atomic  # noqa: E402
 
@@ -148,7 +150,8 @@ def main(argv=None) -> dict:
     images = torch.randn(args.batch_size, 3, *size, device=args.device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, models['vanilla'].num_classes, (args.batch_size,), device=args.device)
 
-    flops = {name: count_flops(make_step(m, images, labels, amp, device_type)) for name, m in models.items()}
+    with mock.patch.object(mix_softmax_triton, 'available', return_value=False):  # model FLOPs: no padding
+        flops = {name: count_flops(make_step(m, images, labels, amp, device_type)) for name, m in models.items()}
     modes = (['eager'] if args.eager else []) + (['compiled'] if args.compile else [])
     results = {}
     for mode in modes:

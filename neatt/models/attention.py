@@ -24,6 +24,14 @@ from .logit_noise import add_logit_noise
 
 __all__ = ['HeadMix', 'NestedAttention']
 
+# Tokens on the fused GPU path are padded to a multiple of this: rows of 8 bf16/fp16 values are 16-byte aligned,
+# which cuBLAS's fast batched-GEMM kernels need (with N = 197 it ran q k^T and attn v on sm75-era kernels).
+_TOKEN_ALIGN = 8
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
 
 class _LeakyReLU(torch.autograd.Function):
     """LeakyReLU that saves only its output, with the fast backward kernel.
@@ -115,6 +123,11 @@ class NestedAttention(nn.Module):
 
     `forward(x, z_prev)` returns `(out, z)`: `z` is this block's logits (noise included) for the next block, or
     None when chaining is off. With mixing, chaining and noise all off it is timm's `Attention` (fused SDPA).
+
+    On the fused GPU path (`mix_softmax_triton`), q, k and v get zero tokens up to a multiple of `_TOKEN_ALIGN`,
+    so z is (H, B, T, T) with T >= N. The softmax leaves the padding keys out (their attn is 0) and the padding
+    queries' outputs are dropped, so nothing real depends on them: the padding rows and columns of z are finite
+    values that only other padding reads, and their gradient is 0.
     """
 
     def __init__(
@@ -188,13 +201,22 @@ class NestedAttention(nn.Module):
         """
         B, N, C = x.shape
         H = self.num_heads
-        qkv = self.qkv(x).reshape(B, N, 3, H, self.head_dim).permute(2, 3, 0, 1, 4)
-        q, k, v = qkv.unbind(0)  # (H, B, N, d) each
-        q, k = self.q_norm(q), self.k_norm(k)
         chain_in = z_prev is not None and self.neatt_chain and not self.first
         noisy = self.training and self.neatt_sigma > 0
+        needs_logits = self.head_mix is not None or self.neatt_chain
+        # GPU: mix, noise and softmax in one fused kernel (mix_softmax_triton), over tokens padded to a multiple
+        # of 8 (see the class docstring)
+        padded = _round_up(N, _TOKEN_ALIGN)
+        fused = (needs_logits and mix_softmax_triton.available(x.device, H * B * padded * padded)
+                 and not (self.training and self.attn_drop.p > 0))
+        T = padded if fused else N
+        qkv = self.qkv(x).reshape(B, N, 3, H, self.head_dim).permute(2, 3, 0, 1, 4)
+        if fused:
+            qkv = F.pad(qkv, (0, 0, 0, T - N))  # zero tokens; also the copy to contiguous q, k, v
+        q, k, v = qkv.unbind(0)  # (H, B, T, d) each
+        q, k = self.q_norm(q), self.k_norm(k)
 
-        if self.head_mix is None and not self.neatt_chain:
+        if not needs_logits:
             # Nothing needs the logits: fused SDPA, with the noise (if any) as an additive mask.
             noise = self._add_noise(q.new_zeros(H, B, N, N)).transpose(0, 1) if noisy else None
             o = F.scaled_dot_product_attention(
@@ -206,14 +228,13 @@ class NestedAttention(nn.Module):
             z = None
         else:
             z = self._logits(q, k, z_prev if chain_in else None)
-            if mix_softmax_triton.available(z) and not (self.training and self.attn_drop.p > 0):
-                # GPU: mix, noise and softmax in one fused kernel (mix_softmax_triton)
+            if fused:
                 hm = self.head_mix
                 weights = [None] * 6 if hm is None else [hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias,
                                                          hm.fc3.weight, hm.fc3.bias]
                 slope = 0. if hm is None else hm.negative_slope
                 z, attn = mix_softmax_triton.mix_noise_softmax(
-                    z, *weights, self.neatt_sigma if noisy else 0., slope, v.dtype)
+                    z, *weights, self.neatt_sigma if noisy else 0., slope, v.dtype, n_keys=N)
             else:
                 if self.head_mix is not None:
                     z = self.head_mix(z)
@@ -222,8 +243,8 @@ class NestedAttention(nn.Module):
                 # softmax in fp32 whatever the autocast dtype: chained and noisy logits grow with depth
                 attn = torch.softmax(z, dim=-1, dtype=torch.float32).to(v.dtype)
                 attn = self.attn_drop(attn)
-            o = torch.bmm(attn.view(H * B, N, N), v.reshape(H * B, N, self.head_dim))
-            x = o.view(H, B, N, self.head_dim).permute(1, 2, 0, 3).reshape(B, N, C)
+            o = torch.bmm(attn.view(H * B, T, T), v.reshape(H * B, T, self.head_dim))
+            x = o.view(H, B, T, self.head_dim)[:, :, :N].permute(1, 2, 0, 3).reshape(B, N, C)
             z = z if self.neatt_chain else None
 
         x = self.norm(x)

@@ -51,14 +51,14 @@ _PROGRAMS_PER_SM = 2
 _MAX_NUMEL = 2 ** 31  # the noise's Philox offsets are int32
 
 
-def available(s: torch.Tensor) -> bool:
-    """Whether `mix_noise_softmax` can take these logits: contiguous, on CUDA with Triton installed, and small
-    enough for int32 noise offsets."""
-    return triton is not None and s.is_cuda and s.is_contiguous() and s.numel() < _MAX_NUMEL
+def available(device: torch.device, numel: int) -> bool:
+    """Whether `mix_noise_softmax` can take logits of `numel` values on `device`: CUDA with Triton installed,
+    and few enough values for int32 noise offsets."""
+    return triton is not None and device.type == 'cuda' and numel < _MAX_NUMEL
 
 
 def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
-         R, N, H, F, seed, sigma, slope,
+         R, N, K, H, F, seed, sigma, slope,
          HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr,
          MIX: tl.constexpr, NOISE: tl.constexpr, PREC: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
@@ -98,8 +98,8 @@ def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
             y += sigma * tl.reshape(tl.join(tl.join(n0, n1), tl.join(n2, n3)), (HP, BLOCK_J))  # j = 4 (j // 4) + j % 4
         zq = y.to(z_ptr.dtype.element_ty)
         tl.store(z_ptr + offs, zq, mask=mask)
-        # padded heads keep finite stats (0), padded keys drop out (-inf)
-        zf = tl.where((j < N)[None, :], zq.to(tl.float32), float('-inf'))
+        # padded heads keep finite stats (0); keys past K, and the tile's padding, drop out (-inf)
+        zf = tl.where((j < K)[None, :], zq.to(tl.float32), float('-inf'))
         m_new = tl.maximum(m, tl.max(zf, 1))
         l = l * tl.exp(m - m_new) + tl.sum(tl.exp(zf - m_new[:, None]), 1)
         m = m_new
@@ -111,7 +111,7 @@ def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
         mask = h_ok[:, None] & (j < N)[None, :]
         offs = base + j[None, :]
         zf = tl.load(z_ptr + offs, mask=mask, other=0.).to(tl.float32)
-        p = tl.exp(zf - m[:, None]) * inv_l[:, None]
+        p = tl.where((j < K)[None, :], tl.exp(zf - m[:, None]) * inv_l[:, None], 0.)
         tl.store(attn_ptr + offs, p.to(attn_ptr.dtype.element_ty), mask=mask)
 
 
@@ -226,13 +226,16 @@ def _weights(w: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
 @torch.library.custom_op('neatt::mix_noise_softmax', mutates_args=())
 def mix_noise_softmax(s: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
                       w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
-                      b3: Optional[torch.Tensor], sigma: float, slope: float,
-                      attn_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+                      b3: Optional[torch.Tensor], sigma: float, slope: float, attn_dtype: torch.dtype,
+                      n_keys: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(z, attn) of the module docstring for contiguous head-major logits s (H, ..., N); `w1..b3` the head
-    MLP's fc1..fc3 (all None: no mix), sigma 0: no noise. The noise's seed is one draw from torch's global CPU
-    generator, so `torch.manual_seed` and activation checkpointing replay it. It is drawn on the host at each
-    call, so a CUDA graph (torch.compile's mode='reduce-overhead') would replay one seed: the trainer does not
-    use that mode.
+    MLP's fc1..fc3 (all None: no mix), sigma 0: no noise. `n_keys` < N: the softmax takes only the first
+    n_keys keys and attn is 0 on the others (token padding, see attention.NestedAttention); z is computed for
+    all N.
+
+    The noise's seed is one draw from torch's global CPU generator, so `torch.manual_seed` and activation
+    checkpointing replay it. It is drawn on the host at each call, so a CUDA graph (torch.compile's
+    mode='reduce-overhead') would replay one seed: the trainer does not use that mode.
 
     A custom op, so that `torch.compile` keeps the kernel and its backward as they are.
     """
@@ -243,14 +246,14 @@ def mix_noise_softmax(s: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[
     z = torch.empty_like(s)
     attn = torch.empty_like(s, dtype=attn_dtype)
     w = _weights([w1, b1, w2, b2, w3, b3]) if mix else [s] * 6  # unread placeholders without a mix
-    fwd[(R,)](s, z, attn, *w, R, N, H, F, seed, sigma, slope,
+    fwd[(R,)](s, z, attn, *w, R, N, N if n_keys is None else n_keys, H, F, seed, sigma, slope,
               HP=HP, FP=FP, BLOCK_J=_BLOCK_J[0], MIX=mix, NOISE=sigma > 0, PREC=_precision(s),
               num_warps=_NUM_WARPS[0])
     return z, attn
 
 
 @mix_noise_softmax.register_fake
-def _(s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype):
+def _(s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype, n_keys=None):
     return torch.empty_like(s), torch.empty_like(s, dtype=attn_dtype)
 
 
@@ -295,7 +298,7 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def _setup_context(ctx, inputs, output):
-    s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype = inputs
+    s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype, n_keys = inputs
     ctx.save_for_backward(s, output[1], w1, b1, w2, b2, w3)
     ctx.slope = slope
     ctx.weight_dtypes = [None if w is None else w.dtype for w in (w1, b1, w2, b2, w3, b3)]
@@ -306,7 +309,7 @@ def _backward(ctx, grad_z, grad_attn):
     grads = mix_noise_softmax_backward(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, ctx.slope)
     ds, weight_grads = grads[0], grads[1:] or [None] * 6
     weight_grads = [g if g is None else g.to(dt) for g, dt in zip(weight_grads, ctx.weight_dtypes)]
-    return (ds, *weight_grads, None, None, None)
+    return (ds, *weight_grads, None, None, None, None)
 
 
 mix_noise_softmax.register_autograd(_backward, setup_context=_setup_context)
