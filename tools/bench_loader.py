@@ -15,7 +15,9 @@ compilation, worker start-up) is not timed.
 ``--make-photos N`` first builds an ImageNet-like dataset: N JPEGs of about 400x350 px (random crops of the
 photos that scikit-learn and scikit-image ship, resized and re-encoded at quality 90) in 10 classes, 90/10
 train/val, written as a class-folder tree under ``<data>/src`` and converted with
-``tools/convert_datasets.py folder`` into ``<data>/out/folder`` (the dataset dir then benchmarked).
+``tools/convert_datasets.py folder`` into ``<data>/out/folder`` (the dataset dir then benchmarked), in the
+formats that ``--backends`` read (the dali and torch backends both read the DALI shards, so a machine without
+FFCV can run ``--backends torch,dali``).
 """
 import argparse
 import datetime
@@ -37,9 +39,9 @@ from neatt.runtime import configure_cpu_allocator  # noqa: E402
 from neatt.fileio import write_json_atomic  # noqa: E402
 from pipelines.base import BACKENDS, build_loader  # noqa: E402
 
-def make_photos(root: str, n: int, seed: int = 0) -> str:
-    """Write ``n`` ~400x350 photo JPEGs as ``<root>/src/{train,val}/class_k/*.jpg``, convert them; return the
-    dataset dir."""
+def make_photos(root: str, n: int, formats: str, seed: int = 0) -> str:
+    """Write ``n`` ~400x350 photo JPEGs as ``<root>/src/{train,val}/class_k/*.jpg``, convert them to
+    ``formats`` (convert_datasets.py's ``--formats``); return the dataset dir."""
     import skimage.data
     from sklearn.datasets import load_sample_images
     photos = list(load_sample_images().images) + [skimage.data.astronaut(), skimage.data.coffee(),
@@ -58,7 +60,7 @@ def make_photos(root: str, n: int, seed: int = 0) -> str:
         img.save(path, quality=90)
     out = os.path.join(root, "out")
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_datasets.py"), "folder", "--src", src,
-                    "--out", out, "--no-progress", "--force"], check=True)
+                    "--out", out, "--formats", formats, "--no-progress", "--force"], check=True)
     return os.path.join(out, "folder")
 
 
@@ -107,7 +109,11 @@ def main(argv=None) -> int:
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         p.error(f"--backends: unknown {sorted(unknown)}; choose from {sorted(BACKENDS)}")
-    data = make_photos(args.data, args.make_photos) if args.make_photos else args.data
+    if args.make_photos:
+        formats = ",".join(sorted({"ffcv" if b == "ffcv" else "dali" for b in backends}))
+        data = make_photos(args.data, args.make_photos, formats)
+    else:
+        data = args.data
 
     device = torch.device(args.device)
     augment = AugmentConfig(aa=None, reprob=0.0, hflip=0.5)  # flip (in the backend) + normalize (on the device)
