@@ -1,0 +1,46 @@
+#!/bin/bash
+# The GPU measurements still open (docs/benchmarks.md, "To measure on a GPU"), for a machine with one H100/H200
+# and torch, from the repo root. Figures and logs go to $OUT (default gpu-out/).
+#   measure_gpu.sh stash   keep the .gpu/dali/part.* this call carried in /tmp/dali (the parts come one per call)
+#   measure_gpu.sh model   the Ne-Att CUDA tests; bench_model (ViT-B/16, bf16, batch 64) of this tree and, when
+#                          .gpu/base holds a baseline tree (git archive REV neatt tools), of that one too
+#   measure_gpu.sh dali    unpack the stashed DALI (docs/device/pack_dali.sh) beside torch, install its wheels;
+#                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+log() { tee -a "$OUT/$1"; }
+
+case "${1:-}" in
+stash)
+    mkdir -p /tmp/dali && cp -v .gpu/dali/part.* /tmp/dali/
+    ;;
+model)
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | log device.txt
+    python3 -c 'import torch, triton, timm; print(torch.__version__, triton.__version__, timm.__version__)' | log device.txt
+    # the CUDA tests only (the interpreted kernel run and the CPU tests are CI's)
+    python3 -m pytest -q -p no:cacheprovider tests/test_mix_softmax_triton.py tests/test_augment.py \
+        -k 'not interpreter and (cuda or not test_augment.py)' 2>&1 | log pytest_model.txt
+    for tree in . .gpu/base; do
+        [ -f "$tree/tools/bench_model.py" ] || continue
+        name=$([ "$tree" = . ] && echo head || echo base)
+        python3 "$tree/tools/bench_model.py" --device cuda --amp bf16 --repeats 20 \
+            --json "$OUT/bench_model_$name.json" 2>&1 | log "bench_model_$name.txt"
+    done
+    ;;
+dali)
+    site=$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+    mkdir -p /tmp/dali && cp .gpu/dali/part.* /tmp/dali/ 2>/dev/null
+    cat /tmp/dali/part.* | xz -dc -T0 | tar -x -C "$site" --skip-old-files || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile .gpu/dali/whl/*.whl || exit 1
+    python3 -c 'import nvidia.dali; print("DALI", nvidia.dali.__version__)' 2>&1 | log device.txt
+    python3 -m pytest -q -p no:cacheprovider tests/test_loader.py -k dali_on_the_gpu 2>&1 | log pytest_dali.txt
+    python3 tools/bench_loader.py --make-photos 4000 --data /tmp/photos --backends torch,dali --device cuda \
+        --workers 8 --batch-size 128 --rounds 2 --json "$OUT/bench_loader_gpu.json" 2>&1 | log bench_loader.txt
+    ;;
+*)
+    echo "usage: $0 stash|model|dali" >&2
+    exit 2
+    ;;
+esac
