@@ -77,7 +77,8 @@ def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0,
     z_ref, attn_ref = _reference(s_ref, w_ref, eps, sigma, n_keys)
     ((z_ref * gz.double().cpu()).sum() + (attn_ref * ga.double().cpu()).sum()).backward()
     ours = {'z': z, 'attn': attn, 'ds': s_ours.grad, **({f'w{i}': w.grad for i, w in enumerate(w_ours)} if mix else {})}
-    ref = {'z': z_ref, 'attn': attn_ref, 'ds': s_ref.grad, **({f'w{i}': w.grad for i, w in enumerate(w_ref)} if mix else {})}
+    ref = {'z': z_ref, 'attn': attn_ref, 'ds': s_ref.grad,
+           **({f'w{i}': w.grad for i, w in enumerate(w_ref)} if mix else {})}
     return ours, ref, eps
 
 
@@ -222,3 +223,36 @@ def test_model_bfloat16_fused_no_worse_than_matmul_path(monkeypatch):
     print('worst bf16 error, fused vs matmul:', worst, fused16[worst], matmul16[worst])
     for k in ref:
         assert fused16[k] <= 2 * matmul16[k] + 1e-3, (k, fused16[k], matmul16[k])
+
+
+@pytest.mark.skipif(INTERPRETED, reason='compiles the kernels, which the interpreter replaces')
+@pytest.mark.parametrize('dtype', ['bf16', 'fp32'])
+def test_kernels_compile_for_hopper(dtype):
+    """Both kernels with every optional part on (mix, noise, a chained gradient) and with them all off, compiled
+    for an H100 (sm_90) down to machine code by Triton's own ptxas, with no GPU needed: this catches
+    what the interpreter runs but the compiler rejects (dot shapes, layouts, types)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    fwd, bwd = mst._kernels()
+    operand = '*bf16' if dtype == 'bf16' else '*fp32'
+    prec = 'tf32' if dtype == 'bf16' else 'ieee'
+
+    def compile_for_sm90(kernel, constexprs, num_warps):
+        weights = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr'}  # float32 parameters
+        signature = {}
+        for name in kernel.arg_names:
+            if name in constexprs:
+                signature[name] = 'constexpr'
+            elif name.endswith('_ptr'):
+                signature[name] = '*fp32' if name in weights else operand
+            else:
+                signature[name] = 'fp32' if name in ('sigma', 'slope') else 'i32'
+        src = ASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+        compiled = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': num_warps})
+        assert compiled.asm['cubin'], constexprs
+
+    for on in (True, False):  # every branch, on or off
+        compile_for_sm90(fwd, dict(HP=16, FP=64, BLOCK_J=mst._BLOCK_J[0], MIX=on, NOISE=on, PREC=prec),
+                         mst._NUM_WARPS[0])
+        compile_for_sm90(bwd, dict(HP=16, FP=64, BLOCK_J=mst._BLOCK_J[1], MIX=on, HAS_GZ=on, PREC=prec),
+                         mst._NUM_WARPS[1])
