@@ -6,6 +6,8 @@
 #                          .gpu/base holds a baseline tree (git archive REV neatt tools), of that one too
 #   measure_gpu.sh dali    unpack the stashed DALI (docs/device/pack_dali.sh) beside torch, install its wheels;
 #                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU
+#   measure_gpu.sh train [BACKEND]   the trainer on the GPU: torchrun (NCCL), bf16, torch.compile, the demo preset
+#                          for 3 epochs on the digits (converted for DALI, which the torch backend reads too)
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -39,8 +41,15 @@ dali)
     python3 tools/bench_loader.py --make-photos 4000 --data /tmp/photos --backends torch,dali --device cuda \
         --workers 8 --batch-size 128 --rounds 2 --json "$OUT/bench_loader_gpu.json" 2>&1 | log bench_loader.txt
     ;;
+train)
+    backend=${2:-torch}
+    python3 tools/convert_datasets.py digits --out /tmp/gpu-data --formats dali --no-progress 2>&1 | log train_$backend.txt
+    torchrun --standalone --nproc_per_node 1 train_fast.py --preset demo --data-dir /tmp/gpu-data/digits \
+        --backend "$backend" --epochs 3 --compile --output /tmp/gpu-runs --overwrite 2>&1 | log train_$backend.txt
+    cp /tmp/gpu-runs/demo/metrics.jsonl "$OUT/train_${backend}_metrics.jsonl"
+    ;;
 *)
-    echo "usage: $0 stash|model|dali" >&2
+    echo "usage: $0 stash|model|dali|train [BACKEND]" >&2
     exit 2
     ;;
 esac
