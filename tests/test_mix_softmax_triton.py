@@ -226,7 +226,7 @@ def test_model_bfloat16_fused_no_worse_than_matmul_path(monkeypatch):
 
 
 @pytest.mark.skipif(INTERPRETED, reason='compiles the kernels, which the interpreter replaces')
-@pytest.mark.parametrize('dtype', ['bf16', 'fp32'])
+@pytest.mark.parametrize('dtype', ['bf16', 'fp16', 'fp32'])
 def test_kernels_compile_for_hopper(dtype):
     """Both kernels with every optional part on (mix, noise, a chained gradient) and with them all off, compiled
     for an H100 (sm_90) down to machine code by Triton's own ptxas, with no GPU needed: this catches
@@ -234,8 +234,8 @@ def test_kernels_compile_for_hopper(dtype):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     fwd, bwd = mst._kernels()
-    operand = '*bf16' if dtype == 'bf16' else '*fp32'
-    prec = 'tf32' if dtype == 'bf16' else 'ieee'
+    operand = '*' + dtype  # the logits' dtype: autocast's bf16 or fp16, or float32 without it
+    prec = 'ieee' if dtype == 'fp32' else 'tf32'  # as _precision() picks
 
     def compile_for_sm90(kernel, constexprs, num_warps):
         weights = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr'}  # float32 parameters
