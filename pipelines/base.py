@@ -11,6 +11,7 @@ as a separate pass over the batch.
 """
 import dataclasses
 import importlib
+import itertools
 import os
 import warnings
 from typing import Iterator, Optional, Tuple, Union
@@ -40,6 +41,8 @@ class Loader:
 
     Subclasses implement ``_iter_uint8(epoch, start_batch)`` yielding ``(uint8 NCHW images, int64 labels)``,
     both on ``self.device``, for batches ``start_batch, start_batch + 1, ...`` of ``self.order`` in ``epoch``.
+    A loader has one position: iterating it again continues from there, and the pass before, if resumed,
+    raises instead of reading.
     """
 
     def __init__(self, data_dir: str, manifest: dict, *, split: str, batch_size: int, image_size: int,
@@ -67,6 +70,7 @@ class Loader:
         self.epoch = 0
         self.batches_done = 0
         self._generator = torch.Generator()  # DeviceAugment takes a CPU generator (it seeds device ones)
+        self._passes = 0  # passes started, so that a stale one can tell
 
     def __len__(self) -> int:
         return self.order.num_batches
@@ -101,11 +105,22 @@ class Loader:
         if self.batches_done >= len(self):  # a finished epoch read again starts over, like a DataLoader
             self.batches_done = 0
         epoch, start = self.epoch, self.batches_done
-        for k, (images, labels) in enumerate(self._iter_uint8(epoch, start), start):
+        self._passes += 1
+        this_pass = self._passes
+        batches = self._iter_uint8(epoch, start)
+        for k in itertools.count(start):
+            # checked before reading: a stale pass must not take a batch from the backend's newer pass
+            if self._passes != this_pass:
+                raise RuntimeError("a newer pass over this loader started while this one was suspended; read "
+                                   "one pass at a time (a loader has one position, like a DataLoader with "
+                                   "persistent workers)")
+            batch = next(batches, None)
+            if batch is None:
+                return
             self._generator.manual_seed(self.batch_seed(epoch, k))
-            images = self.augment(images, self._generator)
+            images = self.augment(batch[0], self._generator)
             self.batches_done = k + 1
-            yield images, labels
+            yield images, batch[1]
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError

@@ -75,8 +75,8 @@ class TorchLoader(Loader):
     """PIL + torchvision decoding in DataLoader worker processes (``num_workers``; 0 decodes in-process).
 
     One DataLoader for the loader's life, its workers persistent across epochs as in timm's loader (forking new
-    ones each epoch costs seconds on a big training process); so, as with the other backends, read one pass at a
-    time.
+    ones each epoch costs seconds on a big training process); so, as with the other backends, one pass is read
+    at a time (``Loader.__iter__`` stops a stale one).
     """
 
     def __init__(self, data_dir: str, manifest: dict, **kwargs):

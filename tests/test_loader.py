@@ -303,3 +303,23 @@ def test_resume_state_from_other_settings_is_refused(digits):
     with pytest.raises(LoaderError, match="batch_size=8"):
         build_loader(digits, backend="torch", image_size=SIZE, batch_size=16,
                       num_workers=0).load_state_dict(state)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stale_pass_stops_and_the_new_one_is_intact(digits, backend):
+    """A loader has one position: resuming a pass after another one started raises, and does not take a batch
+    from the new pass, which gives what a fresh loader resumed at the same position gives."""
+    loader = _build(digits, backend, num_workers=1)
+    stale = iter(loader)
+    next(stale)
+    new = iter(loader)  # continues from batch 1
+    first = next(new)
+    with pytest.raises(RuntimeError, match="one pass at a time"):
+        next(stale)
+    got = [first] + [batch for batch in new]
+    fresh = _build(digits, backend, num_workers=1)
+    fresh.load_state_dict({"epoch": 0, "batches_done": 1})
+    want = list(fresh)
+    assert len(got) == len(want) == len(loader) - 1
+    for (xg, yg), (xw, yw) in zip(got, want):
+        assert torch.equal(yg, yw) and torch.equal(xg, xw)
