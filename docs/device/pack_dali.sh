@@ -14,7 +14,8 @@ tar -C "$SP" -cf - --exclude='__pycache__' --exclude='*/include' \
     --exclude='*.cpython-31[03-9]-*' --exclude='*.cpython-31[0-9]t-*' \
     nvidia/dali nvidia/nvimgcodec nvidia/nvjpeg2k nvidia/nvtiff nvidia/cu13/lib/libnvjpeg.so.13 \
     | xz -T2 -9 | split -b 60M - .gpu/dali/part.
-for spec in astunparse==1.6.3 gast==0.7.0 libcst==1.9.0 makefun==1.16.0 nvtx==0.2.17 optree==0.20.0; do
+for pkg in astunparse gast libcst makefun nvtx optree; do  # DALI's dependencies that the device image lacks
+    spec="$pkg==$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$pkg'))")"
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .gpu/dali/whl "$spec"
