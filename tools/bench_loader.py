@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"--backends: unknown {sorted(unknown)}; choose from {sorted(BACKENDS)}")
     if args.make_photos:
-        formats = ",".join(sorted({"ffcv" if b == "ffcv" else "dali" for b in backends}))
+        formats = ",".join(sorted({BACKENDS[b][2] for b in backends}))  # the manifest format each one reads
         data = make_photos(args.data, args.make_photos, formats)
     else:
         data = args.data
