@@ -98,10 +98,7 @@ class DaliLoader(Loader):
             del pipe
 
     def _to_torch(self, tensor_list) -> torch.Tensor:
-        """A DALI batch (HWC per sample) as a torch tensor on ``self.device``; copied, DALI reuses its buffers."""
-        dense = tensor_list.as_tensor()
-        if self.device.type == "cuda":
-            out = torch.from_dlpack(dense).clone()
-        else:
-            out = torch.from_numpy(np.array(dense))
+        """A DALI batch (HWC per sample) as a torch tensor on ``self.device``, copied (DALI reuses its buffers).
+        On a GPU pipeline the images come from the GPU and the labels, which no operator touches, from the CPU."""
+        out = torch.from_dlpack(tensor_list.as_tensor()).clone().to(self.device)
         return out.permute(0, 3, 1, 2) if out.dim() == 4 else out
