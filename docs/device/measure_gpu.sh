@@ -13,6 +13,9 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log() { tee -a "$OUT/$1"; }
+torch_site() { python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))'; }
+# where the unpacked nvJPEG and nvImageCodec live, in case DALI's own search does not look there
+dali_libs() { export LD_LIBRARY_PATH="$1/nvidia/cu13/lib:$1/nvidia/nvimgcodec:${LD_LIBRARY_PATH:-}"; }
 
 case "${1:-}" in
 stash)
@@ -32,10 +35,11 @@ model)
     done
     ;;
 dali)
-    site=$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+    site=$(torch_site)
     mkdir -p /tmp/dali && cp .gpu/dali/part.* /tmp/dali/ 2>/dev/null
     cat /tmp/dali/part.* | xz -dc -T0 | tar -x -C "$site" --skip-old-files || exit 1
     python3 -m pip install -q --no-index --no-deps --no-compile .gpu/dali/whl/*.whl || exit 1
+    dali_libs "$site"
     python3 -c 'import nvidia.dali; print("DALI", nvidia.dali.__version__)' 2>&1 | log device.txt
     python3 -m pytest -q -p no:cacheprovider tests/test_loader.py -k dali_on_the_gpu 2>&1 | log pytest_dali.txt
     python3 tools/bench_loader.py --make-photos 4000 --data /tmp/photos --backends torch,dali --device cuda \
@@ -43,6 +47,7 @@ dali)
     ;;
 train)
     backend=${2:-torch}
+    [ "$backend" = dali ] && dali_libs "$(torch_site)"
     python3 tools/convert_datasets.py digits --out /tmp/gpu-data --formats dali --no-progress 2>&1 | log train_$backend.txt
     torchrun --standalone --nproc_per_node 1 train_fast.py --preset demo --data-dir /tmp/gpu-data/digits \
         --backend "$backend" --epochs 3 --compile --output /tmp/gpu-runs --overwrite 2>&1 | log train_$backend.txt
