@@ -38,7 +38,8 @@ dali)
     site=$(torch_site)
     mkdir -p /tmp/dali && cp .gpu/dali/part.* /tmp/dali/ 2>/dev/null
     cat /tmp/dali/part.* | xz -dc -T0 | tar -x -C "$site" --skip-old-files || exit 1
-    python3 -m pip install -q --no-index --no-deps --no-compile .gpu/dali/whl/*.whl || exit 1
+    # --target: beside torch, and allowed even where the system Python is marked externally managed (PEP 668)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu/dali/whl/*.whl || exit 1
     dali_libs "$site"
     python3 -c 'import nvidia.dali; print("DALI", nvidia.dali.__version__)' 2>&1 | log device.txt
     python3 -m pytest -q -p no:cacheprovider tests/test_loader.py -k dali_on_the_gpu 2>&1 | log pytest_dali.txt
