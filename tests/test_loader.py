@@ -279,7 +279,7 @@ def test_dali_on_the_gpu_matches_its_cpu_path(tmp_path):
     for split in ("train", "val"):
         cpu = _uint8_epoch(_build(data, "dali", split, batch_size=8, image_size=64), 0)
         gpu_loader = _build(data, "dali", split, batch_size=8, image_size=64, device="cuda")
-        gpu = [(x.clone(), y.clone()) for x, y in gpu_loader._iter_uint8(0, 0)]
+        gpu = _uint8_epoch(gpu_loader, 0)
         assert len(gpu) == len(cpu) == 4
         for (xg, yg), (xc, yc) in zip(gpu, cpu):
             assert xg.is_cuda and xg.dtype == torch.uint8 and xg.shape == xc.shape
@@ -316,7 +316,7 @@ def test_a_stale_pass_stops_and_the_new_one_is_intact(digits, backend):
     first = next(new)
     with pytest.raises(RuntimeError, match="one pass at a time"):
         next(stale)
-    got = [first] + [batch for batch in new]
+    got = [first, *new]
     fresh = _build(digits, backend, num_workers=1)
     fresh.load_state_dict({"epoch": 0, "batches_done": 1})
     want = list(fresh)
