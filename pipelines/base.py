@@ -70,7 +70,7 @@ class Loader:
         self.epoch = 0
         self.batches_done = 0
         self._generator = torch.Generator()  # DeviceAugment takes a CPU generator (it seeds device ones)
-        self._passes = 0  # passes started, so that a stale one can tell
+        self._passes = 0  # passes started (and position changes), so that a stale pass can tell
 
     def __len__(self) -> int:
         return self.order.num_batches
@@ -80,6 +80,7 @@ class Loader:
         if epoch != self.epoch:
             self.epoch = int(epoch)
             self.batches_done = 0
+            self._passes += 1  # a suspended pass of the old epoch must not move the new position
 
     def state_dict(self) -> dict:
         """Position of the loader: the next iteration starts at batch ``batches_done`` of ``epoch``."""
@@ -95,6 +96,7 @@ class Loader:
         self.order.remaining(state["epoch"], state["batches_done"])  # validates batches_done
         self.epoch = int(state["epoch"])
         self.batches_done = int(state["batches_done"])
+        self._passes += 1  # as in set_epoch
 
     def batch_seed(self, epoch: int, batch_index: int) -> int:
         """Seed of the on-device augmentation of one batch: a function of (seed, epoch, rank, batch index)."""
@@ -111,9 +113,9 @@ class Loader:
         for k in itertools.count(start):
             # checked before reading: a stale pass must not take a batch from the backend's newer pass
             if self._passes != this_pass:
-                raise RuntimeError("a newer pass over this loader started while this one was suspended; read "
-                                   "one pass at a time (a loader has one position, like a DataLoader with "
-                                   "persistent workers)")
+                raise RuntimeError("a newer pass over this loader started, or set_epoch/load_state_dict moved "
+                                   "it, while this pass was suspended; read one pass at a time (a loader has "
+                                   "one position, like a DataLoader with persistent workers)")
             batch = next(batches, None)
             if batch is None:
                 return

@@ -323,3 +323,27 @@ def test_a_stale_pass_stops_and_the_new_one_is_intact(digits, backend):
     assert len(got) == len(want) == len(loader) - 1
     for (xg, yg), (xw, yw) in zip(got, want):
         assert torch.equal(yg, yw) and torch.equal(xg, xw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("move", ["set_epoch", "load_state_dict"])
+def test_moving_the_loader_stops_a_suspended_pass(digits, backend, move):
+    """set_epoch/load_state_dict during a pass: the old pass raises instead of reading on (which used to
+    overwrite the new position), and the next pass reads from the position set."""
+    loader = _build(digits, backend, num_workers=1)
+    stale = iter(loader)
+    next(stale)
+    if move == "set_epoch":
+        loader.set_epoch(1)
+    else:
+        loader.load_state_dict({"epoch": 1, "batches_done": 0})
+    with pytest.raises(RuntimeError, match="one pass at a time"):
+        next(stale)
+    assert (loader.state_dict()["epoch"], loader.state_dict()["batches_done"]) == (1, 0)
+    got = list(loader)
+    fresh = _build(digits, backend, num_workers=1)
+    fresh.set_epoch(1)
+    want = list(fresh)
+    assert len(got) == len(want) == len(loader)
+    for (xg, yg), (xw, yw) in zip(got, want):
+        assert torch.equal(yg, yw) and torch.equal(xg, xw)
