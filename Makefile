@@ -10,11 +10,12 @@ RUNS ?= runs
 setup:
 	@tools/setup_env.sh $(VENV)
 
-## demo: convert the embedded digits dataset, train the demo preset on it, plot the curves
+## demo: convert the embedded digits dataset, train the demo preset on it, plot the curves, re-evaluate the best checkpoint
 demo: setup
 	$(PY) tools/convert_datasets.py digits --out $(DATA)
 	$(PY) train_fast.py --preset demo --data-dir $(DATA)/digits --output $(RUNS)
 	$(PY) tools/plot_run.py $(RUNS)/demo
+	$(PY) tools/validate.py --data-dir $(DATA)/digits --checkpoint $(RUNS)/demo --json $(RUNS)/demo/validate.json
 
 ## test: the whole suite, slow tests included (what CI runs)
 test: setup

@@ -40,6 +40,14 @@ def test_presets_match_the_seed_recipe(preset, table):
         assert _value_of_flag(cfg, flag) == expected, flag
 
 
+@pytest.mark.parametrize('preset', ['vitb16_300ep', 'cifar100_transfer'])
+def test_gpu_presets_compile_a_channels_last_model(preset):
+    cfg = PRESETS[preset]()
+    assert cfg.model.compile and cfg.model.channels_last
+    eager = config_from_args(['--preset', preset, '--data-dir', 'd', '--initial-checkpoint', 'x', '--no-compile'])[0]
+    assert not eager.model.compile and eager.model.channels_last
+
+
 def test_vitb16_lr_scales_linearly_with_world_size():
     cfg = PRESETS['vitb16_300ep']()
     assert cfg.effective_lr(8)[0] == pytest.approx(5e-3)  # the seed's 8 x 64

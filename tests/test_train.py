@@ -159,6 +159,18 @@ def test_grad_accumulation_equals_the_big_batch(tmp_path, digits):
     _assert_same_tensors(_ckpt(big)['state_dict'], _ckpt(acc)['state_dict'], exact=False)
 
 
+def test_grad_checkpointing_trains_the_same_weights(tmp_path, digits):
+    """--grad-checkpointing recomputes the blocks in the backward with the same training noise (on here: sigma 1):
+    the weights after two SGD steps are those of the run without it."""
+    weights = {}
+    for on in (False, True):
+        cfg = tiny_config(tmp_path / str(on), grad_checkpointing=on, opt='sgd', lr=0.05, max_steps=2)
+        _, trainer = _train(cfg, digits)
+        assert trainer.model.grad_checkpointing is on
+        weights[on] = _ckpt(cfg)['state_dict']
+    _assert_same_tensors(weights[False], weights[True], exact=False)
+
+
 def test_resume_with_a_changed_config_is_refused(tmp_path, digits):
     cfg = tiny_config(tmp_path, max_steps=1)
     _train(cfg, digits)

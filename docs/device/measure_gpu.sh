@@ -53,6 +53,9 @@ train)
     torchrun --standalone --nproc_per_node 1 train_fast.py --preset demo --data-dir /tmp/gpu-data/digits \
         --backend "$backend" --epochs 3 --compile --output /tmp/gpu-runs --overwrite 2>&1 | log train_$backend.txt
     cp /tmp/gpu-runs/demo/metrics.jsonl "$OUT/train_${backend}_metrics.jsonl"
+    # the best checkpoint re-evaluated on the GPU: must repeat the figures the run logged for its epoch
+    python3 tools/validate.py --data-dir /tmp/gpu-data/digits --checkpoint /tmp/gpu-runs/demo --backend "$backend" \
+        --json "$OUT/validate_$backend.json" 2>&1 | log train_$backend.txt
     ;;
 *)
     echo "usage: $0 stash|model|dali|train [BACKEND]" >&2

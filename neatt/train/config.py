@@ -19,7 +19,7 @@ from pipelines.base import BACKENDS as LOADER_BACKENDS
 __all__ = [
     'Config', 'ModelConfig', 'DataConfig', 'AugConfig', 'OptimConfig', 'EmaConfig', 'RunConfig',
     'PRESETS', 'REQUIRED', 'build_parser', 'config_from_args', 'config_from_dict', 'config_to_dict',
-    'config_diff', 'flag_name', 'RESUME_MUTABLE_FIELDS',
+    'config_diff', 'flag_name', 'parse_kwarg', 'RESUME_MUTABLE_FIELDS',
 ]
 
 REQUIRED = '???'  # OmegaConf's marker for a value the user must supply; checked by `Config.check_required`.
@@ -53,6 +53,10 @@ class ModelConfig:
             'embedding resampled and head re-initialised when image size / class count differ')
     channels_last: bool = _opt(False, 'use channels-last memory format for the model and the batches')
     compile: bool = _opt(False, 'torch.compile the model (falls back to eager with a warning if it cannot)')
+    grad_checkpointing: bool = _opt(
+        False, 'recompute each block in the backward (timm set_grad_checkpointing): Ne-Att\'s (B, H, N, N) logits '
+               'are its memory cost; this trades about a third more compute for most of that memory. The '
+               'recompute draws the same noise, so the result does not change')
 
     def __post_init__(self):
         if self.num_classes < 1:
@@ -235,6 +239,7 @@ SECTIONS = ('model', 'data', 'aug', 'optim', 'ema', 'run')
 # Fields a resumed run may change: they steer the process, not the result.
 RESUME_MUTABLE_FIELDS = frozenset({
     'resume', 'workers', 'threads', 'log_interval', 'checkpoint_interval', 'max_steps', 'compile', 'device',
+    'grad_checkpointing',
     'output', 'overwrite', 'experiment', 'data_dir', 'initial_checkpoint',
 })
 
@@ -268,11 +273,13 @@ def vitb16_300ep() -> Config:
     """The seed's from-scratch ImageNet recipe (seed-readme.md): 8 GPUs x 64, SGD, 300 epochs at 224 px.
 
     At another world size the per-GPU batch stays 64 and the lr scales linearly with the global batch
-    (lr_base_size=512 = 8 x 64), so 8 GPUs train with exactly the seed's lr 5e-3.
+    (lr_base_size=512 = 8 x 64), so 8 GPUs train with exactly the seed's lr 5e-3. The model is compiled and
+    channels-last (a GPU recipe; the seed's timm ran eager): `--no-compile` trains eagerly, e.g. to debug.
     """
     return Config(
         preset='vitb16_300ep',
-        model=ModelConfig(model='neatt_vit_base_patch16_224', num_classes=1000, img_size=224),
+        model=ModelConfig(model='neatt_vit_base_patch16_224', num_classes=1000, img_size=224, channels_last=True,
+                          compile=True),
         data=DataConfig(backend='ffcv', workers=8, train_interpolation='bicubic', color_jitter=0.0),
         aug=AugConfig(aa='v0', reprob=0.5, smoothing=0.1),
         optim=OptimConfig(opt='sgd', lr=5e-3, lr_base_size=512, momentum=0.9, weight_decay=1e-4, sched='cosine',
@@ -360,7 +367,9 @@ def config_diff(a: Config, b: Config, ignore=frozenset()) -> list[tuple[str, Any
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
-def _parse_kwargs(text: str) -> tuple[str, Any]:
+def parse_kwarg(text: str) -> tuple[str, Any]:
+    """argparse type of one `--model-kwargs` item: key=value, the value read as JSON when it parses (6, 0.5,
+    true), else kept as a string."""
     if '=' not in text:
         raise argparse.ArgumentTypeError(f'expected key=value, got {text!r}')
     key, value = text.split('=', 1)
@@ -381,7 +390,7 @@ def _add_field(group, f, hint) -> None:
     if base is bool:
         kwargs['action'] = argparse.BooleanOptionalAction
     elif base is dict:
-        kwargs.update(nargs='*', type=_parse_kwargs, metavar='KEY=VALUE')
+        kwargs.update(nargs='*', type=parse_kwarg, metavar='KEY=VALUE')
     elif origin is tuple:  # a fixed-length pair such as --scale MIN MAX
         kwargs.update(nargs=len(args), type=args[0], metavar=('MIN', 'MAX') if len(args) == 2 else None)
     else:
@@ -390,8 +399,9 @@ def _add_field(group, f, hint) -> None:
             kwargs['type'] = lambda s, _t=base: None if s.lower() == 'none' else _t(s)
             kwargs['type'].__name__ = base.__name__
         if f.metadata.get('choices'):
-            kwargs['choices'] = f.metadata['choices']
-        kwargs['metavar'] = f.name.upper()
+            kwargs['choices'] = f.metadata['choices']  # --help then shows them: --backend {ffcv,dali,torch}
+        else:
+            kwargs['metavar'] = f.name.upper()
     kwargs['help'] = help_text
     group.add_argument(*flags, **kwargs)
 

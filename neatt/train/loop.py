@@ -17,39 +17,25 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from neatt.runtime import configure_cpu_allocator
 
+from .build import UserInputError, build_loader_for, check_num_classes, create_model, to_device
 from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, load_checkpoint, load_initial_checkpoint,
                          resolve_resume_path, restore_rng_state, save_checkpoint)
 from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
 from .distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed,
                           init_distributed)
-from .metrics import EvalAccumulator, MetricLoggers, ThroughputMeter, write_json_atomic
+from .metrics import MetricLoggers, ThroughputMeter, evaluate, write_json_atomic
 
 __all__ = ['Trainer', 'UserInputError', 'NonFiniteLossError']
 
 
-class UserInputError(ValueError):
-    """A mistake in what the user asked for (paths, dataset, flags); train_fast.py prints it without a traceback."""
-
-
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step. The last checkpoint on disk predates it."""
-
-
-def check_num_classes(cfg: Config) -> None:
-    """The model's class count must be the dataset's (the loaders check the directory and the format)."""
-    from neatt.datasets.manifest import read_manifest
-
-    n = read_manifest(cfg.data.data_dir)['num_classes']
-    if n != cfg.model.num_classes:
-        raise UserInputError(f'--num-classes is {cfg.model.num_classes} but {cfg.data.data_dir} has {n} classes; '
-                             f'pass --num-classes {n}')
 
 
 @contextlib.contextmanager
@@ -202,48 +188,17 @@ class Trainer:
         np.random.seed(self._rank_seed)
 
     def _build_model(self) -> nn.Module:
-        import timm
-
-        import neatt  # noqa: F401  (registers the neatt_vit_* models)
-        cfg = self.cfg.model
-        try:
-            model = timm.create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size,
-                                      drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
-        except RuntimeError as e:
-            if str(e).startswith("Unknown model") and cfg.model not in timm.list_models():
-                raise UserInputError(f'--model {cfg.model}: {e}') from None
-            raise
-        except TypeError as e:
-            raise UserInputError(f'--model {cfg.model} with --model-kwargs {cfg.model_kwargs}: {e}') from None
-        if cfg.initial_checkpoint and not self.cfg.run.resume:
-            load_initial_checkpoint(model, cfg.initial_checkpoint, log=self.log)
+        model = create_model(self.cfg.model)
+        if self.cfg.model.initial_checkpoint and not self.cfg.run.resume:
+            load_initial_checkpoint(model, self.cfg.model.initial_checkpoint, log=self.log)
         torch.manual_seed(self._rank_seed)
-        model.to(self.dist.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return model
+        return to_device(model, self.cfg.model, self.dist.device)
 
     def _build_loaders(self):
-        from pipelines.augment import AugmentConfig
-        from pipelines.base import LoaderError, build_loader
-
-        cfg, d = self.cfg, self.dist
-        mean, std = self.model.pretrained_cfg.get('mean'), self.model.pretrained_cfg.get('std')
-        common = dict(backend=cfg.data.backend, image_size=cfg.model.img_size, rank=d.rank, world_size=d.world_size,
-                      seed=cfg.run.seed, device=d.device, num_workers=cfg.data.workers, crop_pct=cfg.data.crop_pct)
-        train_aug = AugmentConfig(aa=cfg.aug.aa, reprob=cfg.aug.reprob, remode=cfg.aug.remode,
-                                  recount=cfg.aug.recount, hflip=cfg.aug.hflip, mean=mean, std=std,
-                                  interpolation=cfg.data.train_interpolation)
-        val_aug = AugmentConfig(aa=None, reprob=0.0, hflip=0.0, mean=mean, std=std)
-        try:
-            train = build_loader(cfg.data.data_dir, split='train', batch_size=cfg.optim.batch_size, train=True,
-                                 augment=train_aug, drop_last=True, scale=cfg.aug.scale, ratio=cfg.aug.ratio,
-                                 **common)
-            val = build_loader(cfg.data.data_dir, split='val', batch_size=cfg.optim.batch_size, train=False,
-                               augment=val_aug, drop_last=False, **common)
-        except LoaderError as e:
-            raise UserInputError(f'--data-dir/--backend: {e}') from None
-        check_num_classes(cfg)
+        batch_size = self.cfg.optim.batch_size
+        train = build_loader_for(self.cfg, 'train', self.model, self.dist, batch_size)
+        val = build_loader_for(self.cfg, 'val', self.model, self.dist, batch_size)
+        check_num_classes(self.cfg)
         return train, val
 
     def _compile(self, module: nn.Module) -> nn.Module:
@@ -467,18 +422,9 @@ class Trainer:
             bar.close()
         return None
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict:
         """Top-1, top-5 and mean cross-entropy over the whole val split (summed across ranks)."""
-        model.eval()
-        acc = EvalAccumulator(self.dist.device)
-        self.val_loader.set_epoch(0)
-        for images, labels in self.val_loader:
-            with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                logits = model(images)
-            acc.update(logits, labels, F.cross_entropy(logits.float(), labels, reduction='sum'))
-        model.train()
-        return acc.compute()
+        return evaluate(model, self.val_loader, self.dist.device, amp=self.amp, amp_dtype=self.amp_dtype)
 
     def _end_epoch(self) -> None:
         metrics = {'model': self.evaluate(self.model)}

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from neatt.fileio import write_json_atomic
 
 from .distributed import all_reduce_sum
 
-__all__ = ['topk_correct', 'EvalAccumulator', 'ThroughputMeter', 'JsonlLogger', 'TensorBoardLogger',
+__all__ = ['topk_correct', 'EvalAccumulator', 'evaluate', 'ThroughputMeter', 'JsonlLogger', 'TensorBoardLogger',
            'MetricLoggers', 'write_json_atomic']
 
 
@@ -47,6 +48,22 @@ class EvalAccumulator:
         if n == 0:
             raise RuntimeError('evaluation saw no samples: the val split is empty')
         return {'loss': loss / n, 'top1': 100.0 * top1 / n, 'top5': 100.0 * top5 / n, 'count': int(n)}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool, amp_dtype: torch.dtype) -> dict:
+    """Top-1, top-5 and mean cross-entropy of `model` over one pass of `loader` (epoch 0), summed across ranks.
+    The model is put in eval mode and given back in the mode it came in."""
+    was_training = model.training
+    model.eval()
+    acc = EvalAccumulator(device)
+    loader.set_epoch(0)
+    for images, labels in loader:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            logits = model(images)
+        acc.update(logits, labels, F.cross_entropy(logits.float(), labels, reduction='sum'))
+    model.train(was_training)
+    return acc.compute()
 
 
 class ThroughputMeter:

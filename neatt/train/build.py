@@ -1,0 +1,74 @@
+"""The model and the loaders of a run config, as the trainer and tools/validate.py both build them."""
+import torch
+from torch import nn
+
+from .config import Config, ModelConfig
+from .distributed import DistInfo
+
+__all__ = ['UserInputError', 'check_num_classes', 'create_model', 'to_device', 'build_loader_for']
+
+
+class UserInputError(ValueError):
+    """A mistake in what the user asked for (paths, dataset, flags); the scripts print it without a traceback."""
+
+
+def check_num_classes(cfg: Config) -> None:
+    """The model's class count must be the dataset's (the loaders check the directory and the format)."""
+    from neatt.datasets.manifest import read_manifest
+
+    n = read_manifest(cfg.data.data_dir)['num_classes']
+    if n != cfg.model.num_classes:
+        raise UserInputError(f'--num-classes is {cfg.model.num_classes} but {cfg.data.data_dir} has {n} classes; '
+                             f'pass --num-classes {n}')
+
+
+def create_model(cfg: ModelConfig) -> nn.Module:
+    """`timm.create_model` from the model section, on the CPU; a bad name or kwarg is a UserInputError."""
+    import timm
+
+    import neatt  # noqa: F401  (registers the neatt_vit_* models)
+    try:
+        model = timm.create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size,
+                                  drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
+    except RuntimeError as e:
+        if str(e).startswith("Unknown model") and cfg.model not in timm.list_models():
+            raise UserInputError(f'--model {cfg.model}: {e}') from None
+        raise
+    except TypeError as e:
+        raise UserInputError(f'--model {cfg.model} with --model-kwargs {cfg.model_kwargs}: {e}') from None
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def build_loader_for(cfg: Config, split: str, model: nn.Module, dist: DistInfo, batch_size: int):
+    """The loader of one split: the train augmentation for 'train', resize + center crop for any other split.
+    Normalised with the model's mean/std; this rank's shard. A bad dataset or backend is a UserInputError."""
+    from pipelines.augment import AugmentConfig
+    from pipelines.base import LoaderError, build_loader
+
+    train = split == 'train'
+    mean, std = model.pretrained_cfg.get('mean'), model.pretrained_cfg.get('std')
+    if train:
+        a = cfg.aug
+        augment = AugmentConfig(aa=a.aa, reprob=a.reprob, remode=a.remode, recount=a.recount, hflip=a.hflip,
+                                mean=mean, std=std, interpolation=cfg.data.train_interpolation)
+        crop = dict(drop_last=True, scale=a.scale, ratio=a.ratio)
+    else:
+        augment = AugmentConfig(aa=None, reprob=0.0, hflip=0.0, mean=mean, std=std)
+        crop = dict(drop_last=False)
+    try:
+        return build_loader(cfg.data.data_dir, split=split, backend=cfg.data.backend, batch_size=batch_size,
+                            image_size=cfg.model.img_size, train=train, rank=dist.rank, world_size=dist.world_size,
+                            seed=cfg.run.seed, device=dist.device, num_workers=cfg.data.workers,
+                            crop_pct=cfg.data.crop_pct, augment=augment, **crop)
+    except LoaderError as e:
+        raise UserInputError(f'--data-dir/--backend: {e}') from None
+
+
+def to_device(model: nn.Module, cfg: ModelConfig, device: torch.device) -> nn.Module:
+    """Move the model to its device, channels-last when the config asks for it."""
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model

@@ -1,0 +1,150 @@
+"""tools/validate.py against an independent evaluation: the val shard read with tarfile and PIL, torchvision's
+resize + center crop, the weights loaded with plain `load_state_dict`, top-k and cross-entropy computed here.
+Also: the figures the trainer logged for the same checkpoint, a timm (vanilla ViT) checkpoint, bad input."""
+import io
+import json
+import math
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+
+import neatt  # noqa: F401  (registers the neatt_vit_* models)
+from neatt.models import to_vanilla_state_dict
+from neatt.train.config import PRESETS, apply_overrides
+from neatt.train.loop import Trainer
+
+from _train_data import PYTHON, REPO
+
+sys.path.insert(0, str(REPO / 'tools'))
+import validate  # noqa: E402
+
+KWARGS = {'depth': 2, 'embed_dim': 48, 'num_heads': 3}
+SIZE = 16
+
+
+@pytest.fixture(scope='module')
+def digits_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp('data')
+    r = subprocess.run([PYTHON, str(REPO / 'tools' / 'convert_datasets.py'), 'digits', '--out', str(out),
+                        '--no-progress'], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    return out / 'digits'
+
+
+@pytest.fixture(scope='module')
+def run_dir(digits_dir, tmp_path_factory):
+    """A short demo-preset run of a tiny Ne-Att (ffcv loader): accuracy well above chance, EMA kept."""
+    root = tmp_path_factory.mktemp('runs')
+    cfg = apply_overrides(PRESETS['demo'](), dict(
+        model_kwargs=KWARGS, img_size=SIZE, data_dir=str(digits_dir), output=str(root), experiment='r',
+        batch_size=64, lr=3e-3, warmup_epochs=0, workers=1, epochs=4, log_interval=5, model_ema_decay=0.9))
+    trainer = Trainer(cfg, log=lambda m: None)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return root / 'r'
+
+
+def _val_images(digits_dir):
+    """(PIL image, label) of every val sample, read from the DALI shard with tarfile (webdataset layout)."""
+    with tarfile.open(digits_dir / 'dali' / 'val-00000.tar') as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    keys = sorted(name[:-4] for name in members if name.endswith('.jpg'))
+    return [(Image.open(io.BytesIO(members[k + '.jpg'])).convert('RGB'), int(members[k + '.cls'])) for k in keys]
+
+
+@torch.no_grad()
+def _reference(model, digits_dir, crop_pct):
+    """top1 %, top5 %, mean CE and count, as timm's validate.py computes them, with torchvision's eval transform."""
+    cfg = model.pretrained_cfg
+    tf = transforms.Compose([
+        transforms.Resize(math.floor(SIZE / crop_pct), interpolation=InterpolationMode.BICUBIC),
+        transforms.CenterCrop(SIZE), transforms.ToTensor(), transforms.Normalize(cfg['mean'], cfg['std'])])
+    samples = _val_images(digits_dir)
+    x = torch.stack([tf(img) for img, _ in samples])
+    y = torch.tensor([label for _, label in samples])
+    logits = model.eval()(x)
+    top5 = logits.topk(5, dim=1).indices
+    return {'top1': 100.0 * (top5[:, 0] == y).sum().item() / len(y),
+            'top5': 100.0 * (top5 == y[:, None]).any(1).sum().item() / len(y),
+            'loss': F.cross_entropy(logits, y).item(), 'count': len(y)}
+
+
+def _assert_same(got, want):
+    assert got['count'] == want['count']
+    assert got['top1'] == pytest.approx(want['top1'], abs=1e-9) and got['top5'] == pytest.approx(want['top5'],
+                                                                                                  abs=1e-9)
+    assert got['loss'] == pytest.approx(want['loss'], rel=1e-4)
+
+
+def test_a_train_fast_checkpoint_against_an_independent_evaluation(digits_dir, run_dir, tmp_path):
+    out = tmp_path / 'val.json'
+    assert validate.main(['--data-dir', str(digits_dir), '--checkpoint', str(run_dir), '--json', str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report['backend'] == 'ffcv' and report['img_size'] == SIZE and report['crop_pct'] == 0.875
+    ckpt = torch.load(run_dir / 'model_best.pth.tar', map_location='cpu', weights_only=False)
+    for which, key in (('model', 'state_dict'), ('ema', 'state_dict_ema')):
+        model = timm.create_model('neatt_vit_tiny_patch4_32', num_classes=10, img_size=SIZE, **KWARGS,
+                                  global_pool='avg')
+        model.load_state_dict(ckpt[key])
+        want = _reference(model, digits_dir, crop_pct=0.875)
+        _assert_same(report['results'][which], want)
+    assert report['results']['model']['top1'] > 30  # trained: the comparison is not between two chance levels
+
+    # the trainer's own evaluation of this checkpoint's epoch gave the same figures
+    evals = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+    logged = next(e for e in evals if e['kind'] == 'eval' and e['epoch'] == ckpt['epoch'])
+    assert logged['top1'] == pytest.approx(report['results']['model']['top1'])
+    assert logged['ema_top1'] == pytest.approx(report['results']['ema']['top1'])
+
+
+def test_a_timm_vanilla_checkpoint_takes_timm_crop_pct(digits_dir, run_dir, tmp_path):
+    """A checkpoint as timm's train.py writes it (arch, state_dict, no config), of a vanilla ViT: the model comes
+    from `arch`, the crop_pct from timm's pretrained config for it (0.9 for vit_tiny_patch16_224)."""
+    ckpt = torch.load(run_dir / 'model_best.pth.tar', map_location='cpu', weights_only=False)
+    path = tmp_path / 'timm.pth.tar'
+    torch.save({'arch': 'vit_tiny_patch16_224', 'epoch': 3, 'state_dict': to_vanilla_state_dict(ckpt['state_dict'])},
+               path)
+    out = tmp_path / 'val.json'
+    args = ['--data-dir', str(digits_dir), '--checkpoint', str(path), '--backend', 'torch', '--img-size', str(SIZE),
+            '--model-kwargs', 'patch_size=4', *[f'{k}={v}' for k, v in KWARGS.items()], 'global_pool=avg',
+            '--json', str(out)]
+    assert validate.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report['model'] == 'vit_tiny_patch16_224' and report['crop_pct'] == 0.9
+    assert list(report['results']) == ['model']
+    model = timm.create_model('vit_tiny_patch16_224', num_classes=10, img_size=SIZE, patch_size=4, **KWARGS,
+                              global_pool='avg')
+    model.load_state_dict(to_vanilla_state_dict(ckpt['state_dict']))
+    _assert_same(report['results']['model'], _reference(model, digits_dir, crop_pct=0.9))
+
+
+@pytest.mark.parametrize('extra,message', [
+    (['--checkpoint', '{tmp}/none.pth.tar'], 'no checkpoint at'),
+    (['--model', 'vit_tiny_patch16_224'], 'holds a Ne-Att model'),
+    (['--weights', 'ema', '--checkpoint', '{tmp}/raw.pth'], 'raw state dict, it has no EMA'),
+    (['--model-kwargs', 'depth=3'], 'do not fit --model neatt_vit_tiny_patch4_32'),
+    (['--crop-pct', '1.5'], '--crop-pct must be in (0, 1]'),
+])
+def test_bad_input_is_a_message_and_exit_2(digits_dir, run_dir, tmp_path, capsys, extra, message):
+    torch.save(torch.load(run_dir / 'model_best.pth.tar', map_location='cpu', weights_only=False)['state_dict'],
+               tmp_path / 'raw.pth')
+    args = ['--data-dir', str(digits_dir), '--checkpoint', str(run_dir), '--backend', 'torch']
+    args += [a.format(tmp=tmp_path) for a in extra]
+    assert validate.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('validate.py: error: ') and message in err and 'Traceback' not in err
+
+
+def test_a_dataset_without_a_manifest(tmp_path, capsys):
+    assert validate.main(['--data-dir', str(tmp_path), '--checkpoint', str(tmp_path)]) == 2
+    assert 'manifest.json not found' in capsys.readouterr().err

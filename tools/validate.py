@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint on a converted dataset: top-1, top-5 and mean cross-entropy, of its weights and its EMA.
+
+    python tools/validate.py --data-dir /data/neatt/imagenet --checkpoint runs/vitb16_300ep
+    torchrun --nproc_per_node 8 tools/validate.py --data-dir /data/neatt/imagenet --checkpoint model_best.pth.tar
+    python tools/validate.py --data-dir /data/neatt/imagenet --checkpoint vit_b16.pth.tar --model vit_base_patch16_224
+
+It reads the val split as the trainer's epoch-end evaluation does (same loaders, resize + center crop), so a
+train_fast.py checkpoint gives the figures its run logged. A train_fast.py checkpoint brings its own settings
+(model, image size, crop_pct, backend); a timm train.py checkpoint needs only --model when it has no `arch`, and
+takes timm's crop_pct for that model. timm's validate.py is the reference for what this does; it is rewritten here
+because it reads images through timm's loaders, not the converted FFCV/DALI files.
+
+Exit codes: 0 done, 2 a user mistake (missing file, weights that do not fit the model, bad flag), printed without
+a traceback.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from neatt.train.config import BACKENDS, parse_kwarg
+
+    p = argparse.ArgumentParser(
+        prog='validate.py', description=__doc__.split('\n\n')[0],
+        epilog='Settings not given come from the checkpoint\'s saved config (train_fast.py checkpoints), else from '
+               'the model\'s timm defaults.')
+    p.add_argument('--data-dir', required=True, help='dataset directory written by tools/convert_datasets.py')
+    p.add_argument('--checkpoint', required=True,
+                   help='a .pth.tar from train_fast.py or timm train.py, a raw state dict, or a train_fast.py run '
+                        'directory (its model_best.pth.tar)')
+    p.add_argument('--split', default='val', help='split of the dataset to evaluate (default: val)')
+    p.add_argument('--weights', choices=('auto', 'model', 'ema'), default='auto',
+                   help='which weights: the trained ones (state_dict), the EMA (state_dict_ema), or auto: both '
+                        'when the checkpoint has an EMA (default)')
+    p.add_argument('--model', help='timm model name (default: the checkpoint\'s config or arch)')
+    p.add_argument('--model-kwargs', nargs='*', type=parse_kwarg, metavar='KEY=VALUE',
+                   help='extra keyword args for timm.create_model (default: the checkpoint\'s)')
+    p.add_argument('--img-size', type=int, help='eval image size (default: the checkpoint\'s; another size '
+                                                 'resamples the position embedding)')
+    p.add_argument('--crop-pct', type=float, help='resize to img_size / crop_pct, then center crop')
+    p.add_argument('--backend', choices=BACKENDS, help='loader backend (default: the checkpoint\'s, else ffcv)')
+    p.add_argument('-b', '--batch-size', type=int, default=128, help='batch size per process (default: 128)')
+    p.add_argument('-j', '--workers', type=int, help='loader workers per process (default: the checkpoint\'s, '
+                                                     'else 2)')
+    p.add_argument('--device', default='auto', help='cuda / cpu / auto (cuda:LOCAL_RANK when CUDA is available)')
+    p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
+                   help='autocast (default: on with a GPU, off on CPU)')
+    p.add_argument('--amp-dtype', choices=('bfloat16', 'float16'), default='bfloat16', help='autocast dtype')
+    p.add_argument('--json', metavar='PATH', help='also write the results as JSON (atomically)')
+    return p
+
+
+def checkpoint_path(path: str) -> Path:
+    from neatt.train.checkpoint import BEST, CheckpointError
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / BEST
+    if not p.is_file():
+        raise CheckpointError(f'--checkpoint: no checkpoint at {p}; pass a .pth.tar file or a train_fast.py run '
+                              f'directory holding {BEST}')
+    return p
+
+
+def resolve_config(args, ckpt: dict, num_classes: int):
+    """The run config to evaluate with: the checkpoint's own (if train_fast.py wrote it), then the flags."""
+    from neatt.train.build import UserInputError
+    from neatt.train.config import Config, DataConfig, ModelConfig, apply_overrides, config_from_dict
+
+    saved = ckpt.get('config')
+    if isinstance(saved, dict):
+        cfg = config_from_dict(saved)
+    else:
+        model = args.model or ckpt.get('arch')
+        if not model:
+            raise UserInputError(f'--checkpoint {args.checkpoint} names no model (no config, no arch): pass --model')
+        cfg = Config(model=ModelConfig(model=model), data=DataConfig(data_dir=args.data_dir))
+    given = {'model': args.model, 'model_kwargs': dict(args.model_kwargs) if args.model_kwargs else None,
+             'img_size': args.img_size, 'crop_pct': args.crop_pct, 'backend': args.backend,
+             'workers': args.workers}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    try:
+        return apply_overrides(cfg, {**overrides, 'data_dir': args.data_dir, 'num_classes': num_classes,
+                                     'device': args.device, 'amp': args.amp, 'amp_dtype': args.amp_dtype})
+    except ValueError as e:  # the config's own checks (e.g. --crop-pct out of range)
+        raise UserInputError(str(e)) from None
+
+
+def weight_entries(ckpt: dict, which: str, path: Path) -> list:
+    """[(name, state dict)] to evaluate, in the order printed."""
+    from neatt.train.checkpoint import CheckpointError
+
+    if not isinstance(ckpt.get('state_dict'), dict):  # a raw state dict: one set of weights
+        if which == 'ema':
+            raise CheckpointError(f'--weights ema: {path} is a raw state dict, it has no EMA')
+        return [('model', ckpt)]
+    ema = ckpt.get('state_dict_ema')
+    if which == 'ema' and not isinstance(ema, dict):
+        raise CheckpointError(f'--weights ema: {path} has no EMA weights (state_dict_ema)')
+    entries = [] if which == 'ema' else [('model', ckpt['state_dict'])]
+    if which != 'model' and isinstance(ema, dict):
+        entries.append(('ema', ema))
+    return entries
+
+
+def load_weights(model, state_dict: dict, name: str, path: Path, model_name: str) -> None:
+    """All of `state_dict` into `model`, or a CheckpointError: evaluating a partly loaded model means nothing."""
+    from neatt.models import NeAttVisionTransformer, is_head_mix_key, load_checkpoint
+    from neatt.train.checkpoint import CheckpointError
+
+    neatt_model = isinstance(model, NeAttVisionTransformer)
+    if not neatt_model and any(is_head_mix_key(k) for k in state_dict):
+        raise CheckpointError(f'--checkpoint: {path} holds a Ne-Att model (head-mixing MLPs), --model {model_name} '
+                              f'is a vanilla ViT; pass the neatt_vit_* model it was trained as')
+    try:
+        report = load_checkpoint(model, {'state_dict': state_dict}, use_ema=False, strict=True)
+    except ValueError as e:
+        raise CheckpointError(f'--checkpoint: the {name} weights of {path} do not fit --model {model_name}: {e}')
+    if report.missing_head_mix:
+        raise CheckpointError(f'--checkpoint: {path} has no head-mixing MLPs (a vanilla ViT checkpoint); validate '
+                              f'it with its timm model, e.g. --model {model_name.replace("neatt_", "")}')
+
+
+def validate(args, log) -> dict:
+    import torch
+
+    from neatt.datasets.manifest import read_manifest
+    from neatt.train.build import build_loader_for, create_model, to_device
+    from neatt.fileio import write_json_atomic
+    from neatt.train.checkpoint import load_checkpoint
+    from neatt.train.config import apply_overrides
+    from neatt.train.distributed import init_distributed
+    from neatt.train.metrics import evaluate
+
+    num_classes = read_manifest(args.data_dir)['num_classes']
+    path = checkpoint_path(args.checkpoint)
+    ckpt = load_checkpoint(path, what='--checkpoint')
+    entries = weight_entries(ckpt, args.weights, path)
+    cfg = resolve_config(args, ckpt, num_classes)
+    dist = init_distributed(cfg.run.device)
+    model = create_model(cfg.model)
+    if args.crop_pct is None and not isinstance(ckpt.get('config'), dict):  # timm's choice for its checkpoints
+        cfg = apply_overrides(cfg, {'crop_pct': model.pretrained_cfg.get('crop_pct', cfg.data.crop_pct)})
+    loader = build_loader_for(cfg, args.split, model, dist, args.batch_size)
+    amp = cfg.run.amp if cfg.run.amp is not None else dist.device.type == 'cuda'
+    amp_dtype = getattr(torch, cfg.run.amp_dtype)
+    if dist.is_main:
+        log(f'{path} (arch {ckpt.get("arch", "?")}, epoch {ckpt.get("epoch", "?")}): {cfg.model.model} at '
+            f'{cfg.model.img_size} px, crop_pct {cfg.data.crop_pct}, {cfg.data.backend} loader, '
+            f'{dist.world_size} process(es) on {dist.device.type}, amp {cfg.run.amp_dtype if amp else "off"}')
+    results = {}
+    for name, state_dict in entries:
+        load_weights(model, state_dict, name, path, cfg.model.model)
+        to_device(model, cfg.model, dist.device)
+        results[name] = evaluate(model, loader, dist.device, amp=amp, amp_dtype=amp_dtype)
+        r = results[name]
+        if dist.is_main:
+            log(f'{name:>5}: top-1 {r["top1"]:.3f}%  top-5 {r["top5"]:.3f}%  loss {r["loss"]:.4f}  '
+                f'({r["count"]} images of {args.split})')
+    if hasattr(loader, 'close'):
+        loader.close()
+    out = {'checkpoint': str(path), 'arch': ckpt.get('arch'), 'epoch': ckpt.get('epoch'),
+           'model': cfg.model.model, 'img_size': cfg.model.img_size, 'crop_pct': cfg.data.crop_pct,
+           'backend': cfg.data.backend, 'split': args.split, 'world_size': dist.world_size, 'results': results}
+    if args.json and dist.is_main:
+        write_json_atomic(out, args.json)
+    return out
+
+
+def main(argv=None) -> int:
+    from neatt.datasets.manifest import ManifestError
+    from neatt.train.build import UserInputError
+    from neatt.train.checkpoint import CheckpointError
+    from neatt.train.distributed import destroy_distributed
+
+    args = build_parser().parse_args(argv)
+    try:
+        validate(args, log=print)
+    except (UserInputError, CheckpointError, ManifestError) as e:
+        print(f'validate.py: error: {e}', file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        destroy_distributed()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
