@@ -21,12 +21,12 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv=None) -> int:
-    from neatt.train.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, resolve_resume_path
+    from neatt.train.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, resolve_checkpoint_path
     from neatt.train.config import config_from_args, config_from_dict, config_to_dict
     from neatt.train.loop import NonFiniteLossError, Trainer, UserInputError
 
     def saved_config(path):
-        resume = resolve_resume_path(path)
+        resume = resolve_checkpoint_path(path)
         return config_from_dict(checkpoint_config(load_checkpoint(resume, what='--resume'), resume))
 
     cfg, print_config = config_from_args(argv, base_for_resume=saved_config)

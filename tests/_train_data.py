@@ -78,6 +78,14 @@ def tiny_config(tmp_path, **overrides):
     return apply_overrides(cfg, {**base, **overrides})
 
 
+def convert_digits(out: Path) -> Path:
+    """The embedded digits dataset converted by tools/convert_datasets.py under `out`; returns its directory."""
+    r = subprocess.run([PYTHON, str(REPO / 'tools' / 'convert_datasets.py'), 'digits', '--out', str(out),
+                        '--no-progress'], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    return out / 'digits'
+
+
 def run_cli(*args, timeout=300, env_extra=None):
     """Run train_fast.py in a subprocess; returns CompletedProcess with text stdout/stderr."""
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', **(env_extra or {}))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neatt.train import checkpoint as ckpt_mod
-from neatt.train.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, resolve_resume_path,
+from neatt.train.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, resolve_checkpoint_path,
                                     restore_rng_state, save_checkpoint)
 
 
@@ -41,6 +41,6 @@ def test_unreadable_or_missing_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match=f'--resume: cannot read {bad}'):
         load_checkpoint(bad, what='--resume')
     with pytest.raises(CheckpointError, match='no checkpoint at .*last.pth.tar'):
-        resolve_resume_path(tmp_path)
+        resolve_checkpoint_path(tmp_path)
     save_checkpoint({'step': 0}, tmp_path / 'last.pth.tar')
-    assert resolve_resume_path(tmp_path) == tmp_path / 'last.pth.tar'
+    assert resolve_checkpoint_path(tmp_path) == tmp_path / 'last.pth.tar'

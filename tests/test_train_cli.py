@@ -13,7 +13,7 @@ from neatt.train.checkpoint import LAST
 from neatt.train.config import PRESETS, apply_overrides
 from neatt.train.loop import Trainer
 
-from _train_data import PYTHON, REPO, TINY_MODEL, run_cli
+from _train_data import PYTHON, REPO, TINY_MODEL, convert_digits, run_cli
 
 def tiny_flags(depth=2):
     return ['--model-kwargs', f'depth={depth}', 'embed_dim=48', 'num_heads=3', '--img-size', '16', '-b', '128',
@@ -25,11 +25,7 @@ TINY_FLAGS = tiny_flags()
 
 @pytest.fixture(scope='module')
 def digits_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp('data')
-    r = subprocess.run([PYTHON, str(REPO / 'tools' / 'convert_datasets.py'), 'digits', '--out', str(out),
-                        '--no-progress'], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    return out / 'digits'
+    return convert_digits(tmp_path_factory.mktemp('data'))
 
 
 def _summary(run_dir):

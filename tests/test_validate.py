@@ -4,7 +4,6 @@ Also: the figures the trainer logged for the same checkpoint, a timm (vanilla Vi
 import io
 import json
 import math
-import subprocess
 import sys
 import tarfile
 
@@ -21,7 +20,7 @@ from neatt.models import to_vanilla_state_dict
 from neatt.train.config import PRESETS, apply_overrides
 from neatt.train.loop import Trainer
 
-from _train_data import PYTHON, REPO
+from _train_data import REPO, convert_digits
 
 sys.path.insert(0, str(REPO / 'tools'))
 import validate  # noqa: E402
@@ -32,11 +31,7 @@ SIZE = 16
 
 @pytest.fixture(scope='module')
 def digits_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp('data')
-    r = subprocess.run([PYTHON, str(REPO / 'tools' / 'convert_datasets.py'), 'digits', '--out', str(out),
-                        '--no-progress'], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    return out / 'digits'
+    return convert_digits(tmp_path_factory.mktemp('data'))
 
 
 @pytest.fixture(scope='module')

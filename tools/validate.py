@@ -57,18 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def checkpoint_path(path: str) -> Path:
-    from neatt.train.checkpoint import BEST, CheckpointError
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / BEST
-    if not p.is_file():
-        raise CheckpointError(f'--checkpoint: no checkpoint at {p}; pass a .pth.tar file or a train_fast.py run '
-                              f'directory holding {BEST}')
-    return p
-
-
 def resolve_config(args, ckpt: dict, num_classes: int):
     """The run config to evaluate with: the checkpoint's own (if train_fast.py wrote it), then the flags."""
     from neatt.train.build import UserInputError
@@ -134,13 +122,13 @@ def validate(args, log) -> dict:
     from neatt.datasets.manifest import read_manifest
     from neatt.train.build import build_loader_for, create_model, to_device
     from neatt.fileio import write_json_atomic
-    from neatt.train.checkpoint import load_checkpoint
+    from neatt.train.checkpoint import BEST, load_checkpoint, resolve_checkpoint_path
     from neatt.train.config import apply_overrides
     from neatt.train.distributed import init_distributed
     from neatt.train.metrics import evaluate
 
     num_classes = read_manifest(args.data_dir)['num_classes']
-    path = checkpoint_path(args.checkpoint)
+    path = resolve_checkpoint_path(args.checkpoint, in_run_dir=BEST, what='--checkpoint')
     ckpt = load_checkpoint(path, what='--checkpoint')
     entries = weight_entries(ckpt, args.weights, path)
     cfg = resolve_config(args, ckpt, num_classes)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'resolve_resume_path', 'capture_rng_state',
+__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'resolve_checkpoint_path', 'capture_rng_state',
            'restore_rng_state', 'load_initial_checkpoint', 'LAST', 'BEST']
 
 LAST = 'last.pth.tar'
@@ -41,14 +41,14 @@ def save_checkpoint(state: dict, path: os.PathLike) -> Path:
     return path
 
 
-def resolve_resume_path(path: os.PathLike) -> Path:
-    """A checkpoint file, or a run directory meaning its last.pth.tar."""
+def resolve_checkpoint_path(path: os.PathLike, in_run_dir: str = LAST, what: str = '--resume') -> Path:
+    """A checkpoint file, or a run directory meaning its `in_run_dir` (last.pth.tar to resume)."""
     path = Path(path)
     if path.is_dir():
-        path = path / LAST
+        path = path / in_run_dir
     if not path.is_file():
-        raise CheckpointError(f'--resume: no checkpoint at {path}; pass a .pth.tar file or a run directory '
-                              f'holding {LAST}')
+        raise CheckpointError(f'{what}: no checkpoint at {path}; pass a .pth.tar file or a run directory '
+                              f'holding {in_run_dir}')
     return path
 
 

@@ -25,7 +25,7 @@ from neatt.runtime import configure_cpu_allocator
 
 from .build import UserInputError, build_loader_for, check_num_classes, create_model, to_device
 from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, load_checkpoint, load_initial_checkpoint,
-                         resolve_resume_path, restore_rng_state, save_checkpoint)
+                         resolve_checkpoint_path, restore_rng_state, save_checkpoint)
 from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
 from .distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed,
                           init_distributed)
@@ -241,7 +241,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _read_resume_checkpoint(self) -> dict:
-        path = resolve_resume_path(self.cfg.run.resume)
+        path = resolve_checkpoint_path(self.cfg.run.resume)
         ckpt = load_checkpoint(path, what='--resume')
         if 'train_state' not in ckpt or 'config' not in ckpt:
             raise CheckpointError(f'--resume: {path} has no training state (train_state/config); it is a weights '
