@@ -49,22 +49,22 @@ def run_dir(digits_dir, tmp_path_factory):
     return root / 'r'
 
 
-def _val_images(digits_dir):
-    """(PIL image, label) of every val sample, read from the DALI shard with tarfile (webdataset layout)."""
-    with tarfile.open(digits_dir / 'dali' / 'val-00000.tar') as tar:
+def _images(digits_dir, split):
+    """(PIL image, label) of every sample of a split, read from its DALI shard with tarfile (webdataset layout)."""
+    with tarfile.open(digits_dir / 'dali' / f'{split}-00000.tar') as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     keys = sorted(name[:-4] for name in members if name.endswith('.jpg'))
     return [(Image.open(io.BytesIO(members[k + '.jpg'])).convert('RGB'), int(members[k + '.cls'])) for k in keys]
 
 
 @torch.no_grad()
-def _reference(model, digits_dir, crop_pct):
+def _reference(model, digits_dir, crop_pct, split='val'):
     """top1 %, top5 %, mean CE and count, as timm's validate.py computes them, with torchvision's eval transform."""
     cfg = model.pretrained_cfg
     tf = transforms.Compose([
         transforms.Resize(math.floor(SIZE / crop_pct), interpolation=InterpolationMode.BICUBIC),
         transforms.CenterCrop(SIZE), transforms.ToTensor(), transforms.Normalize(cfg['mean'], cfg['std'])])
-    samples = _val_images(digits_dir)
+    samples = _images(digits_dir, split)
     x = torch.stack([tf(img) for img, _ in samples])
     y = torch.tensor([label for _, label in samples])
     logits = model.eval()(x)
@@ -100,6 +100,21 @@ def test_a_train_fast_checkpoint_against_an_independent_evaluation(digits_dir, r
     logged = next(e for e in evals if e['kind'] == 'eval' and e['epoch'] == ckpt['epoch'])
     assert logged['top1'] == pytest.approx(report['results']['model']['top1'])
     assert logged['ema_top1'] == pytest.approx(report['results']['ema']['top1'])
+
+
+def test_the_train_split_is_evaluated_with_the_eval_transform(digits_dir, run_dir, tmp_path):
+    """--split train: every train image once (no shuffle, no padding, no drop), resized and center-cropped."""
+    out = tmp_path / 'val.json'
+    args = ['--data-dir', str(digits_dir), '--checkpoint', str(run_dir), '--split', 'train', '--weights', 'model',
+            '--backend', 'torch', '-b', '100', '--json', str(out)]
+    assert validate.main(args) == 0
+    got = json.loads(out.read_text())['results']['model']
+    model = timm.create_model('neatt_vit_tiny_patch4_32', num_classes=10, img_size=SIZE, **KWARGS,
+                              global_pool='avg')
+    model.load_state_dict(torch.load(run_dir / 'model_best.pth.tar', map_location='cpu',
+                                     weights_only=False)['state_dict'])
+    _assert_same(got, _reference(model, digits_dir, crop_pct=0.875, split='train'))
+    assert got['count'] == 1437
 
 
 def test_a_timm_vanilla_checkpoint_takes_timm_crop_pct(digits_dir, run_dir, tmp_path):

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint', required=True,
                    help='a .pth.tar from train_fast.py or timm train.py, a raw state dict, or a train_fast.py run '
                         'directory (its model_best.pth.tar)')
-    p.add_argument('--split', default='val', help='split of the dataset to evaluate (default: val)')
+    p.add_argument('--split', default='val', help='split of the dataset to evaluate, with the eval transform '
+                                                  '(default: val)')
     p.add_argument('--weights', choices=('auto', 'model', 'ema'), default='auto',
                    help='which weights: the trained ones (state_dict), the EMA (state_dict_ema), or auto: both '
                         'when the checkpoint has an EMA (default)')
@@ -136,7 +137,7 @@ def validate(args, log) -> dict:
     model = create_model(cfg.model)
     if args.crop_pct is None and not isinstance(ckpt.get('config'), dict):  # timm's choice for its checkpoints
         cfg = apply_overrides(cfg, {'crop_pct': model.pretrained_cfg.get('crop_pct', cfg.data.crop_pct)})
-    loader = build_loader_for(cfg, args.split, model, dist, args.batch_size)
+    loader = build_loader_for(cfg, args.split, model, dist, args.batch_size, train=False)
     amp = cfg.run.amp if cfg.run.amp is not None else dist.device.type == 'cuda'
     amp_dtype = getattr(torch, cfg.run.amp_dtype)
     if dist.is_main:

@@ -41,13 +41,13 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
-def build_loader_for(cfg: Config, split: str, model: nn.Module, dist: DistInfo, batch_size: int):
-    """The loader of one split: the train augmentation for 'train', resize + center crop for any other split.
-    Normalised with the model's mean/std; this rank's shard. A bad dataset or backend is a UserInputError."""
+def build_loader_for(cfg: Config, split: str, model: nn.Module, dist: DistInfo, batch_size: int, train: bool):
+    """The loader of one split: shuffled with the train augmentation if `train`, else in order with resize +
+    center crop. Normalised with the model's mean/std; this rank's shard. A bad dataset or backend is a
+    UserInputError."""
     from pipelines.augment import AugmentConfig
     from pipelines.base import LoaderError, build_loader
 
-    train = split == 'train'
     mean, std = model.pretrained_cfg.get('mean'), model.pretrained_cfg.get('std')
     if train:
         a = cfg.aug

@@ -196,8 +196,8 @@ class Trainer:
 
     def _build_loaders(self):
         batch_size = self.cfg.optim.batch_size
-        train = build_loader_for(self.cfg, 'train', self.model, self.dist, batch_size)
-        val = build_loader_for(self.cfg, 'val', self.model, self.dist, batch_size)
+        train = build_loader_for(self.cfg, 'train', self.model, self.dist, batch_size, train=True)
+        val = build_loader_for(self.cfg, 'val', self.model, self.dist, batch_size, train=False)
         check_num_classes(self.cfg)
         return train, val
 
