@@ -141,13 +141,16 @@ def test_a_timm_vanilla_checkpoint_takes_timm_crop_pct(digits_dir, run_dir, tmp_
 @pytest.mark.parametrize('extra,message', [
     (['--checkpoint', '{tmp}/none.pth.tar'], 'no checkpoint at'),
     (['--model', 'vit_tiny_patch16_224'], 'holds a Ne-Att model'),
-    (['--weights', 'ema', '--checkpoint', '{tmp}/raw.pth'], 'raw state dict, it has no EMA'),
+    (['--weights', 'ema', '--checkpoint', '{tmp}/raw.pth'], 'has no EMA weights'),
+    (['--checkpoint', '{tmp}/cifar.pth'], 'has 100 classes, the dataset has 10'),
     (['--model-kwargs', 'depth=3'], 'do not fit --model neatt_vit_tiny_patch4_32'),
     (['--crop-pct', '1.5'], '--crop-pct must be in (0, 1]'),
 ])
 def test_bad_input_is_a_message_and_exit_2(digits_dir, run_dir, tmp_path, capsys, extra, message):
-    torch.save(torch.load(run_dir / 'model_best.pth.tar', map_location='cpu', weights_only=False)['state_dict'],
-               tmp_path / 'raw.pth')
+    weights = torch.load(run_dir / 'model_best.pth.tar', map_location='cpu', weights_only=False)['state_dict']
+    torch.save(weights, tmp_path / 'raw.pth')
+    cifar = dict(weights, **{'head.weight': torch.zeros(100, 48), 'head.bias': torch.zeros(100)})
+    torch.save({'arch': 'neatt_vit_tiny_patch4_32', 'state_dict': cifar}, tmp_path / 'cifar.pth')
     args = ['--data-dir', str(digits_dir), '--checkpoint', str(run_dir), '--backend', 'torch']
     args += [a.format(tmp=tmp_path) for a in extra]
     assert validate.main(args) == 2

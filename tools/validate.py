@@ -83,29 +83,36 @@ def resolve_config(args, ckpt: dict, num_classes: int):
 
 
 def weight_entries(ckpt: dict, which: str, path: Path) -> list:
-    """[(name, state dict)] to evaluate, in the order printed."""
+    """[(name, state dict)] to evaluate, in the order printed. timm-style keys (`state_dict`, `state_dict_ema`;
+    also `model`, `model_ema`); a checkpoint with neither is a raw state dict."""
     from neatt.train.checkpoint import CheckpointError
 
-    if not isinstance(ckpt.get('state_dict'), dict):  # a raw state dict: one set of weights
-        if which == 'ema':
-            raise CheckpointError(f'--weights ema: {path} is a raw state dict, it has no EMA')
-        return [('model', ckpt)]
-    ema = ckpt.get('state_dict_ema')
-    if which == 'ema' and not isinstance(ema, dict):
+    def entry(*keys):
+        return next((ckpt[k] for k in keys if isinstance(ckpt.get(k), dict)), None)
+
+    weights, ema = entry('state_dict', 'model'), entry('state_dict_ema', 'model_ema')
+    if weights is None and ema is None:
+        weights = ckpt
+    if which == 'ema' and ema is None:
         raise CheckpointError(f'--weights ema: {path} has no EMA weights (state_dict_ema)')
-    entries = [] if which == 'ema' else [('model', ckpt['state_dict'])]
-    if which != 'model' and isinstance(ema, dict):
+    entries = [] if which == 'ema' else [('model', weights)]
+    if which != 'model' and ema is not None:
         entries.append(('ema', ema))
     return entries
 
 
 def load_weights(model, state_dict: dict, name: str, path: Path, model_name: str) -> None:
     """All of `state_dict` into `model`, or a CheckpointError: evaluating a partly loaded model means nothing."""
+    import torch
+
     from neatt.models import NeAttVisionTransformer, is_head_mix_key, load_checkpoint
     from neatt.train.checkpoint import CheckpointError
 
-    neatt_model = isinstance(model, NeAttVisionTransformer)
-    if not neatt_model and any(is_head_mix_key(k) for k in state_dict):
+    head = state_dict.get('head.weight')
+    if isinstance(head, torch.Tensor) and head.shape[0] != model.num_classes:
+        raise CheckpointError(f'--checkpoint: the classifier of {path} has {head.shape[0]} classes, the dataset has '
+                              f'{model.num_classes}; evaluate it on the dataset it was trained for')
+    if not isinstance(model, NeAttVisionTransformer) and any(is_head_mix_key(k) for k in state_dict):
         raise CheckpointError(f'--checkpoint: {path} holds a Ne-Att model (head-mixing MLPs), --model {model_name} '
                               f'is a vanilla ViT; pass the neatt_vit_* model it was trained as')
     try:
@@ -121,8 +128,8 @@ def validate(args, log) -> dict:
     import torch
 
     from neatt.datasets.manifest import read_manifest
-    from neatt.train.build import build_loader_for, create_model, to_device
     from neatt.fileio import write_json_atomic
+    from neatt.train.build import build_loader_for, create_model, to_device
     from neatt.train.checkpoint import BEST, load_checkpoint, resolve_checkpoint_path
     from neatt.train.config import apply_overrides
     from neatt.train.distributed import init_distributed
@@ -135,6 +142,8 @@ def validate(args, log) -> dict:
     cfg = resolve_config(args, ckpt, num_classes)
     dist = init_distributed(cfg.run.device)
     model = create_model(cfg.model)
+    for name, state_dict in entries:  # every set of weights must fit before any data is read
+        load_weights(model, state_dict, name, path, cfg.model.model)
     if args.crop_pct is None and not isinstance(ckpt.get('config'), dict):  # timm's choice for its checkpoints
         cfg = apply_overrides(cfg, {'crop_pct': model.pretrained_cfg.get('crop_pct', cfg.data.crop_pct)})
     loader = build_loader_for(cfg, args.split, model, dist, args.batch_size, train=False)
