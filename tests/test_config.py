@@ -1,9 +1,13 @@
 """Config, presets and CLI: the seed's recipe field by field, overrides, and clear errors for bad flags."""
 import dataclasses
 import json
+import warnings
 
 import pytest
+import timm
+from timm.data import resolve_data_config
 
+import neatt  # noqa: F401  (registers the neatt_vit_* models)
 from neatt.train.config import (PRESETS, REQUIRED, SECTIONS, Config, build_parser, config_diff, config_from_args,
                                 config_from_dict, config_to_dict)
 
@@ -38,6 +42,19 @@ def test_presets_match_the_seed_recipe(preset, table):
     cfg = PRESETS[preset]()
     for flag, expected in table.items():
         assert _value_of_flag(cfg, flag) == expected, flag
+
+
+@pytest.mark.parametrize('preset', ['vitb16_300ep', 'cifar100_transfer'])
+def test_presets_evaluate_as_timm_train_py_did_for_the_seed_model(preset):
+    """The seed passed no eval flags: timm's train.py resolved them from the model, vit_base_patch16_224_in21k."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the seed's model name is a deprecated alias in timm 1.x
+        seed_model = timm.create_model('vit_base_patch16_224_in21k', num_classes=1000)
+    timm_eval = resolve_data_config({}, model=seed_model)
+    cfg = PRESETS[preset]()
+    assert cfg.data.crop_pct == timm_eval['crop_pct'] and cfg.data.train_interpolation == timm_eval['interpolation']
+    ours = timm.create_model(cfg.model.model, num_classes=cfg.model.num_classes).pretrained_cfg
+    assert (ours['mean'], ours['std']) == (timm_eval['mean'], timm_eval['std'])
 
 
 @pytest.mark.parametrize('preset', ['vitb16_300ep', 'cifar100_transfer'])

@@ -280,7 +280,8 @@ def vitb16_300ep() -> Config:
         preset='vitb16_300ep',
         model=ModelConfig(model='neatt_vit_base_patch16_224', num_classes=1000, img_size=224, channels_last=True,
                           compile=True),
-        data=DataConfig(backend='ffcv', workers=8, train_interpolation='bicubic', color_jitter=0.0),
+        # crop_pct 0.9: the seed passed none, so timm's train.py evaluated with its model's pretrained config
+        data=DataConfig(backend='ffcv', workers=8, crop_pct=0.9, train_interpolation='bicubic', color_jitter=0.0),
         aug=AugConfig(aa='v0', reprob=0.5, smoothing=0.1),
         optim=OptimConfig(opt='sgd', lr=5e-3, lr_base_size=512, momentum=0.9, weight_decay=1e-4, sched='cosine',
                           warmup_epochs=3, min_lr=1e-7, epochs=300, batch_size=64),
