@@ -1,5 +1,6 @@
 """The Trainer on CPU with an in-memory loader: exact resume, SIGTERM, NaN stop, accumulation, DDP, transfer."""
 import json
+import math
 import os
 import signal
 import socket
@@ -102,6 +103,37 @@ def test_resume_is_bitwise_identical(tmp_path, digits, stop_at):
     _train(resumed, digits)
     a, b = _ckpt(straight), _ckpt(resumed)
     for key in ('state_dict', 'state_dict_ema', 'optimizer', 'scheduler', 'step', 'train_state'):
+        _assert_same_tensors(a[key], b[key])
+
+
+def test_per_epoch_schedule_follows_timm_cosine_formula(tmp_path, digits):
+    """--no-sched-on-updates (the seed's timm default): one lr per epoch, warmup then cosine, by hand:
+    epoch 0 at warmup_lr; epoch t >= warmup at min + (lr - min) (1 + cos(pi t / epochs)) / 2 (timm's
+    CosineLRScheduler with warmup_prefix=False)."""
+    lr, lo, warm, epochs = 0.05, 1e-4, 1e-3, 3
+    cfg = tiny_config(tmp_path, epochs=epochs, warmup_epochs=1, sched_on_updates=False, opt='sgd', lr=lr,
+                      min_lr=lo, warmup_lr=warm, log_interval=1)
+    _train(cfg, digits)
+    records = [json.loads(line) for line in (tmp_path / 'runs' / 't' / 'metrics.jsonl').read_text().splitlines()]
+    seen = {}
+    for r in records:
+        if r['kind'] == 'train':
+            seen.setdefault(r['epoch'], set()).add(r['lr'])
+    want = {0: warm, **{t: lo + (lr - lo) * (1 + math.cos(math.pi * t / epochs)) / 2 for t in range(1, epochs)}}
+    assert seen.keys() == want.keys()
+    for t, lrs in seen.items():
+        assert len(lrs) == 1 and lrs.pop() == pytest.approx(want[t], rel=1e-9), t
+
+
+def test_resume_mid_epoch_with_a_per_epoch_schedule_is_bitwise_identical(tmp_path, digits):
+    common = dict(epochs=2, sched_on_updates=False, warmup_epochs=1)
+    straight = tiny_config(tmp_path / 'a', checkpoint_interval=1, **common)
+    _train(straight, digits)
+    part = tiny_config(tmp_path / 'b', max_steps=3, **common)
+    _train(part, digits)
+    _train(apply_overrides(part, {'resume': str(tmp_path / 'b' / 'runs' / 't'), 'max_steps': 0}), digits)
+    a, b = _ckpt(straight), _ckpt(part)
+    for key in ('state_dict', 'optimizer', 'scheduler', 'step', 'train_state'):
         _assert_same_tensors(a[key], b[key])
 
 

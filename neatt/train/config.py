@@ -129,8 +129,10 @@ class OptimConfig:
     opt_eps: Optional[float] = _opt(None, 'optimizer epsilon (None: the optimizer default)')
     clip_grad: Optional[float] = _opt(None, 'clip gradients to this norm/value (None: no clipping)')
     clip_mode: str = _opt('norm', 'gradient clipping mode', choices=('norm', 'value', 'agc'))
-    sched: str = _opt('cosine', 'timm scheduler name (cosine, step, multistep, poly, constant, ...); '
-                                'updated every optimizer step')
+    sched: str = _opt('cosine', 'timm scheduler name (cosine, step, multistep, poly, constant, ...)')
+    sched_on_updates: bool = _opt(
+        True, 'update the lr every optimizer step; --no-sched-on-updates updates it once per epoch, as timm\'s '
+              'train.py does by default (and the seed recipe did)')
     warmup_epochs: float = _opt(3, 'linear warmup epochs (fractions allowed)')
     warmup_lr: float = _opt(1e-6, 'learning rate at the start of warmup')
     min_lr: float = _opt(1e-7, 'lower lr bound of the schedule')
@@ -284,7 +286,7 @@ def vitb16_300ep() -> Config:
         data=DataConfig(backend='ffcv', workers=8, crop_pct=0.9, train_interpolation='bicubic', color_jitter=0.0),
         aug=AugConfig(aa='v0', reprob=0.5, smoothing=0.1),
         optim=OptimConfig(opt='sgd', lr=5e-3, lr_base_size=512, momentum=0.9, weight_decay=1e-4, sched='cosine',
-                          warmup_epochs=3, min_lr=1e-7, epochs=300, batch_size=64),
+                          sched_on_updates=False, warmup_epochs=3, min_lr=1e-7, epochs=300, batch_size=64),
         ema=EmaConfig(model_ema=True, model_ema_decay=0.995),
         run=RunConfig(amp=True, checkpoint_interval=2000),
     )

@@ -2,7 +2,7 @@
 
 Build order (torchtitan's): distributed -> run dir -> seed -> model (+ initial weights) -> device/memory format ->
 EMA (after `.to(device)`, before DDP/compile, as timm's ModelEmaV3 asks) -> optimizer -> loaders -> scheduler
-(per optimizer step) -> scaler -> loss/mixup -> DDP -> compile -> resume -> loggers.
+(per optimizer step, or per epoch) -> scaler -> loss/mixup -> DDP -> compile -> resume -> loggers.
 
 The training state that `--resume` restores is one dict under constant keys (see `checkpoint.py`). A checkpoint
 is only ever written on an optimizer-step boundary and only after the losses since the previous one were checked
@@ -115,7 +115,7 @@ class Trainer:
         from timm.scheduler import create_scheduler_v2
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=cfg.optim.sched, num_epochs=cfg.optim.epochs, warmup_epochs=cfg.optim.warmup_epochs,
-            warmup_lr=cfg.optim.warmup_lr, min_lr=cfg.optim.min_lr, step_on_epochs=False,
+            warmup_lr=cfg.optim.warmup_lr, min_lr=cfg.optim.min_lr, step_on_epochs=not cfg.optim.sched_on_updates,
             updates_per_epoch=self.updates_per_epoch)
 
         device = self.dist.device
@@ -151,7 +151,7 @@ class Trainer:
         self._loader_state = None
         if resume_ckpt is not None:
             self._load_state(resume_ckpt)
-        self.scheduler.step_update(num_updates=self.step)
+        self._set_lr()
 
         self.loggers = MetricLoggers(self.run_dir, enabled=self.dist.is_main, fresh=resume_ckpt is None)
         if self.dist.is_main:
@@ -337,6 +337,13 @@ class Trainer:
             return 'signal' if all_reduce_sum(flag).item() else None
         return 'signal' if self._stop_signal else None
 
+    def _set_lr(self) -> None:
+        """The schedule's lr for where the run is: at its optimizer step, or its epoch (--no-sched-on-updates)."""
+        if self.cfg.optim.sched_on_updates:
+            self.scheduler.step_update(num_updates=self.step)
+        else:
+            self.scheduler.step(self.epoch)
+
     def _train_step(self, it) -> int:
         """One optimizer step over grad_accum_steps micro-batches; returns images seen by this rank."""
         accum = self.cfg.optim.grad_accum_steps
@@ -372,7 +379,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.batches_done += accum
-        self.scheduler.step_update(num_updates=self.step)
+        self._set_lr()
         if self.model_ema is not None:
             self.model_ema.update(self.model, step=self.step)
         if self.dist.device.type == 'cuda' and self.step % self.cfg.run.log_interval == 0:
@@ -444,6 +451,7 @@ class Trainer:
                  f'loss {metrics["model"]["loss"]:.4f}{ema_note}' + ('  (best)' if improved else ''))
         self.epoch += 1
         self.batches_done = 0
+        self._set_lr()
         self.save(LAST, BEST) if improved else self.save(LAST)
 
     def train(self) -> dict:
