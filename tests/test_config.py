@@ -15,14 +15,17 @@ from _train_data import run_cli
 
 # The seed's from-scratch command line (shared/reference/seed-readme.md), flag by flag, as the seed wrote it.
 # `--model` is the Ne-Att twin of the seed's vit_base_patch16_224_in21k; the seed's 8 processes x -b 64 give the
-# global batch 512 that --lr 5e-3 is quoted for (--lr-base-size). timm's SGD momentum default is 0.9, and its
-# train.py steps the lr once per epoch unless told --sched-on-updates.
+# global batch 512 that --lr 5e-3 is quoted for (--lr-base-size). timm's SGD momentum default is 0.9.
 SEED_SCRATCH = {
     '-b': 64, '--img-size': 224, '--epochs': 300, '--color-jitter': 0.0, '--amp': True, '--sched': 'cosine',
     '--model-ema': True, '--model-ema-decay': 0.995, '--reprob': 0.5, '--smoothing': 0.1, '--min-lr': 1e-7,
     '--warmup-epochs': 3, '--train-interpolation': 'bicubic', '--aa': 'v0', '--lr': 5e-3,
     '--model': 'neatt_vit_base_patch16_224', '--opt': 'sgd', '--weight-decay': 1e-4, '--num-classes': 1000,
-    '--momentum': 0.9, '--lr-base-size': 8 * 64, '--sched-on-updates': False,
+    '--momentum': 0.9, '--lr-base-size': 8 * 64,
+    # What the seed left to its train.py: the one that torch.distributed.launch passes --local_rank to (timm
+    # <= 0.6), whose defaults were --warmup-lr 1e-4 and --cooldown-epochs 10 (310 epochs in all), with the lr
+    # stepped once per epoch.
+    '--warmup-lr': 1e-4, '--cooldown-epochs': 10, '--sched-on-updates': False,
 }
 # The seed's CIFAR-100 transfer command: the same flags except these (one process, so lr is quoted for batch 64).
 SEED_TRANSFER = {**SEED_SCRATCH, '--epochs': 100, '--lr': 5e-4, '--num-classes': 100, '--lr-base-size': 64}

@@ -109,17 +109,19 @@ def test_resume_is_bitwise_identical(tmp_path, digits, stop_at):
 def test_per_epoch_schedule_follows_timm_cosine_formula(tmp_path, digits):
     """--no-sched-on-updates (the seed's timm default): one lr per epoch, warmup then cosine, by hand:
     epoch 0 at warmup_lr; epoch t >= warmup at min + (lr - min) (1 + cos(pi t / epochs)) / 2 (timm's
-    CosineLRScheduler with warmup_prefix=False)."""
+    CosineLRScheduler with warmup_prefix=False); then --cooldown-epochs more epochs at min_lr."""
     lr, lo, warm, epochs = 0.05, 1e-4, 1e-3, 3
-    cfg = tiny_config(tmp_path, epochs=epochs, warmup_epochs=1, sched_on_updates=False, opt='sgd', lr=lr,
-                      min_lr=lo, warmup_lr=warm, log_interval=1)
-    _train(cfg, digits)
+    cfg = tiny_config(tmp_path, epochs=epochs, cooldown_epochs=1, warmup_epochs=1, sched_on_updates=False,
+                      opt='sgd', lr=lr, min_lr=lo, warmup_lr=warm, log_interval=1)
+    summary, _ = _train(cfg, digits)
+    assert summary['epochs_done'] == epochs + 1
     records = [json.loads(line) for line in (tmp_path / 'runs' / 't' / 'metrics.jsonl').read_text().splitlines()]
     seen = {}
     for r in records:
         if r['kind'] == 'train':
             seen.setdefault(r['epoch'], set()).add(r['lr'])
-    want = {0: warm, **{t: lo + (lr - lo) * (1 + math.cos(math.pi * t / epochs)) / 2 for t in range(1, epochs)}}
+    want = {0: warm, **{t: lo + (lr - lo) * (1 + math.cos(math.pi * t / epochs)) / 2 for t in range(1, epochs)},
+            epochs: lo}
     assert seen.keys() == want.keys()
     for t, lrs in seen.items():
         assert len(lrs) == 1 and lrs.pop() == pytest.approx(want[t], rel=1e-9), t

@@ -136,7 +136,9 @@ class OptimConfig:
     warmup_epochs: float = _opt(3, 'linear warmup epochs (fractions allowed)')
     warmup_lr: float = _opt(1e-6, 'learning rate at the start of warmup')
     min_lr: float = _opt(1e-7, 'lower lr bound of the schedule')
-    epochs: int = _opt(300, 'number of epochs to train')
+    epochs: int = _opt(300, 'number of epochs of the schedule')
+    cooldown_epochs: int = _opt(0, 'epochs at --min-lr after the schedule (timm): the run trains --epochs + '
+                                   '--cooldown-epochs epochs')
     batch_size: int = _opt(64, 'batch size per process (rank)', '-b', '--batch-size')
     grad_accum_steps: int = _opt(1, 'micro-batches accumulated per optimizer step')
 
@@ -152,6 +154,8 @@ class OptimConfig:
             raise ValueError(f'--lr must be > 0, got {self.lr}')
         if self.lr_base_size < 0:
             raise ValueError(f'--lr-base-size must be >= 0 (0 = no scaling), got {self.lr_base_size}')
+        if self.cooldown_epochs < 0:
+            raise ValueError(f'--cooldown-epochs must be >= 0, got {self.cooldown_epochs}')
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise ValueError(f'--warmup-epochs must be in [0, --epochs), got {self.warmup_epochs} '
                              f'with --epochs {self.epochs}')
@@ -277,16 +281,22 @@ def vitb16_300ep() -> Config:
     At another world size the per-GPU batch stays 64 and the lr scales linearly with the global batch
     (lr_base_size=512 = 8 x 64), so 8 GPUs train with exactly the seed's lr 5e-3. The model is compiled and
     channels-last (a GPU recipe; the seed's timm ran eager): `--no-compile` trains eagerly, e.g. to debug.
+
+    What the seed did not write, it took from the defaults of its timm train.py (the one that takes
+    torch.distributed.launch's --local_rank, timm <= 0.6): the lr stepped once per epoch, warmup from 1e-4, 10
+    cooldown epochs at min_lr after the 300 (310 in all), eval crop_pct 0.9 from the model's config. One
+    deliberate change: autocast in bfloat16, where the seed's `--amp` meant float16 with loss scaling
+    (`--amp-dtype float16` for that).
     """
     return Config(
         preset='vitb16_300ep',
         model=ModelConfig(model='neatt_vit_base_patch16_224', num_classes=1000, img_size=224, channels_last=True,
                           compile=True),
-        # crop_pct 0.9: the seed passed none, so timm's train.py evaluated with its model's pretrained config
         data=DataConfig(backend='ffcv', workers=8, crop_pct=0.9, train_interpolation='bicubic', color_jitter=0.0),
         aug=AugConfig(aa='v0', reprob=0.5, smoothing=0.1),
         optim=OptimConfig(opt='sgd', lr=5e-3, lr_base_size=512, momentum=0.9, weight_decay=1e-4, sched='cosine',
-                          sched_on_updates=False, warmup_epochs=3, min_lr=1e-7, epochs=300, batch_size=64),
+                          sched_on_updates=False, warmup_epochs=3, warmup_lr=1e-4, min_lr=1e-7, epochs=300,
+                          cooldown_epochs=10, batch_size=64),
         ema=EmaConfig(model_ema=True, model_ema_decay=0.995),
         run=RunConfig(amp=True, checkpoint_interval=2000),
     )

@@ -113,8 +113,9 @@ class Trainer:
             raise UserInputError(f'the train split gives {len(self.train_loader)} batches per rank, fewer than '
                                  f'--grad-accum-steps {cfg.optim.grad_accum_steps}: lower -b/--batch-size or it')
         from timm.scheduler import create_scheduler_v2
-        self.scheduler, _ = create_scheduler_v2(
+        self.scheduler, self.num_epochs = create_scheduler_v2(  # num_epochs: --epochs + --cooldown-epochs
             self.optimizer, sched=cfg.optim.sched, num_epochs=cfg.optim.epochs, warmup_epochs=cfg.optim.warmup_epochs,
+            cooldown_epochs=cfg.optim.cooldown_epochs,
             warmup_lr=cfg.optim.warmup_lr, min_lr=cfg.optim.min_lr, step_on_epochs=not cfg.optim.sched_on_updates,
             updates_per_epoch=self.updates_per_epoch)
 
@@ -460,7 +461,7 @@ class Trainer:
         start = time.perf_counter()
         status = 'completed'
         try:
-            while self.epoch < self.cfg.optim.epochs:
+            while self.epoch < self.num_epochs:
                 stop = self.train_one_epoch()
                 if stop:
                     status = 'preempted' if stop == 'signal' else 'max_steps'
