@@ -17,9 +17,9 @@ demo: setup
 	$(PY) tools/plot_run.py $(RUNS)/demo
 	$(PY) tools/validate.py --data-dir $(DATA)/digits --checkpoint $(RUNS)/demo --json $(RUNS)/demo/validate.json
 
-## test: the whole suite, slow tests included (what CI runs)
+## test: the whole suite, slow tests included (what CI runs); the 15 slowest are listed, to watch its time
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 ## test-fast: skip the tests marked slow (torch.compile, end-to-end runs)
 test-fast: setup

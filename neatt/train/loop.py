@@ -163,7 +163,7 @@ class Trainer:
         self.meter = ThroughputMeter()
         self.log(f'{cfg.model.model}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params, '
                  f'{self.dist.world_size} process(es) on {device.type}, amp={self._amp_desc()}, '
-                 f'global batch {self.global_batch}, {self.updates_per_epoch} steps/epoch, '
+                 f'global batch {self.global_batch}, {self.updates_per_epoch} steps/epoch, {self._epochs_desc()}, '
                  f'lr {self.lr:.3g} = {self._lr_note}, run dir {self.run_dir}')
 
     # ------------------------------------------------------------------------------------------------- build
@@ -176,6 +176,12 @@ class Trainer:
         if not self.amp:
             return 'off'
         return f'{self.cfg.run.amp_dtype}' + (' + GradScaler' if self.scaler.is_enabled() else '')
+
+    def _epochs_desc(self) -> str:
+        cooldown = self.num_epochs - self.cfg.optim.epochs
+        updated = 'per step' if self.cfg.optim.sched_on_updates else 'per epoch'
+        return (f'{self.num_epochs} epochs' + (f' ({self.cfg.optim.epochs} + {cooldown} cooldown)' if cooldown else '')
+                + f', lr updated {updated}')
 
     def _seed(self, seed: int) -> None:
         # The model is built under the same seed on every rank (DDP also broadcasts rank 0's weights); after it,
