@@ -25,7 +25,7 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from neatt.train.config import BACKENDS, parse_kwarg
+    from neatt.train.config import AMP_DTYPES, BACKENDS, parse_kwarg
 
     p = argparse.ArgumentParser(
         prog='validate.py', description=__doc__.split('\n\n')[0],
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', help='cuda / cpu / auto (cuda:LOCAL_RANK when CUDA is available)')
     p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
                    help='autocast (default: on with a GPU, off on CPU)')
-    p.add_argument('--amp-dtype', choices=('bfloat16', 'float16'), default='bfloat16', help='autocast dtype')
+    p.add_argument('--amp-dtype', choices=AMP_DTYPES, default='bfloat16', help='autocast dtype')
     p.add_argument('--json', metavar='PATH', help='also write the results as JSON (atomically)')
     return p
 
@@ -125,11 +125,9 @@ def load_weights(model, state_dict: dict, name: str, path: Path, model_name: str
 
 
 def validate(args, log) -> dict:
-    import torch
-
     from neatt.datasets.manifest import read_manifest
     from neatt.fileio import write_json_atomic
-    from neatt.train.build import build_loader_for, create_model, to_device
+    from neatt.train.build import autocast_settings, build_loader_for, create_model, to_device
     from neatt.train.checkpoint import BEST, load_checkpoint, resolve_checkpoint_path
     from neatt.train.config import apply_overrides
     from neatt.train.distributed import init_distributed
@@ -142,21 +140,22 @@ def validate(args, log) -> dict:
     cfg = resolve_config(args, ckpt, num_classes)
     dist = init_distributed(cfg.run.device)
     model = create_model(cfg.model)
-    for name, state_dict in entries:  # every set of weights must fit before any data is read
+    # every set of weights must fit before any data is read; the first is loaded last, so it stays for the loop
+    for name, state_dict in reversed(entries):
         load_weights(model, state_dict, name, path, cfg.model.model)
+    to_device(model, cfg.model, dist.device)
     if args.crop_pct is None and not isinstance(ckpt.get('config'), dict):  # timm's choice for its checkpoints
         cfg = apply_overrides(cfg, {'crop_pct': model.pretrained_cfg.get('crop_pct', cfg.data.crop_pct)})
     loader = build_loader_for(cfg, args.split, model, dist, args.batch_size, train=False)
-    amp = cfg.run.amp if cfg.run.amp is not None else dist.device.type == 'cuda'
-    amp_dtype = getattr(torch, cfg.run.amp_dtype)
+    amp, amp_dtype = autocast_settings(cfg.run, dist.device)
     if dist.is_main:
         log(f'{path} (arch {ckpt.get("arch", "?")}, epoch {ckpt.get("epoch", "?")}): {cfg.model.model} at '
             f'{cfg.model.img_size} px, crop_pct {cfg.data.crop_pct}, {cfg.data.backend} loader, '
             f'{dist.world_size} process(es) on {dist.device.type}, amp {cfg.run.amp_dtype if amp else "off"}')
     results = {}
-    for name, state_dict in entries:
-        load_weights(model, state_dict, name, path, cfg.model.model)
-        to_device(model, cfg.model, dist.device)
+    for i, (name, state_dict) in enumerate(entries):
+        if i:  # the first set is still loaded from the check above
+            load_weights(model, state_dict, name, path, cfg.model.model)
         results[name] = evaluate(model, loader, dist.device, amp=amp, amp_dtype=amp_dtype)
         r = results[name]
         if dist.is_main:

@@ -2,10 +2,11 @@
 import torch
 from torch import nn
 
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, RunConfig
 from .distributed import DistInfo
 
-__all__ = ['UserInputError', 'check_num_classes', 'create_model', 'to_device', 'build_loader_for']
+__all__ = ['UserInputError', 'check_num_classes', 'create_model', 'to_device', 'autocast_settings',
+           'build_loader_for']
 
 
 class UserInputError(ValueError):
@@ -39,6 +40,12 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+def autocast_settings(cfg: RunConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast on, its dtype): --amp/--no-amp when given, else on for a GPU and off on a CPU."""
+    enabled = cfg.amp if cfg.amp is not None else device.type == 'cuda'
+    return enabled, getattr(torch, cfg.amp_dtype)
 
 
 def build_loader_for(cfg: Config, split: str, model: nn.Module, dist: DistInfo, batch_size: int, train: bool):

@@ -18,12 +18,13 @@ from pipelines.base import BACKENDS as LOADER_BACKENDS
 
 __all__ = [
     'Config', 'ModelConfig', 'DataConfig', 'AugConfig', 'OptimConfig', 'EmaConfig', 'RunConfig',
-    'PRESETS', 'REQUIRED', 'build_parser', 'config_from_args', 'config_from_dict', 'config_to_dict',
-    'config_diff', 'flag_name', 'parse_kwarg', 'RESUME_MUTABLE_FIELDS',
+    'AMP_DTYPES', 'BACKENDS', 'PRESETS', 'REQUIRED', 'build_parser', 'config_from_args', 'config_from_dict',
+    'config_to_dict', 'config_diff', 'flag_name', 'parse_kwarg', 'RESUME_MUTABLE_FIELDS',
 ]
 
 REQUIRED = '???'  # OmegaConf's marker for a value the user must supply; checked by `Config.check_required`.
 BACKENDS = tuple(LOADER_BACKENDS)  # the loader registry's names: a new backend needs no edit here
+AMP_DTYPES = ('bfloat16', 'float16')
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = '', *flags: str, choices=None, factory=None):
@@ -148,8 +149,8 @@ class OptimConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f'{flag_name(name)} must be >= 1, got {getattr(self, name)}')
         if self.sched in ('none', 'plateau'):
-            raise ValueError(f'--sched {self.sched} is not supported (the lr is updated every optimizer step); use '
-                             f'--sched constant for a fixed lr')
+            raise ValueError(f'--sched {self.sched} is not supported (the trainer steps the schedule with no eval '
+                             f'metric); use --sched constant for a fixed lr')
         if self.lr <= 0:
             raise ValueError(f'--lr must be > 0, got {self.lr}')
         if self.lr_base_size < 0:
@@ -179,7 +180,7 @@ class RunConfig:
     seed: int = _opt(0, 'seed of the data order, augmentation, init and dropout')
     amp: Optional[bool] = _opt(
         None, 'autocast: None = bf16 on GPU and off on CPU; --amp forces it on (also on CPU), --no-amp off')
-    amp_dtype: str = _opt('bfloat16', 'autocast dtype; float16 adds a GradScaler', choices=('bfloat16', 'float16'))
+    amp_dtype: str = _opt('bfloat16', 'autocast dtype; float16 adds a GradScaler', choices=AMP_DTYPES)
     threads: int = _opt(0, 'torch intra-op threads per process (torch.set_num_threads); 0 keeps torch\'s default. '
                            'On a small CPU, 1 leaves the other cores to the loader\'s decode threads')
     device: str = _opt('auto', 'cuda / cpu / auto (cuda:LOCAL_RANK when CUDA is available)')
@@ -190,7 +191,7 @@ class RunConfig:
     max_steps: int = _opt(0, 'stop after this many optimizer steps in total, checkpointing first (0: no limit)')
 
     def __post_init__(self):
-        _check_choice('amp_dtype', self.amp_dtype, ('bfloat16', 'float16'))
+        _check_choice('amp_dtype', self.amp_dtype, AMP_DTYPES)
         for name in ('checkpoint_interval', 'max_steps', 'threads'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{flag_name(name)} must be >= 0, got {getattr(self, name)}')

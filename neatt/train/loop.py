@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from neatt.runtime import configure_cpu_allocator
 
-from .build import UserInputError, build_loader_for, check_num_classes, create_model, to_device
+from .build import (UserInputError, autocast_settings, build_loader_for, check_num_classes, create_model,
+                    to_device)
 from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, load_checkpoint, load_initial_checkpoint,
                          resolve_checkpoint_path, restore_rng_state, save_checkpoint)
 from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
@@ -120,8 +121,7 @@ class Trainer:
             updates_per_epoch=self.updates_per_epoch)
 
         device = self.dist.device
-        self.amp = cfg.run.amp if cfg.run.amp is not None else device.type == 'cuda'
-        self.amp_dtype = getattr(torch, cfg.run.amp_dtype)
+        self.amp, self.amp_dtype = autocast_settings(cfg.run, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and self.amp_dtype == torch.float16)
 
         self.mixup = None
