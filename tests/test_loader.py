@@ -53,6 +53,13 @@ def _uint8_epoch(loader, epoch):
     return [(x.clone(), y.clone()) for x, y in loader._iter_uint8(epoch, 0)]
 
 
+def _assert_same_batches(got, want):
+    """Two lists of (images, labels) batches: as many, and equal bit for bit."""
+    assert len(got) == len(want)
+    for (xg, yg), (xw, yw) in zip(got, want):
+        assert torch.equal(yg, yw) and torch.equal(xg, xw)
+
+
 def _image_keys(batches):
     return sorted(hashlib.sha1(img.contiguous().numpy().tobytes()).hexdigest()
                   for x, _ in batches for img in x)
@@ -91,9 +98,7 @@ def test_backend_batches_follow_the_contract(digits, stored_labels, backend):
     resumed.load_state_dict(json.loads(json.dumps(state)))  # states go through checkpoints
     resumed.set_epoch(1)  # what the trainer calls; the same epoch keeps the position
     rest = [(x.clone(), y.clone()) for x, y in resumed]
-    assert len(rest) == len(full) - 3
-    for (xa, ya), (xb, yb) in zip(full[3:], rest):
-        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    _assert_same_batches(rest, full[3:])
     resumed.set_epoch(2)  # a new epoch starts at its first batch, in another order
     nxt = next(iter(resumed))
     assert resumed.state_dict()["batches_done"] == 1
@@ -320,9 +325,8 @@ def test_a_stale_pass_stops_and_the_new_one_is_intact(digits, backend):
     fresh = _build(digits, backend, num_workers=1)
     fresh.load_state_dict({"epoch": 0, "batches_done": 1})
     want = list(fresh)
-    assert len(got) == len(want) == len(loader) - 1
-    for (xg, yg), (xw, yw) in zip(got, want):
-        assert torch.equal(yg, yw) and torch.equal(xg, xw)
+    assert len(want) == len(loader) - 1
+    _assert_same_batches(got, want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -344,6 +348,5 @@ def test_moving_the_loader_stops_a_suspended_pass(digits, backend, move):
     fresh = _build(digits, backend, num_workers=1)
     fresh.set_epoch(1)
     want = list(fresh)
-    assert len(got) == len(want) == len(loader)
-    for (xg, yg), (xw, yw) in zip(got, want):
-        assert torch.equal(yg, yw) and torch.equal(xg, xw)
+    assert len(want) == len(loader)
+    _assert_same_batches(got, want)

@@ -74,6 +74,17 @@ def _reference(model, digits_dir, crop_pct, split='val'):
             'loss': F.cross_entropy(logits, y).item(), 'count': len(y)}
 
 
+def _best(run_dir):
+    return torch.load(run_dir / 'model_best.pth.tar', map_location='cpu', weights_only=False)
+
+
+def _tiny_neatt(state_dict):
+    """The run's model, built by timm and loaded with plain load_state_dict."""
+    model = timm.create_model('neatt_vit_tiny_patch4_32', num_classes=10, img_size=SIZE, **KWARGS, global_pool='avg')
+    model.load_state_dict(state_dict)
+    return model
+
+
 def _assert_same(got, want):
     assert got['count'] == want['count']
     assert got['top1'] == pytest.approx(want['top1'], abs=1e-9) and got['top5'] == pytest.approx(want['top5'],
@@ -86,12 +97,9 @@ def test_a_train_fast_checkpoint_against_an_independent_evaluation(digits_dir, r
     assert validate.main(['--data-dir', str(digits_dir), '--checkpoint', str(run_dir), '--json', str(out)]) == 0
     report = json.loads(out.read_text())
     assert report['backend'] == 'ffcv' and report['img_size'] == SIZE and report['crop_pct'] == 0.875
-    ckpt = torch.load(run_dir / 'model_best.pth.tar', map_location='cpu', weights_only=False)
+    ckpt = _best(run_dir)
     for which, key in (('model', 'state_dict'), ('ema', 'state_dict_ema')):
-        model = timm.create_model('neatt_vit_tiny_patch4_32', num_classes=10, img_size=SIZE, **KWARGS,
-                                  global_pool='avg')
-        model.load_state_dict(ckpt[key])
-        want = _reference(model, digits_dir, crop_pct=0.875)
+        want = _reference(_tiny_neatt(ckpt[key]), digits_dir, crop_pct=0.875)
         _assert_same(report['results'][which], want)
     assert report['results']['model']['top1'] > 30  # trained: the comparison is not between two chance levels
 
@@ -109,18 +117,15 @@ def test_the_train_split_is_evaluated_with_the_eval_transform(digits_dir, run_di
             '--backend', 'torch', '-b', '100', '--json', str(out)]
     assert validate.main(args) == 0
     got = json.loads(out.read_text())['results']['model']
-    model = timm.create_model('neatt_vit_tiny_patch4_32', num_classes=10, img_size=SIZE, **KWARGS,
-                              global_pool='avg')
-    model.load_state_dict(torch.load(run_dir / 'model_best.pth.tar', map_location='cpu',
-                                     weights_only=False)['state_dict'])
-    _assert_same(got, _reference(model, digits_dir, crop_pct=0.875, split='train'))
+    _assert_same(got, _reference(_tiny_neatt(_best(run_dir)['state_dict']), digits_dir, crop_pct=0.875,
+                                 split='train'))
     assert got['count'] == 1437
 
 
 def test_a_timm_vanilla_checkpoint_takes_timm_crop_pct(digits_dir, run_dir, tmp_path):
     """A checkpoint as timm's train.py writes it (arch, state_dict, no config), of a vanilla ViT: the model comes
     from `arch`, the crop_pct from timm's pretrained config for it (0.9 for vit_tiny_patch16_224)."""
-    ckpt = torch.load(run_dir / 'model_best.pth.tar', map_location='cpu', weights_only=False)
+    ckpt = _best(run_dir)
     path = tmp_path / 'timm.pth.tar'
     torch.save({'arch': 'vit_tiny_patch16_224', 'epoch': 3, 'state_dict': to_vanilla_state_dict(ckpt['state_dict'])},
                path)
@@ -147,7 +152,7 @@ def test_a_timm_vanilla_checkpoint_takes_timm_crop_pct(digits_dir, run_dir, tmp_
     (['--crop-pct', '1.5'], '--crop-pct must be in (0, 1]'),
 ])
 def test_bad_input_is_a_message_and_exit_2(digits_dir, run_dir, tmp_path, capsys, extra, message):
-    weights = torch.load(run_dir / 'model_best.pth.tar', map_location='cpu', weights_only=False)['state_dict']
+    weights = _best(run_dir)['state_dict']
     torch.save(weights, tmp_path / 'raw.pth')
     cifar = dict(weights, **{'head.weight': torch.zeros(100, 48), 'head.bias': torch.zeros(100)})
     torch.save({'arch': 'neatt_vit_tiny_patch4_32', 'state_dict': cifar}, tmp_path / 'cifar.pth')
