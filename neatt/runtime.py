@@ -24,9 +24,10 @@ import ctypes.util
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ['configure_cpu_allocator', 'short_openmp_spin_by_default', 'use_threadsafe_numba',
-           'numba_threads_like_torch']
+           'numba_threads_like_torch', 'compile_on_a_fresh_stack']
 
 _logger = logging.getLogger(__name__)
 
@@ -82,3 +83,22 @@ def numba_threads_like_torch() -> int:
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     return n
+
+
+def compile_on_a_fresh_stack(dispatcher, *args) -> None:
+    """Make sure the numba `dispatcher` has a version for the types of `args`; compile it (or load it from numba's
+    disk cache) in a new thread if it has not.
+
+    Why a new thread: CPython 3.11 and 3.12 keep the interpreter's frames in 16 KiB chunks and unmap a chunk as
+    soon as the frames on it return (CPython gh-142183, fixed in later 3.13 and 3.14 releases). Numba's compiler
+    recurses deeply, and where one of its hot calls sits on a chunk boundary, each call maps and unmaps a chunk.
+    How deep the stack is when the compile starts decides whether that happens: inside pytest, compiling the
+    head-mix kernels took twice as long as from a script, 66% of it in the kernel (8,000 mmap/munmap pairs a
+    second). A new thread starts from an empty stack, so the compile runs at the same shallow depth wherever
+    the first call comes from.
+    """
+    import numba
+    signature = tuple(numba.typeof(a) for a in args)
+    if signature not in dispatcher.overloads:
+        with ThreadPoolExecutor(1, thread_name_prefix='numba-compile') as pool:
+            pool.submit(dispatcher.compile, signature).result()

@@ -1,10 +1,15 @@
-"""neatt.runtime.configure_cpu_allocator: large host allocations must come from the reusable heap afterwards."""
+"""neatt.runtime: the host allocator's thresholds, numba's threading layer, libgomp's spin, where numba compiles."""
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 
+import numba
+import numpy as np
 import pytest
+
+from neatt.runtime import compile_on_a_fresh_stack
 
 # Prints whether a fresh 64 MiB numpy buffer lies inside the process's brk heap ([heap] in /proc/self/maps).
 # glibc's default serves such a request with its own mmap (outside [heap]) and unmaps it on free.
@@ -75,3 +80,47 @@ def test_import_neatt_shortens_openmp_spin_unless_the_user_chose(env, want):
     out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, check=True,
                          env={**clean, **env}).stdout.split()
     assert out == [str(want), 'True']  # and torch was loaded by that import, after the setting
+
+
+class _RecordingDispatcher:
+    """What compile_on_a_fresh_stack reads of a numba dispatcher (`overloads`, `compile`), recording each compile."""
+
+    def __init__(self):
+        self.overloads = {}
+        self.compiles = []
+
+    def compile(self, signature):
+        self.compiles.append((signature, threading.get_ident()))
+        self.overloads[signature] = object()
+
+
+def test_compile_runs_once_in_another_thread():
+    fake = _RecordingDispatcher()
+    args = (np.zeros((2, 3), np.float32), np.float32(0.5), 7)
+    compile_on_a_fresh_stack(fake, *args)
+    compile_on_a_fresh_stack(fake, *args)  # compiled already: nothing to do
+    assert len(fake.compiles) == 1
+    signature, thread = fake.compiles[0]
+    assert signature == (numba.types.float32[:, ::1], numba.types.float32, numba.types.int64)
+    assert thread != threading.get_ident()
+
+
+def test_the_compiled_version_is_the_one_calls_dispatch_to():
+    @numba.njit
+    def scaled_sum(x, scale, n):
+        return x[:n].sum() * scale
+
+    args = (np.arange(6, dtype=np.float32).reshape(2, 3), np.float32(0.5), 1)
+    compile_on_a_fresh_stack(scaled_sum, *args)
+    assert len(scaled_sum.signatures) == 1
+    assert scaled_sum(*args) == 1.5  # (0 + 1 + 2) * 0.5
+    assert len(scaled_sum.signatures) == 1  # the call found it: no second compile
+
+
+def test_a_compile_error_reaches_the_caller():
+    @numba.njit
+    def needs_an_array(x):
+        return x.shape[0]
+
+    with pytest.raises(numba.core.errors.TypingError):
+        compile_on_a_fresh_stack(needs_an_array, 'not an array')

@@ -30,7 +30,7 @@ from numba import njit
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
+from neatt.runtime import compile_on_a_fresh_stack, numba_threads_like_torch, use_threadsafe_numba
 
 from .flops import head_mix_flops
 
@@ -309,6 +309,7 @@ def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tens
     forward_run, _ = _kernels(H, tile)
     args = (_np(x).reshape(H, -1), _flat(_pad_cols(w1, H4)), _np(b1), _flat(w2), _np(b2), _flat(_pad_rows(w3, H4)),
             _np(_pad_rows(b3, H4)), np.float32(negative_slope), y.numpy().reshape(H, -1))
+    compile_on_a_fresh_stack(forward_run, *args, 0, 1)
     _in_parallel(lambda r, i0, i1: forward_run(*args, i0, i1), -(-x[0].numel() // tile), numba_threads_like_torch())
     return y
 
@@ -329,6 +330,7 @@ def _head_mix_backward(gy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor
     args = (_np(gy).reshape(H, -1), _np(x).reshape(H, -1), _flat(w1p), _np(b1), _flat(w2), _np(b2), _flat(w1p.t()),
             _flat(w2.t()), _flat(w3p.t()), np.float32(negative_slope), gx.numpy().reshape(H, -1))
     per_run = [g.numpy() for g in grads]
+    compile_on_a_fresh_stack(backward_run, *args, *(g[0] for g in per_run), 0, 1)
     _in_parallel(lambda r, i0, i1: backward_run(*args, *(g[r] for g in per_run), i0, i1), ntiles, threads)
     gw1, gb1, gw2, gb2, gw3, gb3 = (g.sum(0) for g in grads)
     return gx, gw1.view(F, H4)[:, :H].contiguous(), gb1, gw2.view(F, F), gb2, gw3.view(H4, F)[:H], gb3[:H]
