@@ -6,6 +6,8 @@ Builders (for conversion, loader and trainer tests):
 * :func:`make_imagenet_tree` - ``train/<wnid>/*.JPEG`` plus a val in class folders or flat with
   ``LOC_val_solution.csv`` or ``ILSVRC2012_validation_ground_truth.txt`` + devkit ``meta.mat``; optionally every
   kind of bad file real ImageNet-like trees contain. Returns the expected result, computed independently of neatt.
+* :func:`pack_imagenet_archives` - such a tree packed as image-net.org ships it: ``ILSVRC2012_img_train.tar``
+  (a tar of per-class tars), ``ILSVRC2012_img_val.tar``, ``ILSVRC2012_devkit_t12.tar.gz``.
 * :func:`make_cifar100_release` - ``cifar-100-python/{train,test,meta}`` pickles exactly like the official release,
   optionally packed as ``cifar-100-python.tar.gz``.
 * :func:`make_folder_tree` - a plain ImageFolder tree.
@@ -26,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["CIFAR100_CLASSES", "photo_tiles", "Expected", "make_imagenet_tree", "make_cifar100_release",
-           "make_folder_tree", "read_ffcv", "read_ffcv_jpegs", "read_dali", "run_convert_cli", "BAD_SKIPPED",
+           "make_folder_tree", "pack_imagenet_archives", "read_ffcv", "read_ffcv_jpegs", "read_dali", "run_convert_cli", "BAD_SKIPPED",
            "BAD_CONVERTED"]
 
 CIFAR100_CLASSES = (
@@ -225,6 +227,34 @@ def make_imagenet_tree(root: str, num_classes: int = 3, per_class: int = 3, val_
             f.write("\n".join(devkit_order) + "\n")
     exp.splits["val"] = sorted(val, key=lambda s: (s[1], s[0])) if not flat else sorted(val, key=lambda s: s[0])
     return exp
+
+
+def _tar_bytes(folder: str, names: list) -> bytes:
+    """An uncompressed tar of ``folder``'s entries ``names`` as they are (a directory or a link stays one)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in names:
+            tar.add(os.path.join(folder, name), arcname=name, recursive=False)
+    return buf.getvalue()
+
+
+def pack_imagenet_archives(tree: str, out: str) -> None:
+    """Pack a :func:`make_imagenet_tree` tree with ``val_layout="ground_truth"`` into ``out`` as image-net.org
+    ships ILSVRC2012: the train tar holds one ``<wnid>.tar`` per class, the val tar the flat val images, the devkit
+    archive its ``data/`` files. Members go in reverse name order, so that a reader must sort them itself."""
+    os.makedirs(out, exist_ok=True)
+    train = os.path.join(tree, "train")
+    with tarfile.open(os.path.join(out, "ILSVRC2012_img_train.tar"), "w") as outer:
+        for wnid in sorted(os.listdir(train), reverse=True):
+            data = _tar_bytes(os.path.join(train, wnid), sorted(os.listdir(os.path.join(train, wnid)), reverse=True))
+            info = tarfile.TarInfo(f"{wnid}.tar")
+            info.size = len(data)
+            outer.addfile(info, io.BytesIO(data))
+    val = os.path.join(tree, "val")
+    with open(os.path.join(out, "ILSVRC2012_img_val.tar"), "wb") as f:
+        f.write(_tar_bytes(val, sorted(os.listdir(val), reverse=True)))
+    with tarfile.open(os.path.join(out, "ILSVRC2012_devkit_t12.tar.gz"), "w:gz") as tar:
+        tar.add(os.path.join(tree, "ILSVRC2012_devkit_t12"), arcname="ILSVRC2012_devkit_t12")
 
 
 def make_cifar100_release(root: str, train_per_class: int = 1, test_per_class: int = 1, archive: bool = True,

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from datasets_builders import (BAD_CONVERTED, BAD_SKIPPED, CIFAR100_CLASSES, make_cifar100_release,
-                               make_folder_tree, make_imagenet_tree, photo_tiles, read_dali, read_ffcv,
-                               run_convert_cli)
+                               make_folder_tree, make_imagenet_tree, pack_imagenet_archives, photo_tiles, read_dali,
+                               read_ffcv, run_convert_cli)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (32, 40)                       # (h, w) of the stored images; the sources' "large" class is twice that
@@ -200,6 +200,51 @@ def test_same_input_same_bytes_whatever_the_workers(imagenet, tmp_path):
     assert again == _data_files(d) and len(again) == 2 + 2 * (4 + 2)   # 2 betons, 4+2 shards with their indexes
     assert _manifest(str(tmp_path / "imagenet"))["formats"] == _manifest(d)["formats"]
 
+
+
+def test_imagenet_archives_as_downloaded_convert_like_the_extracted_tree(imagenet, tmp_path):
+    """ILSVRC2012_img_train.tar (a tar of class tars), the val tar and the devkit's tar.gz, read without
+    extracting: the same bytes in every output file as the conversion of the extracted tree, and the same inputs
+    skipped (the tree's bad cases, now inside the first class's tar).
+
+    Both with --write-mode jpg: in the default mode a sample's index picks whether FFCV stores it raw, and the tree
+    lists its bad folder and link as samples (the decoder skips them) where the archive's index leaves them out."""
+    tree = imagenet["ground_truth"][0]
+    src = str(tmp_path / "downloads")
+    pack_imagenet_archives(tree, src)
+    for source, out in ((tree, "from_tree"), (src, "from_archives")):
+        rc, err = run_convert_cli(["imagenet", "--src", source, "--out", str(tmp_path / out), "--write-mode", "jpg"]
+                                  + COMMON)
+        assert rc == 0, err
+    d, out = str(tmp_path / "from_tree" / "imagenet"), str(tmp_path / "from_archives" / "imagenet")
+    assert _data_files(out) == _data_files(d)
+    m, ref = _manifest(out), _manifest(d)
+    assert m["classes"] == ref["classes"] and m["splits"] == ref["splits"]
+    skipped = {s["path"]: s["reason"] for s in m["skipped"]}
+    first = ref["classes"][0]
+    assert {os.path.basename(p) for p in skipped} == {os.path.basename(s["path"]) for s in ref["skipped"]}
+    assert all(p.startswith(f"ILSVRC2012_img_train.tar/{first}.tar/{first}_") for p in skipped)
+    assert "directory" in skipped[f"ILSVRC2012_img_train.tar/{first}.tar/{first}_folder.JPEG"]
+    assert "link" in skipped[f"ILSVRC2012_img_train.tar/{first}.tar/{first}_broken_link.JPEG"]
+    assert "truncated" in skipped[f"ILSVRC2012_img_train.tar/{first}.tar/{first}_truncated.JPEG"]
+
+
+@pytest.mark.parametrize("damage", ["cut", "gzip"])
+def test_a_damaged_train_archive_is_named_with_what_to_do(imagenet, tmp_path, damage):
+    """A download cut short (inside a class tar) or a compressed file under the tar's name: exit 2, the archive
+    and image-net.org's md5 named, no traceback, nothing written."""
+    import gzip
+    tree, _, _, _ = imagenet["ground_truth"]
+    src = tmp_path / "downloads"
+    pack_imagenet_archives(tree, str(src))
+    archive = src / "ILSVRC2012_img_train.tar"
+    data = archive.read_bytes()
+    archive.write_bytes(data[:len(data) // 2] if damage == "cut" else gzip.compress(data))
+    rc, err = run_convert_cli(["imagenet", "--src", str(src), "--out", str(tmp_path / "out")] + COMMON)
+    assert rc == 2, err
+    assert str(archive) in err and "1d675b47d978889d74fa0da5fadfb00e" in err and "Traceback" not in err
+    assert ("cut short" if damage == "cut" else "not an uncompressed tar") in err
+    assert not os.path.exists(tmp_path / "out" / "imagenet" / "manifest.json")
 
 @pytest.fixture
 def small_tree(tmp_path):

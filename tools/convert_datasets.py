@@ -55,8 +55,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=sources.DATASETS, help="source kind")
-    p.add_argument("--src", help="source path (not for digits): ImageNet root, CIFAR-100 tar.gz or folder, "
-                                 "ImageFolder root")
+    p.add_argument("--src", help="source path (not for digits): ImageNet root (extracted, or the folder holding "
+                                 "image-net.org's ILSVRC2012_img_{train,val}.tar and devkit), CIFAR-100 tar.gz or "
+                                 "folder, ImageFolder root")
     p.add_argument("--out", required=True, help="output root; the dataset goes to <out>/<dataset>/")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of %(default)s")
     p.add_argument("--splits", default="train,val", help="comma list of split folders/names (default %(default)s)")
@@ -70,7 +71,8 @@ def parse_args(argv=None):
     g.add_argument("--shard-size", type=int, default=5000, help="samples per DALI shard (default %(default)s)")
     g = p.add_argument_group("ImageNet flat val labels (found automatically under --src when present)")
     g.add_argument("--val-labels", help="LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")
-    g.add_argument("--devkit", help="ILSVRC2012_devkit_t12 folder or its data/meta.mat (class order for the txt)")
+    g.add_argument("--devkit", help="ILSVRC2012_devkit_t12 folder, its data/meta.mat or its .tar.gz (class order for "
+                                          "the txt)")
     g.add_argument("--wnid-order", help="text file with the 1000 wnids in devkit (ILSVRC2012_ID) order")
     g = p.add_argument_group("behaviour")
     g.add_argument("--force", action="store_true", help="redo outputs that are already complete")

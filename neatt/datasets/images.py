@@ -1,4 +1,4 @@
-"""Turn one source image (a file or an in-memory array) into the stored RGB sample, or say why not.
+"""Turn one source image (a file, a file inside a tar, or an in-memory array) into the stored RGB sample, or say why not.
 
 Real datasets contain CMYK, grayscale, palette, 16-bit and alpha images, PNGs named ``.JPEG``, text files in class
 folders, truncated and unreadable files. Everything that has a faithful RGB reading is converted; the rest raises
@@ -19,6 +19,7 @@ Conversion rules (documented in ``tools/convert_datasets.py --help``):
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,12 +29,14 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile
 
+from .tar_index import TarMember
+
 __all__ = ["ImageSkip", "ImagePolicy", "PreparedImage", "load_rgb", "resize_max", "encode_jpeg", "prepare_image"]
 
 # A truncated file must be reported, not silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-ImageItem = Union[str, np.ndarray]
+ImageItem = Union[str, TarMember, np.ndarray]
 
 WRITE_MODES = ("jpg", "raw", "smart", "proportion")
 
@@ -125,11 +128,22 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def load_rgb(item: ImageItem) -> np.ndarray:
-    """Decode a file (by content) or take an array, and return uint8 RGB (H, W, 3); raise ImageSkip if impossible."""
+    """Decode a file or a tar member (by content) or take an array, and return uint8 RGB (H, W, 3); raise ImageSkip
+    if impossible."""
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
             raise ImageSkip(f"in-memory image must be uint8 (H, W, 3), got {item.dtype} {item.shape}")
         return item
+    if isinstance(item, TarMember):
+        try:
+            data = item.read()
+        except EOFError:
+            raise ImageSkip("the archive ends inside this file (a truncated download?)") from None
+        except OSError as e:
+            raise ImageSkip(f"unreadable ({e.strerror or e})") from None
+        if not data:
+            raise ImageSkip("empty file (0 bytes)")
+        return _decode(io.BytesIO(data))
     path = item
     if os.path.isdir(path):
         raise ImageSkip("a directory, not an image file")
@@ -139,10 +153,15 @@ def load_rgb(item: ImageItem) -> np.ndarray:
         raise ImageSkip(f"unreadable ({e.strerror or e})") from None
     if size == 0:
         raise ImageSkip("empty file (0 bytes)")
+    return _decode(path)
+
+
+def _decode(source) -> np.ndarray:
+    """PIL decode of a path or a file object, every failure an ImageSkip with its reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()
                 return _to_rgb(img)
     except ImageSkip:

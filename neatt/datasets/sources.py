@@ -1,12 +1,13 @@
 """Dataset readers: each turns a source on disk (or embedded data) into classes and per-split sample lists.
 
-A sample is ``(item, label)`` where ``item`` is a file path or a uint8 (H, W, 3) array, and ``label`` indexes
-``classes``. Lists are sorted (by path for file trees) so that the same input gives the same order on any machine.
+A sample is ``(item, label)`` where ``item`` is a file path, a file inside an uncompressed tar
+(:class:`~neatt.datasets.tar_index.TarMember`) or a uint8 (H, W, 3) array, and ``label`` indexes ``classes``. Lists are sorted (by path for file trees) so that the same input gives the same order on any machine.
 A missing or misstructured source raises :class:`SourceError` whose message shows the expected layout.
 """
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pickle
 import re
@@ -16,10 +17,12 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .tar_index import ArchiveError, TarMember, index_tar, index_tar_of_tars, read_small_member
+
 __all__ = ["SourceError", "DatasetSource", "Sample", "imagenet_source", "cifar100_source", "folder_source",
            "digits_source", "render_digits", "DATASETS"]
 
-Sample = tuple  # (item: str | np.ndarray, label: int)
+Sample = tuple  # (item: str | TarMember | np.ndarray, label: int)
 
 
 class SourceError(Exception):
@@ -39,7 +42,9 @@ class DatasetSource:
     source: Optional[str]
     skipped: list = field(default_factory=list)
 
-    def relpath(self, item: Union[str, np.ndarray], index: int, split: str) -> str:
+    def relpath(self, item: Union[str, TarMember, np.ndarray], index: int, split: str) -> str:
+        if isinstance(item, TarMember) and self.source:
+            return f"{os.path.relpath(item.archive, self.source)}/{item.name}"
         if isinstance(item, str) and self.source:
             return os.path.relpath(item, self.source)
         return f"{split}[{index}]"
@@ -52,7 +57,22 @@ IMAGENET_LAYOUT = """expected the ILSVRC2012 layout:
       <src>/LOC_val_solution.csv                 (Kaggle: ImageId,PredictionString)
       <src>/ILSVRC2012_validation_ground_truth.txt + the devkit's class order
           (<src>/ILSVRC2012_devkit_t12/data/meta.mat, or --wnid-order FILE with one wnid per line)
-  (the Kaggle tree <src>/ILSVRC/Data/CLS-LOC/{train,val} is found too; --val-labels/--devkit point elsewhere)"""
+  (the Kaggle tree <src>/ILSVRC/Data/CLS-LOC/{train,val} is found too; --val-labels/--devkit point elsewhere)
+  or the archives as image-net.org ships them, read without extracting them (where train/ or val/ is absent):
+  <src>/ILSVRC2012_img_train.tar                 (one <wnid>.tar per class inside)
+  <src>/ILSVRC2012_img_val.tar                   (flat val) + <src>/ILSVRC2012_devkit_t12.tar.gz (its labels)"""
+
+TRAIN_TAR, VAL_TAR, DEVKIT_TGZ = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
+_DEVKIT_GT, _DEVKIT_META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
+# image-net.org's checksums (as torchvision's ImageNet dataset checks them), for the message on a damaged archive
+_MD5 = {TRAIN_TAR: "1d675b47d978889d74fa0da5fadfb00e", VAL_TAR: "29b22e2961454d5413ddabcf34fc5622",
+        DEVKIT_TGZ: "fa75699e90414af021442c21a62c3abf"}
+
+
+def _archive_error(e: ArchiveError, path: str) -> SourceError:
+    md5 = _MD5.get(os.path.basename(path))
+    check = f" (image-net.org's md5 of it: {md5})" if md5 else ""
+    return SourceError(f"{e}.\nCheck the download{check} and download it again if it differs.")
 
 CIFAR100_LAYOUT = """expected the official CIFAR-100 python release:
   <src> = cifar-100-python.tar.gz, or a folder holding it, or the extracted folder
@@ -96,18 +116,34 @@ def _read_loc_val_solution(path: str) -> dict:
     return labels
 
 
+def _is_devkit_archive(path: Optional[str]) -> bool:
+    return bool(path) and path.endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def _read_devkit_member(devkit_archive: str, suffix: str) -> bytes:
+    try:
+        return read_small_member(devkit_archive, suffix)
+    except ArchiveError as e:
+        raise _archive_error(e, devkit_archive) from None
+
+
 def _read_devkit_order(devkit: Optional[str], wnid_order: Optional[str]) -> list:
-    """Wnids in the devkit's ILSVRC2012_ID order (index 0 = ID 1), from a text file or the devkit's meta.mat."""
+    """Wnids in the devkit's ILSVRC2012_ID order (index 0 = ID 1), from a text file or the devkit's meta.mat (in
+    its folder, given itself, or inside the devkit's archive)."""
     if wnid_order:
         with open(wnid_order) as f:
             wnids = [line.split()[0] for line in f if line.strip()]
         if not wnids:
             raise SourceError(f"--wnid-order {wnid_order}: empty; expected one wnid per line in devkit order")
         return wnids
-    meta = devkit if devkit and devkit.endswith(".mat") else os.path.join(devkit or "", "data", "meta.mat")
-    if not os.path.isfile(meta):
-        raise SourceError(f"flat val with ILSVRC2012_validation_ground_truth.txt needs the devkit's class order: "
-                          f"{meta} not found; pass --devkit DIR (ILSVRC2012_devkit_t12) or --wnid-order FILE")
+    if _is_devkit_archive(devkit) and os.path.isfile(devkit):
+        meta = io.BytesIO(_read_devkit_member(devkit, _DEVKIT_META))
+    else:
+        meta = devkit if devkit and devkit.endswith(".mat") else os.path.join(devkit or "", "data", "meta.mat")
+        if not os.path.isfile(meta):
+            raise SourceError(f"flat val with ILSVRC2012_validation_ground_truth.txt needs the devkit's class order: "
+                              f"{meta} not found; pass --devkit DIR (ILSVRC2012_devkit_t12, or its .tar.gz) or "
+                              f"--wnid-order FILE")
     from scipy.io import loadmat
     syn = loadmat(meta, squeeze_me=True)["synsets"]
     ids = np.asarray(syn["ILSVRC2012_ID"], dtype=np.int64)
@@ -121,54 +157,89 @@ def _read_devkit_order(devkit: Optional[str], wnid_order: Optional[str]) -> list
 
 def _flat_val_labels(root: str, val_dir: str, val_labels: Optional[str], devkit: Optional[str],
                      wnid_order: Optional[str]) -> dict:
-    """{val file name (no extension): wnid} from LOC_val_solution.csv or the ground-truth txt + devkit order."""
+    """{val file name (no extension): wnid} from LOC_val_solution.csv, or the ground-truth txt + devkit order (both
+    may come from the devkit's archive)."""
     candidates = [val_labels] if val_labels else [
         os.path.join(d, n) for d in (root, os.path.dirname(root))
         for n in ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt",
-                  os.path.join("ILSVRC2012_devkit_t12", "data", "ILSVRC2012_validation_ground_truth.txt"))]
+                  os.path.join("ILSVRC2012_devkit_t12", "data", "ILSVRC2012_validation_ground_truth.txt"),
+                  DEVKIT_TGZ)]
     found = next((c for c in candidates if c and os.path.isfile(c)), None)
     if found is None:
-        where = val_labels or " or ".join(candidates[:3])
-        raise SourceError(f"{val_dir} is a flat folder of images but no labels file was found ({where}).\n"
+        where = val_labels or " or ".join(candidates[:3] + candidates[3:4])
+        raise SourceError(f"{val_dir} is a flat set of images but no labels file was found ({where}).\n"
                           f"{IMAGENET_LAYOUT}")
     if found.endswith(".csv"):
         return _read_loc_val_solution(found)
-    if devkit is None and not wnid_order:
-        gt_dir = os.path.dirname(found)
-        guess = [os.path.join(root, "ILSVRC2012_devkit_t12"), os.path.dirname(gt_dir)]
-        devkit = next((g for g in guess if os.path.isfile(os.path.join(g, "data", "meta.mat"))), guess[0])
+    if _is_devkit_archive(found):
+        text = _read_devkit_member(found, _DEVKIT_GT).decode()
+        devkit = devkit or found
+    else:
+        with open(found) as f:
+            text = f.read()
+        if devkit is None and not wnid_order:
+            gt_dir = os.path.dirname(found)
+            guess = [os.path.join(root, "ILSVRC2012_devkit_t12"), os.path.dirname(gt_dir)]
+            devkit = next((g for g in guess if os.path.isfile(os.path.join(g, "data", "meta.mat"))), guess[0])
     order = _read_devkit_order(devkit, wnid_order)
-    with open(found) as f:
-        ids = [int(line) for line in f if line.strip()]
+    ids = [int(line) for line in text.splitlines() if line.strip()]
     bad = [i for i in ids if not 1 <= i <= len(order)]
     if bad:
         raise SourceError(f"{found}: ILSVRC2012_ID {bad[0]} is outside the class order's 1..{len(order)}")
     return {f"ILSVRC2012_val_{k + 1:08d}": order[i - 1] for k, i in enumerate(ids)}
 
 
+def _train_classes(train_dir: str, train_tar: str, ds_skipped: list) -> dict:
+    """{wnid: sorted images} from the train/ tree or, without one, from ILSVRC2012_img_train.tar; members of the
+    archive that are not images go to ``ds_skipped``."""
+    if os.path.isdir(train_dir):
+        return _class_tree(train_dir)
+    if not os.path.isfile(train_tar):
+        raise SourceError(f"neither {train_dir} nor {train_tar} was found (the class list comes from it).\n"
+                          f"{IMAGENET_LAYOUT}")
+    try:
+        classes, others = index_tar_of_tars(train_tar)
+    except ArchiveError as e:
+        raise _archive_error(e, train_tar) from None
+    ds_skipped += [("train", f"{TRAIN_TAR}/{name}", reason) for name, reason in others]
+    return classes
+
+
+def _flat_val_entries(val_dir: str, val_tar: str) -> list:
+    """[(file name, item)] of a flat val: the files of val/, or the members of ILSVRC2012_img_val.tar."""
+    if os.path.isdir(val_dir):
+        return [(name, os.path.join(val_dir, name)) for name in _listdir(val_dir)]
+    try:
+        files, others = index_tar(val_tar)
+    except ArchiveError as e:
+        raise _archive_error(e, val_tar) from None
+    return [(os.path.basename(m.name), m) for m in files] + [(name, None) for name, _ in others]
+
+
 def imagenet_source(src: str, splits=("train", "val"), val_labels: Optional[str] = None,
                     devkit: Optional[str] = None, wnid_order: Optional[str] = None) -> DatasetSource:
-    """ILSVRC2012: classes are the sorted wnids of ``train/`` (torchvision ImageFolder's and timm's order)."""
+    """ILSVRC2012: classes are the sorted wnids of ``train/`` (torchvision ImageFolder's and timm's order), or of
+    the class archives in ILSVRC2012_img_train.tar."""
     root = os.path.abspath(src)
     kaggle = os.path.join(root, "ILSVRC", "Data", "CLS-LOC")
     data_root = kaggle if not os.path.isdir(os.path.join(root, "train")) and os.path.isdir(kaggle) else root
     train_dir, val_dir = os.path.join(data_root, "train"), os.path.join(data_root, "val")
-    if not os.path.isdir(train_dir):
-        raise SourceError(f"{train_dir} not found (the class list comes from it).\n{IMAGENET_LAYOUT}")
-    train_tree = _class_tree(train_dir)
+    ds = DatasetSource("imagenet", [], {}, root)
+    train_tree = _train_classes(train_dir, os.path.join(root, TRAIN_TAR), ds.skipped)
+    train_from = train_dir if os.path.isdir(train_dir) else os.path.join(root, TRAIN_TAR)
     bad = [c for c in train_tree if not re.fullmatch(r"n\d{8}", c)]
     if not train_tree or bad:
-        what = f"folders that are not wnids: {bad[:3]}" if bad else "no class folders"
-        raise SourceError(f"{train_dir}: {what}.\n{IMAGENET_LAYOUT}")
-    classes = sorted(train_tree)
+        what = f"classes that are not wnids: {bad[:3]}" if bad else "no classes"
+        raise SourceError(f"{train_from}: {what}.\n{IMAGENET_LAYOUT}")
+    ds.classes = classes = sorted(train_tree)
     index = {c: i for i, c in enumerate(classes)}
-    ds = DatasetSource("imagenet", classes, {}, root)
     if "train" in splits:
         ds.splits["train"] = _samples_from_tree(train_tree, index)
     if "val" in splits:
-        if not os.path.isdir(val_dir):
-            raise SourceError(f"{val_dir} not found.\n{IMAGENET_LAYOUT}")
-        entries = _listdir(val_dir)
+        val_tar = os.path.join(root, VAL_TAR)
+        if not os.path.isdir(val_dir) and not os.path.isfile(val_tar):
+            raise SourceError(f"neither {val_dir} nor {val_tar} was found.\n{IMAGENET_LAYOUT}")
+        entries = _listdir(val_dir) if os.path.isdir(val_dir) else []
         subdirs = [e for e in entries if os.path.isdir(os.path.join(val_dir, e)) and re.fullmatch(r"n\d{8}", e)]
         if subdirs:
             tree = _class_tree(val_dir)
@@ -178,17 +249,20 @@ def imagenet_source(src: str, splits=("train", "val"), val_labels: Optional[str]
                                   f"{IMAGENET_LAYOUT}")
             ds.splits["val"] = _samples_from_tree(tree, index)
         else:
-            labels = _flat_val_labels(root, val_dir, val_labels, devkit, wnid_order)
+            val_from = val_dir if os.path.isdir(val_dir) else val_tar
+            labels = _flat_val_labels(root, val_from, val_labels, devkit, wnid_order)
             samples = []
-            for name in entries:
-                path = os.path.join(val_dir, name)
+            for name, item in _flat_val_entries(val_dir, val_tar):
                 wnid = labels.get(name.split(".")[0])
+                where = ds.relpath(item, 0, "val") if item is not None else f"{VAL_TAR}/{name}"
                 if wnid is None:
-                    ds.skipped.append(("val", os.path.relpath(path, root), "no label for this file in the val labels file"))
+                    ds.skipped.append(("val", where, "no label for this file in the val labels file"))
+                elif item is None:
+                    ds.skipped.append(("val", where, "not a regular file in the archive"))
                 elif wnid not in index:
-                    raise SourceError(f"val label {wnid} (for {name}) is not a class folder of {train_dir}")
+                    raise SourceError(f"val label {wnid} (for {name}) is not a class of {train_from}")
                 else:
-                    samples.append((path, index[wnid]))
+                    samples.append((item, index[wnid]))
             ds.splits["val"] = samples
     return ds
 
