@@ -166,7 +166,7 @@ def _flat_val_labels(root: str, val_dir: str, val_labels: Optional[str], devkit:
                   DEVKIT_TGZ)]
     found = next((c for c in candidates if c and os.path.isfile(c)), None)
     if found is None:
-        where = val_labels or " or ".join(candidates[:3] + candidates[3:4])
+        where = val_labels or " or ".join(candidates[:4])
         raise SourceError(f"{val_dir} is a flat set of images but no labels file was found ({where}).\n"
                           f"{IMAGENET_LAYOUT}")
     if found.endswith(".csv"):
