@@ -11,11 +11,12 @@ Speed comes from LLVM vectorizing the loop over a tile's positions: long reducti
 `_kernels(H, tile)` capture H, F and the tile size as constants (buffer sizes, the loads and stores of a tile):
 numba's disk cache keys a closure by its captured values, so each H compiles once per machine (17-23 s for both
 directions on the 2-core VM; a cache hit loads in under a second), whereas `numba.literally` re-dispatches from
-Python on every call. The layers (`_linear`, `_outer`) are plain calls that take the sizes as arguments. They used
-to be inlined into each closure, so that the constants reached their loops, but numba's IR inlining (a deep copy
-of the callee per call site) took half of every compile, and the called versions run as fast: 40 interleaved
-forward + backward calls in one process (2026-11-27) took 0.86-0.97x the inlined versions' time (paired medians,
-H = 3 and 12). Inside, every H axis
+Python on every call. The constants matter: kernels that took H as an argument ran 9-11x slower (2026-11-27). The
+layers (`_linear`, `_outer`) take the sizes as arguments and are plain calls, no longer inlined into the closures
+by numba (its IR inlining deep-copies the callee per call site, half of every compile): LLVM still gives each
+call site its own copy, specialized on the closure's constants (three copies of `_linear` in the forward's IR),
+and 40 interleaved forward + backward calls in one process took 0.86-0.97x the inlined versions' time (paired
+medians, H = 3 and 12). Inside, every H axis
 is padded to a multiple of 4 (zero weights, zero input rows), so that all row counts fit the four-row blocks.
 Constants do not reach into a `prange` body, and a `prange` driver would capture the closures (not cacheable),
 so the runs of tiles go to Python threads, as many as torch uses, which take them in turn (`_in_parallel`); the
