@@ -189,11 +189,11 @@ def _flat_val_labels(root: str, val_dir: str, val_labels: Optional[str], devkit:
     return {f"ILSVRC2012_val_{k + 1:08d}": order[i - 1] for k, i in enumerate(ids)}
 
 
-def _train_classes(train_dir: str, train_tar: str, ds_skipped: list) -> dict:
-    """{wnid: sorted images} from the train/ tree or, without one, from ILSVRC2012_img_train.tar; members of the
-    archive that are not images go to ``ds_skipped``."""
+def _train_classes(train_dir: str, train_tar: str, ds_skipped: list):
+    """({wnid: sorted images}, where they came from) from the train/ tree or, without one, from
+    ILSVRC2012_img_train.tar; members of the archive that are not images go to ``ds_skipped``."""
     if os.path.isdir(train_dir):
-        return _class_tree(train_dir)
+        return _class_tree(train_dir), train_dir
     if not os.path.isfile(train_tar):
         raise SourceError(f"neither {train_dir} nor {train_tar} was found (the class list comes from it).\n"
                           f"{IMAGENET_LAYOUT}")
@@ -202,18 +202,19 @@ def _train_classes(train_dir: str, train_tar: str, ds_skipped: list) -> dict:
     except ArchiveError as e:
         raise _archive_error(e, train_tar) from None
     ds_skipped += [("train", f"{TRAIN_TAR}/{name}", reason) for name, reason in others]
-    return classes
+    return classes, train_tar
 
 
-def _flat_val_entries(val_dir: str, val_tar: str) -> list:
-    """[(file name, item)] of a flat val: the files of val/, or the members of ILSVRC2012_img_val.tar."""
+def _flat_val_entries(val_dir: str, names: list, val_tar: str):
+    """([(file name, item)], where they came from) of a flat val: the files ``names`` of val/ when it exists, else
+    the members of ILSVRC2012_img_val.tar (None for a member that is not a regular file)."""
     if os.path.isdir(val_dir):
-        return [(name, os.path.join(val_dir, name)) for name in _listdir(val_dir)]
+        return [(name, os.path.join(val_dir, name)) for name in names], val_dir
     try:
         files, others = index_tar(val_tar)
     except ArchiveError as e:
         raise _archive_error(e, val_tar) from None
-    return [(os.path.basename(m.name), m) for m in files] + [(name, None) for name, _ in others]
+    return [(os.path.basename(m.name), m) for m in files] + [(name, None) for name, _ in others], val_tar
 
 
 def imagenet_source(src: str, splits=("train", "val"), val_labels: Optional[str] = None,
@@ -225,8 +226,7 @@ def imagenet_source(src: str, splits=("train", "val"), val_labels: Optional[str]
     data_root = kaggle if not os.path.isdir(os.path.join(root, "train")) and os.path.isdir(kaggle) else root
     train_dir, val_dir = os.path.join(data_root, "train"), os.path.join(data_root, "val")
     ds = DatasetSource("imagenet", [], {}, root)
-    train_tree = _train_classes(train_dir, os.path.join(root, TRAIN_TAR), ds.skipped)
-    train_from = train_dir if os.path.isdir(train_dir) else os.path.join(root, TRAIN_TAR)
+    train_tree, train_from = _train_classes(train_dir, os.path.join(root, TRAIN_TAR), ds.skipped)
     bad = [c for c in train_tree if not re.fullmatch(r"n\d{8}", c)]
     if not train_tree or bad:
         what = f"classes that are not wnids: {bad[:3]}" if bad else "no classes"
@@ -249,10 +249,10 @@ def imagenet_source(src: str, splits=("train", "val"), val_labels: Optional[str]
                                   f"{IMAGENET_LAYOUT}")
             ds.splits["val"] = _samples_from_tree(tree, index)
         else:
-            val_from = val_dir if os.path.isdir(val_dir) else val_tar
+            val_entries, val_from = _flat_val_entries(val_dir, entries, val_tar)
             labels = _flat_val_labels(root, val_from, val_labels, devkit, wnid_order)
             samples = []
-            for name, item in _flat_val_entries(val_dir, val_tar):
+            for name, item in val_entries:
                 wnid = labels.get(name.split(".")[0])
                 where = ds.relpath(item, 0, "val") if item is not None else f"{VAL_TAR}/{name}"
                 if wnid is None:

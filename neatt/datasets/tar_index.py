@@ -53,11 +53,9 @@ def _scan(f, archive: str, prefix: str, end: int, what: str):
     try:
         tar = tarfile.open(fileobj=f, mode="r:")
         infos = list(tar)  # headers only: tarfile seeks past each member's data
-    except tarfile.ReadError as e:
+    except tarfile.TarError as e:
         if str(e) == "unexpected end of data":  # tarfile's words for a member that runs past the end of the file
             raise ArchiveError(f"{what} is cut short: a member's data runs past the end of the file") from None
-        raise ArchiveError(f"{what} is not an uncompressed tar archive ({e})") from None
-    except tarfile.TarError as e:
         raise ArchiveError(f"{what} is not an uncompressed tar archive ({e})") from None
     f.seek(tar.offset)  # just past the last member: a whole tar has its end-of-archive (zero) block here
     if tar.offset + tarfile.BLOCKSIZE > end or f.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
