@@ -1,6 +1,7 @@
-"""The CPU logit noise re-derived in plain numpy from its written definition (neatt/models/logit_noise.py's
+"""The logit noise re-derived in plain numpy from its written definition (neatt/models/logit_noise.py's
 docstring): Philox4x32-10 on uint64 arrays, Box-Muller with numpy's float64 log/cos/sin. Shared by the noise
-test and the model's naive re-computation."""
+tests (the CPU generator, and the fused GPU kernel's, which draws the same normals per counter in another
+layout) and the model's naive re-computation."""
 import numpy as np
 import torch
 
@@ -23,19 +24,27 @@ def philox4x32_10(counter, key0: int, key1: int):
     return c0, c1, c2, c3
 
 
-def logit_noise(n: int, seed: int) -> np.ndarray:
-    """The first n values of eps for a seed, in float64."""
-    groups = -(-n // GROUP)
-    c = np.arange(groups * LANES)
+def philox_normals(counters, seed: int) -> np.ndarray:
+    """The four normals of each Philox counter (c, 0, 0, 0) under the key (seed's low, high 32 bits), float64,
+    shape (len(counters), 4): Box-Muller of the words (w0, w1), then of (w2, w3), the first word of a pair giving
+    the radius, the second the angle; each pair gives (r cos, r sin)."""
+    c = np.asarray(counters, dtype=np.uint64)
     w = philox4x32_10((c, 0 * c, 0 * c, 0 * c), seed & 0xFFFFFFFF, seed >> 32)
-    w = [x.reshape(groups, LANES) for x in w]
-    eps = np.empty((groups, 4, LANES))
+    out = np.empty((len(c), 4))
     for pair, (wu, wv) in enumerate([(w[0], w[1]), (w[2], w[3])]):
         u = ((wu >> np.uint64(9)).astype(np.float64) + 0.5) / 2 ** 23
         angle = 2 * np.pi * (wv >> np.uint64(9)).astype(np.float64) / 2 ** 23
         r = np.sqrt(-2 * np.log(u))
-        eps[:, 2 * pair], eps[:, 2 * pair + 1] = r * np.cos(angle), r * np.sin(angle)
-    return eps.reshape(-1)[:n]
+        out[:, 2 * pair], out[:, 2 * pair + 1] = r * np.cos(angle), r * np.sin(angle)
+    return out
+
+
+def logit_noise(n: int, seed: int) -> np.ndarray:
+    """The first n values of the CPU noise's eps for a seed (logit_noise.py's layout: in groups of GROUP values,
+    counter g * LANES + j gives the values g * GROUP + q * LANES + j, q = 0..3), float64."""
+    groups = -(-n // GROUP)
+    normals = philox_normals(np.arange(groups * LANES), seed)  # (groups * LANES, 4)
+    return normals.reshape(groups, LANES, 4).transpose(0, 2, 1).reshape(-1)[:n]
 
 
 def next_logit_noise(shape) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 triton = pytest.importorskip('triton')
 from neatt.models import mix_softmax_triton as mst  # noqa: E402
+from _noise_reference import philox_normals  # noqa: E402
 
 INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 DEVICES = ['cpu'] if INTERPRETED else (['cuda'] if torch.cuda.is_available() else [])
@@ -116,6 +117,23 @@ def test_no_mix_is_noise_plus_softmax(device):
 
 
 @pytest.mark.parametrize('device', DEVICES)
+def test_noise_is_the_documented_sample(device):
+    """eps at key j of row r (r = b N + i) of head h is normal j % 4 of Philox counter (h R + r) ceil(N / 4) + j // 4
+    (R = B N rows) under the key of the seed the op drew, the four normals as logit_noise.py defines them:
+    re-derived in numpy (float64 libm), N = 33 so that a row's last counter is cut short."""
+    H, B, N = 3, 2, 33
+    torch.manual_seed(7)
+    z, _ = mst.mix_noise_softmax(torch.zeros(H, B, N, N, device=device), *[None] * 6, 1.0, SLOPE, torch.float32)
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2 ** 31 - 1, ()))  # the op's draw
+    h, r, j = torch.meshgrid(torch.arange(H), torch.arange(B * N), torch.arange(N), indexing='ij')
+    counters = (h * B * N + r) * math.ceil(N / 4) + j // 4
+    eps = philox_normals(counters.flatten().numpy(), seed)[torch.arange(counters.numel()), (j % 4).flatten()]
+    # Cephes float32 polynomials vs float64 libm, as for the CPU noise
+    torch.testing.assert_close(z.cpu().double().flatten(), torch.from_numpy(eps), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
 def test_noise_with_mix(device):
     """Mix and noise: the noise is N(0, sigma^2), a new draw per call, replayed by torch.manual_seed, and the
     gradients are the reference's at the noisy z."""
@@ -132,6 +150,13 @@ def test_noise_with_mix(device):
     torch.manual_seed(5)
     z3, _ = mst.mix_noise_softmax(s, *w, 1.0, SLOPE, torch.float32)
     assert torch.equal(z1, z3) and not torch.allclose(z1, z2)
+
+
+def test_slope_outside_0_1_is_refused():
+    """The kernels compute LeakyReLU as max(a, slope a), which holds for slopes in [0, 1] only."""
+    s = torch.zeros(3, 1, 4, 4)
+    with pytest.raises(ValueError, match=r'slope in \[0, 1\].*got 1.5'):
+        mst.mix_noise_softmax(s, *_mlp(3), 0., 1.5, torch.float32)
 
 
 def _errors(ours, ref):

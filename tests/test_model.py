@@ -9,6 +9,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import neatt  # noqa: F401  (registers the models)
 from neatt.models import NeAttVisionTransformer
+from neatt.models.attention import HeadMix
 from _model_data import TINY, randomize_head_mix, real_images
 from _noise_reference import next_logit_noise
 
@@ -259,5 +260,7 @@ def test_unknown_model_name_lists_the_valid_ones():
 def test_bad_constructor_args():
     with pytest.raises(ValueError, match='neatt_sigma'):
         _model(neatt_sigma=-1.0)
+    with pytest.raises(ValueError, match=r'negative_slope must be in \[0, 1\], got 1.5'):
+        HeadMix(4, negative_slope=1.5)
     with pytest.raises(ValueError, match='no released weights'):
         timm.create_model('neatt_vit_tiny_patch4_32', pretrained=True)

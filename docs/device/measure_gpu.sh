@@ -2,8 +2,10 @@
 # The GPU measurements still open (docs/benchmarks.md, "To measure on a GPU"), for a machine with one H100/H200
 # and torch, from the repo root. Figures and logs go to $OUT (default gpu-out/).
 #   measure_gpu.sh stash   keep the .gpu/dali/part.* this call carried in /tmp/dali (the parts come one per call)
-#   measure_gpu.sh model   the Ne-Att CUDA tests; bench_model (ViT-B/16, bf16, batch 64) of this tree and, when
-#                          .gpu/base holds a baseline tree (git archive REV neatt tools), of that one too
+#   measure_gpu.sh model   the Ne-Att CUDA tests; bench_model (ViT-B/16, bf16, batch 64) of this tree, then of each
+#                          baseline tree .gpu/base* (git archive REV neatt tools) that the call carried
+#   measure_gpu.sh kernel  the fused kernels alone (kernel_ab.py) of this tree, with its backward settings and with
+#                          32 keys / 4 warps / 2 programs per SM, and of each .gpu/base* tree: three rounds, alternating
 #   measure_gpu.sh dali    unpack the stashed DALI (docs/device/pack_dali.sh) beside torch, install its wheels;
 #                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU
 #   measure_gpu.sh train [BACKEND]   the trainer on the GPU: torchrun (NCCL), bf16, torch.compile, the demo preset
@@ -27,11 +29,21 @@ model)
     # the CUDA tests only (the interpreted kernel run and the CPU tests are CI's)
     python3 -m pytest -q -p no:cacheprovider tests/test_mix_softmax_triton.py tests/test_augment.py \
         -k 'not interpreter and (cuda or not test_augment.py)' 2>&1 | log pytest_model.txt
-    for tree in . .gpu/base; do
+    for tree in . .gpu/base*; do
         [ -f "$tree/tools/bench_model.py" ] || continue
-        name=$([ "$tree" = . ] && echo head || echo base)
+        name=$([ "$tree" = . ] && echo head || basename "$tree")
         python3 "$tree/tools/bench_model.py" --device cuda --amp bf16 --repeats 20 \
             --json "$OUT/bench_model_$name.json" 2>&1 | log "bench_model_$name.txt"
+    done
+    ;;
+kernel)
+    for round in 1 2 3; do
+        for tree in . .gpu/base*; do
+            [ -d "$tree/neatt" ] || continue
+            name=$([ "$tree" = . ] && echo head || basename "$tree")
+            python3 docs/device/kernel_ab.py "$tree" --json "$OUT/kernel_${name}_$round.json" 2>&1 | log kernel_ab.txt
+        done
+        python3 docs/device/kernel_ab.py . --bwd 32 4 2 --json "$OUT/kernel_head_bwd32_$round.json" 2>&1 | log kernel_ab.txt
     done
     ;;
 dali)

@@ -78,9 +78,13 @@ class HeadMix(nn.Module):
         Args:
             num_heads: H, the feature size of the MLP.
             hidden_ratio: hidden width as a multiple of H (4 in NEATT.md).
-            negative_slope: LeakyReLU slope (0.2 in NEATT.md).
+            negative_slope: LeakyReLU slope (0.2 in NEATT.md), in [0, 1], which every implementation of the mix
+                relies on: the fused GPU kernels compute max(a, slope a), the backward here reads the input's sign
+                from the output.
         """
         super().__init__()
+        if not 0 <= negative_slope <= 1:
+            raise ValueError(f'negative_slope must be in [0, 1], got {negative_slope}')
         dd = {'device': device, 'dtype': dtype}
         hidden = hidden_ratio * num_heads
         self.negative_slope = negative_slope
