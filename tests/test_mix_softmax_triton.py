@@ -257,24 +257,11 @@ def test_kernels_compile_for_hopper(dtype):
     """Both kernels with every optional part on (mix, noise, a chained gradient) and with them all off, compiled
     for an H100 (sm_90) down to machine code by Triton's own ptxas, with no GPU needed: this catches
     what the interpreter runs but the compiler rejects (dot shapes, layouts, types)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     fwd, bwd = mst._kernels()
-    operand = '*' + dtype  # the logits' dtype: autocast's bf16 or fp16, or float32 without it
     prec = 'ieee' if dtype == 'fp32' else 'tf32'  # as _precision() picks
 
     def compile_for_sm90(kernel, constexprs, num_warps):
-        weights = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr'}  # float32 parameters
-        signature = {}
-        for name in kernel.arg_names:
-            if name in constexprs:
-                signature[name] = 'constexpr'
-            elif name.endswith('_ptr'):
-                signature[name] = '*fp32' if name in weights else operand
-            else:
-                signature[name] = 'fp32' if name in ('sigma', 'slope') else 'i32'
-        src = ASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
-        compiled = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': num_warps})
+        compiled = mst.compile_for(kernel, constexprs, num_warps, dtype=dtype)
         assert compiled.asm['cubin'], constexprs
 
     for on in (True, False):  # every branch, on or off

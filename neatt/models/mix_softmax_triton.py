@@ -237,6 +237,26 @@ def _kernels():
     return triton.jit(_fwd), triton.jit(_bwd)
 
 
+def compile_for(kernel, constexprs: dict, num_warps: int, dtype: str = 'bf16', arch: int = 90):
+    """Compile `kernel` (one of `_kernels()`) for an NVIDIA GPU of compute capability `arch` (90: H100) down to
+    machine code, with no GPU: the logits in `dtype` ('bf16', 'fp16', 'fp32'), the MLP's weights and the partial
+    sums in float32, `constexprs` naming every constexpr argument. For tests and machine-code counts
+    (docs/results/2026-11-27-sass); the launch path compiles through `triton.jit` as usual."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr'}
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = 'constexpr'
+        elif name.endswith('_ptr'):
+            signature[name] = '*fp32' if name in float32 else '*' + dtype
+        else:
+            signature[name] = 'fp32' if name in ('sigma', 'slope') else 'i32'
+    src = ASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(src, target=GPUTarget('cuda', arch, 32), options={'num_warps': num_warps})
+
+
 def _pow2(n: int) -> int:
     """Padded size of a tensor-core dot dimension: a power of two, at least 16."""
     return max(16, 1 << (n - 1).bit_length())

@@ -4,6 +4,12 @@ instruction issue limits them (docs/benchmarks.md, 2026-11-27). Prints, per kern
 (spills, or libdevice's slow paths) and, per loop, warp-instructions per position by kind.
 
     python docs/results/2026-11-27-sass/sass_count.py [MODULE_OR_FILE]   # default: neatt.models.mix_softmax_triton
+
+Another version as a file, its custom ops renamed so that they do not clash (how before_359f12e.txt was made):
+
+    git show 359f12e:neatt/models/mix_softmax_triton.py | sed 's/from .flops/from neatt.models.flops/;
+        s/neatt::/old::/; s/ops\.neatt\./ops.old./' > /tmp/old.py
+    PYTHONPATH=. python docs/results/2026-11-27-sass/sass_count.py /tmp/old.py > before_359f12e.txt
 """
 import collections
 import importlib
@@ -15,8 +21,8 @@ import sys
 import tempfile
 
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+
+from neatt.models.mix_softmax_triton import compile_for  # also for another version's kernels
 
 BIN = os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin')
 KINDS = {'HMMA': 'mma', 'HGMMA': 'mma', 'IMAD': 'int', 'IADD3': 'int', 'LOP3': 'int', 'SHF': 'int', 'LEA': 'int',
@@ -34,20 +40,6 @@ def load(name):
         spec.loader.exec_module(mod)
         return mod
     return importlib.import_module(name)
-
-
-def compile_sm90(kernel, constexprs, num_warps, dtype='bf16'):
-    weights = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr'}  # float32 parameters
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name] = 'constexpr'
-        elif name.endswith('_ptr'):
-            signature[name] = '*fp32' if name in weights else '*' + dtype
-        else:
-            signature[name] = 'fp32' if name in ('sigma', 'slope') else 'i32'
-    src = ASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': num_warps})
 
 
 def _tool(name, cubin, *args):
@@ -94,10 +86,10 @@ def main():
     fwd, bwd = mod._kernels()
     (fwd_keys, bwd_keys), (fwd_warps, bwd_warps) = mod._BLOCK_J, mod._NUM_WARPS
     for noise in (True, False):
-        c = compile_sm90(fwd, dict(HP=16, FP=64, BLOCK_J=fwd_keys, MIX=True, NOISE=noise, PREC='tf32'), fwd_warps)
+        c = compile_for(fwd, dict(HP=16, FP=64, BLOCK_J=fwd_keys, MIX=True, NOISE=noise, PREC='tf32'), fwd_warps)
         report(f'forward, H = 12, bf16, noise {"on" if noise else "off"}', c, fwd_keys)
     for keys, warps in ((bwd_keys, bwd_warps), (32, 4)):
-        c = compile_sm90(bwd, dict(HP=16, FP=64, BLOCK_J=keys, MIX=True, HAS_GZ=True, PREC='tf32'), warps)
+        c = compile_for(bwd, dict(HP=16, FP=64, BLOCK_J=keys, MIX=True, HAS_GZ=True, PREC='tf32'), warps)
         report(f'backward, H = 12, bf16, {keys} keys per chunk', c, keys)
 
 
