@@ -127,6 +127,26 @@ def test_per_epoch_schedule_follows_timm_cosine_formula(tmp_path, digits):
         assert len(lrs) == 1 and lrs.pop() == pytest.approx(want[t], rel=1e-9), t
 
 
+def test_layer_decay_scales_each_layer_as_timm_does_for_vits(tmp_path, digits):
+    """--layer-decay d on the 2-block model, by hand (BEiT's rule as timm groups a ViT): the head at the scheduled
+    lr, block 1 and the final norm at d, block 0 at d^2, patch/position embeddings and cls token at d^3; the
+    head-mixing MLPs with their block. The logged lr is the schedule's (the head's), not a scaled group's."""
+    d, lr = 0.5, 0.05
+    cfg = tiny_config(tmp_path, layer_decay=d, lr=lr, sched='constant', warmup_epochs=0, max_steps=2, log_interval=1)
+    summary, trainer = _train(cfg, digits)
+    group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g['params']}
+    want = {'cls_token': d ** 3, 'pos_embed': d ** 3, 'patch_embed.proj.weight': d ** 3,
+            'blocks.0.attn.qkv.weight': d ** 2, 'blocks.0.mlp.fc2.bias': d ** 2,
+            'blocks.1.attn.head_mix.fc1.weight': d, 'blocks.1.norm1.weight': d,
+            'norm.weight': d, 'head.weight': 1.0, 'head.bias': 1.0}
+    params = dict(trainer.model.named_parameters())
+    for name, scale in want.items():
+        assert group_of[id(params[name])]['lr'] == pytest.approx(lr * scale, rel=1e-12), name
+    assert {round(g['lr'] / lr, 12) for g in trainer.optimizer.param_groups} == {1.0, d, d ** 2, d ** 3}
+    records = [json.loads(line) for line in (tmp_path / 'runs' / 't' / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['lr'] for r in records if r['kind'] == 'train'] == [pytest.approx(lr)] * 2
+
+
 def test_resume_mid_epoch_with_a_per_epoch_schedule_is_bitwise_identical(tmp_path, digits):
     common = dict(epochs=2, sched_on_updates=False, warmup_epochs=1)
     straight = tiny_config(tmp_path / 'a', checkpoint_interval=1, **common)

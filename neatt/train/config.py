@@ -127,6 +127,10 @@ class OptimConfig:
            '0 uses --lr as is at any world size')
     momentum: float = _opt(0.9, 'SGD momentum')
     weight_decay: float = _opt(1e-4, 'weight decay')
+    layer_decay: Optional[float] = _opt(
+        None, 'layer-wise lr decay (timm, as in BEiT/MAE fine-tuning): the head trains at the lr, block i of L at '
+              'lr * decay^(L - i) (the final norm with the last block), the embeddings at lr * decay^(L + 1); '
+              'None: every layer at the lr')
     opt_eps: Optional[float] = _opt(None, 'optimizer epsilon (None: the optimizer default)')
     clip_grad: Optional[float] = _opt(None, 'clip gradients to this norm/value (None: no clipping)')
     clip_mode: str = _opt('norm', 'gradient clipping mode', choices=('norm', 'value', 'agc'))
@@ -153,6 +157,8 @@ class OptimConfig:
                              f'metric); use --sched constant for a fixed lr')
         if self.lr <= 0:
             raise ValueError(f'--lr must be > 0, got {self.lr}')
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f'--layer-decay must be in (0, 1], got {self.layer_decay}')
         if self.lr_base_size < 0:
             raise ValueError(f'--lr-base-size must be >= 0 (0 = no scaling), got {self.lr_base_size}')
         if self.cooldown_epochs < 0:

@@ -106,7 +106,7 @@ class Trainer:
         opt_kwargs = {'eps': cfg.optim.opt_eps} if cfg.optim.opt_eps is not None else {}
         self.optimizer = create_optimizer_v2(self.model, opt=cfg.optim.opt, lr=self.lr,
                                              weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
-                                             **opt_kwargs)
+                                             layer_decay=cfg.optim.layer_decay, **opt_kwargs)
 
         self.train_loader, self.val_loader = loaders if loaders is not None else self._build_loaders()
         self.updates_per_epoch = len(self.train_loader) // cfg.optim.grad_accum_steps
@@ -398,7 +398,7 @@ class Trainer:
         self._check_finite()
         loss = all_reduce_sum(self._loss_sum.clone()).item() / max(1, self._loss_count * self.dist.world_size)
         img_s, stall = self.meter.window()
-        lr = self.optimizer.param_groups[0]['lr']
+        lr = max(group['lr'] for group in self.optimizer.param_groups)  # the schedule's: --layer-decay scales down
         values = {'epoch': self.epoch, 'loss': loss, 'lr': lr, 'img_s': img_s, 'data_stall': stall}
         self.loggers.log('train', self.step, values)
         if bar is not None:
