@@ -280,13 +280,13 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, digits):
 DDP_SETTINGS = dict(DETERMINISTIC, epochs=1)
 
 
-def _ddp_worker(rank, world_size, port, root, result_queue):
+def _ddp_worker(rank, world_size, port, root, result_queue, settings=DDP_SETTINGS):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     x, y = digits_tensors(N_TRAIN + N_VAL)
     digits = ((x[:32], y[:32]), (x[N_TRAIN:], y[N_TRAIN:]))
-    cfg = tiny_config(root, experiment='ddp', **DDP_SETTINGS, batch_size=8)  # 2 ranks x 8 = the global batch 16
+    cfg = tiny_config(root, experiment='ddp', **settings, batch_size=8)  # 2 ranks x 8 = the global batch 16
     summary, trainer = _train(cfg, digits, rank=rank, world_size=world_size, shuffle=False)
     if rank == 0:
         result_queue.put(summary)
@@ -326,6 +326,50 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
         assert ddp_eval[key] == pytest.approx(one_eval[key], rel=1e-5), key
     assert ddp_summary['best_top1'] == summary['best_top1']
     assert len(ddp['loader']) == len(ddp['rng']) == 2  # per-rank resume state
+
+
+@pytest.mark.slow
+def test_resume_on_another_world_size_restarts_the_epoch_with_this_runs_schedule(tmp_path, digits):
+    """Two gloo processes (global batch 16, 2 steps per epoch) stop at step 3, one batch into epoch 1; one process
+    resumes it with -b 8 (global batch 8: 4 steps per epoch). By hand: weights, EMA and optimizer state as saved;
+    epoch 1 again from its first batch, at step 1 x 4 = 4, where the cosine schedule over 3 x 4 steps gives
+    lr_min + (lr - lr_min) (1 + cos(pi 4 / 12)) / 2; then epochs 1 and 2 to the end, step 12. A same-world resume
+    may not change -b (the exact path)."""
+    settings = dict(DETERMINISTIC, epochs=3, max_steps=3, warmup_epochs=0, sched_on_updates=True, min_lr=1e-4)
+    ctx = mp.get_context('spawn')
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), tmp_path, ctx.Queue(), settings), nprocs=2, join=True,
+                       start_method='spawn')
+    run = tmp_path / 'runs' / 'ddp'
+    saved = torch.load(run / LAST, map_location='cpu', weights_only=False)
+    assert (saved['train_state']['epoch'], saved['train_state']['batches_done'], saved['step']) == (1, 1, 3)
+
+    (xt, yt), val = digits
+    digits32 = ((xt[:32], yt[:32]), val)
+    cfg = tiny_config(tmp_path, experiment='ddp', **dict(settings, max_steps=0), batch_size=8, resume=str(run))
+    lines = []
+    trainer = Trainer(cfg, loaders=_loaders(digits32, 8, shuffle=False), log=lines.append)
+    try:
+        _assert_same_tensors(trainer.model.state_dict(), saved['state_dict'])
+        _assert_same_tensors(trainer.model_ema.module.state_dict(), saved['state_dict_ema'])
+        _assert_same_tensors(trainer.optimizer.state_dict()['state'], saved['optimizer']['state'])
+        assert (trainer.epoch, trainer.batches_done, trainer.step, trainer.updates_per_epoch) == (1, 0, 4, 4)
+        lr, lo = DETERMINISTIC['lr'], settings['min_lr']
+        want = lo + (lr - lo) * (1 + math.cos(math.pi * 4 / 12)) / 2
+        assert trainer.optimizer.param_groups[0]['lr'] == pytest.approx(want, rel=1e-9)
+        assert any('elastically on 1: from the start of epoch 1 (its first 1 batches per rank trained again)' in line
+                   for line in lines), lines
+        summary = trainer.train()
+    finally:
+        trainer.close()
+    assert (summary['epochs_done'], summary['steps']) == (3, 12)
+    records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in records if r['kind'] == 'eval'] == [0, 1, 2]
+
+    same_world = tiny_config(tmp_path / 'one', experiment='x', **settings)
+    _train(same_world, digits32)
+    with pytest.raises(UserInputError, match=r'-b/--batch-size 8 \(checkpoint: 16\)'):
+        Trainer(apply_overrides(same_world, {'resume': str(tmp_path / 'one' / 'runs' / 'x'), 'batch_size': 8}),
+                loaders=_loaders(digits32, 8), log=lambda m: None)
 
 
 def test_distributed_config_is_not_needed_for_a_single_process(monkeypatch):

@@ -191,7 +191,9 @@ class RunConfig:
                            'On a small CPU, 1 leaves the other cores to the loader\'s decode threads')
     device: str = _opt('auto', 'cuda / cpu / auto (cuda:LOCAL_RANK when CUDA is available)')
     resume: str = _opt('', 'checkpoint (or run directory) to continue exactly: model, EMA, optimizer, scheduler, '
-                           'scaler, RNG and loader position')
+                           'scaler, RNG and loader position. With another number of processes than the run had, '
+                           'it goes on from the start of the interrupted epoch with this run\'s lr schedule '
+                           '(-b and --grad-accum-steps may then change, e.g. to keep the global batch)')
     checkpoint_interval: int = _opt(0, 'also checkpoint (last.pth.tar) every N optimizer steps; 0: epoch ends only')
     log_interval: int = _opt(50, 'log train metrics every N optimizer steps')
     max_steps: int = _opt(0, 'stop after this many optimizer steps in total, checkpointing first (0: no limit)')

@@ -9,6 +9,7 @@ is only ever written on an optimizer-step boundary and only after the losses sin
 to be finite, so the newest checkpoint is always a good one.
 """
 import contextlib
+import random
 import shutil
 import signal
 import time
@@ -16,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -39,15 +41,17 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step. The last checkpoint on disk predates it."""
 
 
+def _seed_python_and_numpy(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 @contextlib.contextmanager
 def loader_rng_isolation():
     """Keep the loader from moving the global RNGs (torch CPU, numpy, python) that the model, mixup and dropout
     draw from. Our loaders seed their own randomness from (seed, epoch, rank, batch) and leave the global RNGs
     alone; this guard keeps that true whatever a backend library does (a DataLoader built without a generator
     draws its base seed from torch's global RNG at `iter()`), since a moved RNG makes a resumed run differ."""
-    import random
-
-    import numpy as np
     state = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     try:
         yield
@@ -186,13 +190,9 @@ class Trainer:
     def _seed(self, seed: int) -> None:
         # The model is built under the same seed on every rank (DDP also broadcasts rank 0's weights); after it,
         # each rank reseeds with seed + rank so dropout and mixup differ across ranks (timm's random_seed).
-        import random
-
-        import numpy as np
         torch.manual_seed(seed)
         self._rank_seed = seed + self.dist.rank
-        random.seed(self._rank_seed)
-        np.random.seed(self._rank_seed)
+        _seed_python_and_numpy(self._rank_seed)
 
     def _build_model(self) -> nn.Module:
         model = create_model(self.cfg.model)
@@ -253,18 +253,19 @@ class Trainer:
         if 'train_state' not in ckpt or 'config' not in ckpt:
             raise CheckpointError(f'--resume: {path} has no training state (train_state/config); it is a weights '
                                   f'file, not a train_fast.py checkpoint. Use --initial-checkpoint to start from it.')
+        world = len(ckpt['loader']) if isinstance(ckpt.get('loader'), list) else 1
+        # Another world size: the run goes on elastically (_resume_elastic), and may then pick the batch anew
+        self._saved_world_size = world
+        elastic = world != self.dist.world_size
         saved = config_from_dict(ckpt['config'])
-        diffs = config_diff(saved, self.cfg, ignore=RESUME_MUTABLE_FIELDS)
+        ignore = RESUME_MUTABLE_FIELDS | ({'batch_size', 'grad_accum_steps'} if elastic else set())
+        diffs = config_diff(saved, self.cfg, ignore=ignore)
         if diffs:
             listed = '; '.join(f'{flag_name(k) if k != "preset" else "--preset"} {new!r} (checkpoint: {old!r})'
                                for k, old, new in diffs)
             raise UserInputError(f'--resume: the config differs from the one {path} was trained with: {listed}. '
                                  f'Resume with the same settings (omit --preset to reuse the saved config), or start '
                                  f'a fresh run.')
-        world = len(ckpt['loader']) if isinstance(ckpt.get('loader'), list) else 1
-        if world != self.dist.world_size:
-            raise UserInputError(f'--resume: {path} was written by {world} process(es), this run has '
-                                 f'{self.dist.world_size}; resume with the same world size to continue exactly')
         self._resume_path = path
         return ckpt
 
@@ -273,14 +274,35 @@ class Trainer:
         if self.model_ema is not None:
             self.model_ema.module.load_state_dict(ckpt['state_dict_ema'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
-        self.scheduler.load_state_dict(ckpt['scheduler'])
         if ckpt.get('scaler') is not None:
             self.scaler.load_state_dict(ckpt['scaler'])
         ts = ckpt['train_state']
-        self.epoch, self.batches_done, self.step, self.best = ts['epoch'], ts['batches_done'], ts['step'], ts['best']
+        self.best = ts['best']
+        if self._saved_world_size != self.dist.world_size:
+            self._resume_elastic(ts)
+            return
+        self.scheduler.load_state_dict(ckpt['scheduler'])
+        self.epoch, self.batches_done, self.step = ts['epoch'], ts['batches_done'], ts['step']
         self._loader_state = ckpt['loader'][self.dist.rank] if self.batches_done else None
         restore_rng_state(ckpt['rng'][self.dist.rank])
         self.log(f'resumed from {self._resume_path}: epoch {self.epoch}, batch {self.batches_done}, step {self.step}')
+
+    def _resume_elastic(self, ts: dict) -> None:
+        """Continue a run written by another number of processes (a node lost or added), as timm's train.py
+        resumes at any world size: weights, EMA, optimizer and best metric as saved; the interrupted epoch starts
+        again from its first batch, since the ranks' positions in it do not map to the new sharding; the step
+        count and the schedule (built for this run's global batch and lr) restart at that epoch's start; the RNGs
+        are reseeded from (seed, rank, epoch). Not bitwise identical to an uninterrupted run, and said so."""
+        self.epoch, self.batches_done = ts['epoch'], 0
+        self.step = self.epoch * self.updates_per_epoch
+        torch.manual_seed(self._rank_seed + 10_000 * self.epoch)
+        _seed_python_and_numpy(self._rank_seed + 10_000 * self.epoch)
+        again = f' (its first {ts["batches_done"]} batches per rank trained again)' if ts['batches_done'] else ''
+        self.log(f'resumed from {self._resume_path}, written by {self._saved_world_size} process(es), elastically on '
+                 f'{self.dist.world_size}: from the start of epoch {self.epoch}{again}, at step {self.step} of '
+                 f'{self.updates_per_epoch} per epoch, with the lr schedule of global batch {self.global_batch}. '
+                 f'Not bitwise identical to an uninterrupted run; resume with {self._saved_world_size} process(es) '
+                 f'for that.')
 
     def state_dict(self) -> dict:
         """The full checkpoint (collective: every rank must call it; rank 0 gets per-rank loader and RNG states)."""
