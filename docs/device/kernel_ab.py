@@ -2,7 +2,7 @@
 median ms of the forward with and without noise, and of forward + backward. measure_gpu.sh runs it for this tree
 and each baseline tree, one process per tree (each registers the same custom ops), in alternating rounds.
 
-    python docs/device/kernel_ab.py TREE --json PATH [--bwd KEYS WARPS PROGRAMS_PER_SM]
+    python docs/device/kernel_ab.py TREE --json PATH [--fwd KEYS WARPS] [--bwd KEYS WARPS PROGRAMS_PER_SM]
 """
 import argparse
 import json
@@ -15,6 +15,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('tree', help='source tree holding neatt/ (e.g. . or .gpu/base-...)')
     parser.add_argument('--json', required=True, help='where to write the figures')
+    parser.add_argument('--fwd', type=int, nargs=2, metavar=('KEYS', 'WARPS'),
+                        help="the forward's launch settings instead of the tree's own")
     parser.add_argument('--bwd', type=int, nargs=3, metavar=('KEYS', 'WARPS', 'PROGRAMS_PER_SM'),
                         help="the backward's launch settings instead of the tree's own")
     parser.add_argument('--repeats', type=int, default=50)
@@ -23,9 +25,12 @@ def main():
     import torch
     from neatt.models import mix_softmax_triton as mst
     from neatt.models.attention import HeadMix
+    if args.fwd:
+        (keys, warps), (_, bwd_keys), (_, bwd_warps) = args.fwd, mst._BLOCK_J, mst._NUM_WARPS
+        mst._BLOCK_J, mst._NUM_WARPS = (keys, bwd_keys), (warps, bwd_warps)
     if args.bwd:
-        keys, warps, per_sm = args.bwd
-        mst._BLOCK_J, mst._NUM_WARPS, mst._PROGRAMS_PER_SM = (mst._BLOCK_J[0], keys), (mst._NUM_WARPS[0], warps), per_sm
+        keys, warps, mst._PROGRAMS_PER_SM = args.bwd
+        mst._BLOCK_J, mst._NUM_WARPS = (mst._BLOCK_J[0], keys), (mst._NUM_WARPS[0], warps)
 
     H, B, N = 12, 64, 197
     torch.manual_seed(0)

@@ -4,8 +4,9 @@
 #   measure_gpu.sh stash   keep the .gpu/dali/part.* this call carried in /tmp/dali (the parts come one per call)
 #   measure_gpu.sh model   the Ne-Att CUDA tests; bench_model (ViT-B/16, bf16, batch 64) of this tree, then of each
 #                          baseline tree .gpu/base* (git archive REV neatt tools) that the call carried
-#   measure_gpu.sh kernel  the fused kernels alone (kernel_ab.py) of this tree, with its backward settings and with
-#                          32 keys / 4 warps / 2 programs per SM, and of each .gpu/base* tree: three rounds, alternating
+#   measure_gpu.sh kernel  the fused kernels alone (kernel_ab.py): this tree with its launch settings, with the
+#                          forward at 64 keys / 4 warps, with the backward at 32 keys / 4 warps / 2 programs per SM,
+#                          and each .gpu/base* tree; two rounds, alternating
 #   measure_gpu.sh dali    unpack the stashed DALI (docs/device/pack_dali.sh) beside torch, install its wheels;
 #                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU
 #   measure_gpu.sh train [BACKEND]   the trainer on the GPU: torchrun (NCCL), bf16, torch.compile, the demo preset
@@ -37,12 +38,13 @@ model)
     done
     ;;
 kernel)
-    for round in 1 2 3; do
+    for round in 1 2; do
         for tree in . .gpu/base*; do
             [ -d "$tree/neatt" ] || continue
             name=$([ "$tree" = . ] && echo head || basename "$tree")
             python3 docs/device/kernel_ab.py "$tree" --json "$OUT/kernel_${name}_$round.json" 2>&1 | log kernel_ab.txt
         done
+        python3 docs/device/kernel_ab.py . --fwd 64 4 --json "$OUT/kernel_head_fwd64_$round.json" 2>&1 | log kernel_ab.txt
         python3 docs/device/kernel_ab.py . --bwd 32 4 2 --json "$OUT/kernel_head_bwd32_$round.json" 2>&1 | log kernel_ab.txt
     done
     ;;
