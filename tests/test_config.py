@@ -116,6 +116,7 @@ def test_default_preset_is_demo_and_data_dir_is_required(capsys):
     (['--data-dir', 'd', '--scale', '0.5'], '--scale: expected 2 arguments'),
     (['--data-dir', 'd', '--scale', '0.6', '0.5'], '--scale must be two numbers MIN MAX with 0 < MIN <= MAX <= 1'),
     (['--data-dir', 'd', '--layer-decay', '1.5'], '--layer-decay must be in (0, 1], got 1.5'),
+    (['--data-dir', 'd', '--bce-target-thresh', '0.2'], '--bce-target-thresh needs --bce-loss'),
 ])
 def test_bad_flags_are_parser_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:

@@ -127,6 +127,35 @@ def test_per_epoch_schedule_follows_timm_cosine_formula(tmp_path, digits):
         assert len(lrs) == 1 and lrs.pop() == pytest.approx(want[t], rel=1e-9), t
 
 
+@pytest.mark.parametrize('flags,formula', [
+    ({'smoothing': 0.0}, 'ce'), ({'smoothing': 0.1}, 'smoothed_ce'), ({'mixup': 0.8}, 'soft_ce'),
+    ({'bce_loss': True, 'smoothing': 0.1}, 'bce_smoothed'), ({'bce_loss': True, 'smoothing': 0.0}, 'bce_smoothed'),
+    ({'bce_loss': True, 'mixup': 0.8}, 'bce_soft'), ({'bce_loss': True, 'mixup': 0.8, 'bce_target_thresh': 0.2},
+                                                    'bce_thresholded'),
+])
+def test_train_loss_is_the_one_timm_train_py_picks(tmp_path, flags, formula):
+    """Each loss against its formula, written here: x (4, 5) logits, y labels, T soft targets (mixup's)."""
+    from neatt.train.build import train_loss
+    cfg = tiny_config(tmp_path, **flags).aug
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 5, generator=g), torch.tensor([0, 3, 1, 3])
+    soft = torch.softmax(3 * torch.randn(4, 5, generator=g), 1)
+    logp, s, C = torch.log_softmax(x, 1), cfg.smoothing, 5
+    one_hot = torch.nn.functional.one_hot(y, C).float()
+
+    def bce(t):
+        return -(t * torch.nn.functional.logsigmoid(x) + (1 - t) * torch.nn.functional.logsigmoid(-x)).mean()
+
+    want = {'ce': lambda: -logp[range(4), y].mean(),
+            'smoothed_ce': lambda: ((1 - s) * -logp[range(4), y] - s * logp.mean(1)).mean(),
+            'soft_ce': lambda: -(soft * logp).sum(1).mean(),
+            'bce_smoothed': lambda: bce(one_hot * (1 - s) + s / C),
+            'bce_soft': lambda: bce(soft),
+            'bce_thresholded': lambda: bce((soft > 0.2).float())}[formula]()
+    target = soft if 'mixup' in flags else y
+    torch.testing.assert_close(train_loss(cfg)(x, target), want, rtol=1e-6, atol=1e-7)
+
+
 def test_layer_decay_scales_each_layer_as_timm_does_for_vits(tmp_path, digits):
     """--layer-decay d on the 2-block model, by hand (BEiT's rule as timm groups a ViT): the head at the scheduled
     lr, block 1 and the final norm at d, block 0 at d^2, patch/position embeddings and cls token at d^3; the

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from .config import Config, ModelConfig, RunConfig
+from .config import AugConfig, Config, ModelConfig, RunConfig
 from .distributed import DistInfo
 
 __all__ = ['UserInputError', 'check_num_classes', 'create_model', 'to_device', 'autocast_settings',
@@ -40,6 +40,22 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+def train_loss(cfg: AugConfig) -> nn.Module:
+    """The training loss, as timm's train.py picks it: soft-target cross-entropy under mixup/cutmix (whose targets
+    carry the label smoothing), label-smoothed cross-entropy, or plain; --bce-loss: timm's BinaryCrossEntropy on
+    the same targets. One difference: with --bce-loss and neither smoothing nor mixup, timm's train.py falls back
+    to the softmax cross-entropy; here the BCE applies."""
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    mixup = cfg.mixup > 0 or cfg.cutmix > 0
+    if cfg.bce_loss:
+        return BinaryCrossEntropy(smoothing=0.0 if mixup else cfg.smoothing, target_threshold=cfg.bce_target_thresh)
+    if mixup:
+        return SoftTargetCrossEntropy()
+    if cfg.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return nn.CrossEntropyLoss()
 
 
 def autocast_settings(cfg: RunConfig, device: torch.device) -> tuple[bool, torch.dtype]:

@@ -102,6 +102,10 @@ class AugConfig:
     cutmix: float = _opt(0.0, 'cutmix alpha; cutmix is on when > 0')
     mixup_prob: float = _opt(1.0, 'probability of applying mixup or cutmix to a batch')
     mixup_switch_prob: float = _opt(0.5, 'probability of cutmix instead of mixup when both are on')
+    bce_loss: bool = _opt(False, "binary cross-entropy per class (timm's BinaryCrossEntropy, as DeiT III trains) "
+                                 "on the one-hot targets smoothed by --smoothing, or on mixup/cutmix's soft targets, "
+                                 "instead of the softmax cross-entropy")
+    bce_target_thresh: Optional[float] = _opt(None, 'with --bce-loss: targets above this become 1, the others 0')
 
     def __post_init__(self):
         _check_choice('remode', self.remode, ('const', 'rand', 'pixel'))
@@ -110,6 +114,8 @@ class AugConfig:
                 raise ValueError(f'{flag_name(name)} must be in [0, 1], got {getattr(self, name)}')
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f'--smoothing must be in [0, 1), got {self.smoothing}')
+        if self.bce_target_thresh is not None and not self.bce_loss:
+            raise ValueError('--bce-target-thresh needs --bce-loss')
         self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)  # config.json stores them as lists
         if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
             raise ValueError(f'--scale must be two numbers MIN MAX with 0 < MIN <= MAX <= 1, got {self.scale}')

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from neatt.runtime import configure_cpu_allocator
 
-from .build import (UserInputError, autocast_settings, build_loader_for, check_num_classes, create_model,
-                    to_device)
+from .build import (UserInputError, autocast_settings, build_loader_for, check_num_classes, create_model, to_device,
+                    train_loss)
 from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, load_checkpoint, load_initial_checkpoint,
                          resolve_checkpoint_path, restore_rng_state, save_checkpoint)
 from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
@@ -131,16 +131,10 @@ class Trainer:
         self.mixup = None
         if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0:
             from timm.data import Mixup
-            from timm.loss import SoftTargetCrossEntropy
             self.mixup = Mixup(mixup_alpha=cfg.aug.mixup, cutmix_alpha=cfg.aug.cutmix, prob=cfg.aug.mixup_prob,
                                switch_prob=cfg.aug.mixup_switch_prob, label_smoothing=cfg.aug.smoothing,
                                num_classes=cfg.model.num_classes)
-            self.train_loss_fn = SoftTargetCrossEntropy()
-        elif cfg.aug.smoothing > 0:
-            from timm.loss import LabelSmoothingCrossEntropy
-            self.train_loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
-        else:
-            self.train_loss_fn = nn.CrossEntropyLoss()
+        self.train_loss_fn = train_loss(cfg.aug)
 
         self.train_model = self.model
         if self.dist.distributed:
