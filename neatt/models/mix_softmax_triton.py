@@ -41,7 +41,7 @@ try:
 except ImportError:  # CPU-only installs (macOS): the matmul path in attention.py runs instead
     triton = tl = None
 
-__all__ = ['available', 'mix_noise_softmax']
+__all__ = ['available', 'compile_for', 'mix_noise_softmax']
 
 # Launch settings, the fastest of a sweep on an H100 (one ViT-B/16 block of logits, bf16, batch 64; see
 # docs/benchmarks.md): keys per chunk, warps, and the backward's persistent programs per multiprocessor.

@@ -293,8 +293,9 @@ class Trainer:
         _seed_python_and_numpy(self._rank_seed + 10_000 * self.epoch)
         again = f' (its first {ts["batches_done"]} batches per rank trained again)' if ts['batches_done'] else ''
         self.log(f'resumed from {self._resume_path}, written by {self._saved_world_size} process(es), elastically on '
-                 f'{self.dist.world_size}: from the start of epoch {self.epoch}{again}, at step {self.step} of '
-                 f'{self.updates_per_epoch} per epoch, with the lr schedule of global batch {self.global_batch}. '
+                 f'{self.dist.world_size}: from the start of epoch {self.epoch}{again}, at step {self.step} '
+                 f'({self.updates_per_epoch} steps per epoch now), with the lr schedule of global batch '
+                 f'{self.global_batch}. '
                  f'Not bitwise identical to an uninterrupted run; resume with {self._saved_world_size} process(es) '
                  f'for that.')
 
