@@ -48,7 +48,7 @@ class Loader:
     def __init__(self, data_dir: str, manifest: dict, *, split: str, batch_size: int, image_size: int,
                  train: bool, rank: int, world_size: int, seed: int, device: torch.device, num_workers: int,
                  augment, crop_pct: float, drop_last: bool, scale: Tuple[float, float],
-                 ratio: Tuple[float, float], hflip: float):
+                 ratio: Tuple[float, float], hflip: float, repeats: int = 1):
         self.data_dir = data_dir
         self.manifest = manifest
         self.split = split
@@ -64,8 +64,9 @@ class Loader:
         self.scale, self.ratio = tuple(scale), tuple(ratio)  # random-resized-crop ranges (pipelines.crop)
         self.hflip = hflip if train else 0.0  # probability of pipelines.crop.flip_flags
         self.num_samples = int(manifest["splits"][split]["count"])
+        self.repeats = repeats
         self.order = ShardedOrder(self.num_samples, rank=rank, world_size=world_size, batch_size=batch_size,
-                                  seed=seed, shuffle=train, pad=train, drop_last=drop_last)
+                                  seed=seed, shuffle=train, pad=train, drop_last=drop_last, repeats=repeats)
         self.augment = augment
         self.epoch = 0
         self.batches_done = 0
@@ -85,10 +86,11 @@ class Loader:
     def state_dict(self) -> dict:
         """Position of the loader: the next iteration starts at batch ``batches_done`` of ``epoch``."""
         return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed,
-                "world_size": self.world_size, "batch_size": self.batch_size, "num_samples": self.num_samples}
+                "world_size": self.world_size, "batch_size": self.batch_size, "num_samples": self.num_samples,
+                "repeats": self.repeats}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "world_size", "batch_size", "num_samples"):
+        for key in ("seed", "world_size", "batch_size", "num_samples", "repeats"):
             if key in state and state[key] != getattr(self, key):
                 raise LoaderError(f"loader state was saved with {key}={state[key]} but this loader has "
                                   f"{key}={getattr(self, key)}; resume with the same settings, or start "
@@ -142,7 +144,8 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
                  image_size: int = 224, train: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0,
                  device: Union[str, torch.device] = "cpu", num_workers: int = 2, augment=None,
                  crop_pct: float = 0.875, drop_last: Optional[bool] = None,
-                 scale: Tuple[float, float] = DEFAULT_SCALE, ratio: Tuple[float, float] = DEFAULT_RATIO) -> Loader:
+                 scale: Tuple[float, float] = DEFAULT_SCALE, ratio: Tuple[float, float] = DEFAULT_RATIO,
+                 aug_repeats: int = 0) -> Loader:
     """Build the loader of one split of a converted dataset (docs/architecture.md, section 2).
 
     Parameters
@@ -178,6 +181,10 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
     scale, ratio : (float, float)
         Train: random-resized-crop ranges of the window's area (a fraction of the image's) and aspect ratio,
         torchvision's defaults (timm's ``--scale``, ``--ratio``).
+    aug_repeats : int
+        Train: repeated augmentation (timm's ``--aug-repeats``, DeiT's recipe): each sample read this many times
+        per epoch, on different ranks, each copy with its own crop (``pipelines.sharding``); 0 or 1: off. Needs
+        ``world_size >= aug_repeats``.
     """
     from .augment import AugmentConfig, DeviceAugment
     from neatt.datasets.manifest import ManifestError, read_manifest
@@ -197,6 +204,11 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         raise LoaderError(f"ratio={tuple(ratio)} must be (min, max) with 0 < min <= max")
     if world_size < 1 or not 0 <= rank < world_size:
         raise LoaderError(f"rank={rank} world_size={world_size}: need 0 <= rank < world_size")
+    repeats = max(1, aug_repeats) if train else 1
+    if aug_repeats < 0 or repeats > world_size:
+        raise LoaderError(f"aug_repeats={aug_repeats} needs as many processes (world_size is {world_size}): each "
+                          f"copy of a sample goes to another rank, as timm's RepeatAugSampler does; use "
+                          f"--aug-repeats 0 here")
     if not os.path.isdir(data_dir):
         raise LoaderError(f"dataset dir {data_dir} does not exist; convert a dataset first, e.g. "
                           f"`python tools/convert_datasets.py digits --out data` and pass data/digits")
@@ -234,4 +246,4 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         data_dir, manifest, split=split, batch_size=batch_size, image_size=image_size, train=train,
         rank=rank, world_size=world_size, seed=seed, device=device, num_workers=num_workers,
         augment=DeviceAugment(augment), crop_pct=crop_pct, drop_last=train if drop_last is None else drop_last,
-        scale=scale, ratio=ratio, hflip=hflip)
+        scale=scale, ratio=ratio, hflip=hflip, repeats=repeats)

@@ -40,12 +40,13 @@ class DaliLoader(Loader):
             raise ValueError(f"{data_dir}: DALI shards of {self.split!r} hold {len(self.reader)} samples, the "
                              f"manifest says {self.num_samples}; re-run tools/convert_datasets.py with --force")
 
-    def _windows(self, indices: np.ndarray, epoch: int, jpegs) -> Tuple[np.ndarray, np.ndarray]:
-        """ROI start/end ``(y, x)`` in source pixels (float32, shape (n, 2)) of each sample's output."""
+    def _windows(self, keys: np.ndarray, epoch: int, jpegs) -> Tuple[np.ndarray, np.ndarray]:
+        """ROI start/end ``(y, x)`` in source pixels (float32, shape (n, 2)) of each sample's output; ``keys``:
+        the samples' crop keys (``ShardedOrder.crop_keys``)."""
         sizes = np.array([Image.open(io.BytesIO(j)).size for j in jpegs], dtype=np.int64).reshape(-1, 2)
         widths, heights = sizes[:, 0], sizes[:, 1]
         if self.train:
-            top, left, h, w = rrc_windows(heights, widths, indices, self.seed, epoch, self.scale, self.ratio).T
+            top, left, h, w = rrc_windows(heights, widths, keys, self.seed, epoch, self.scale, self.ratio).T
             start, end = np.stack([top, left], 1), np.stack([top + h, left + w], 1)
         else:
             geo = np.array([eval_resize_geometry(h, w, self.image_size, self.crop_pct)
@@ -56,12 +57,12 @@ class DaliLoader(Loader):
         return start.astype(np.float32), end.astype(np.float32)
 
     def _batches(self, epoch: int, start_batch: int):
-        indices = self.order.remaining(epoch, start_batch)
+        indices, keys = self.order.remaining(epoch, start_batch), self.order.crop_keys(epoch, start_batch)
         for b in range(0, len(indices), self.batch_size):
-            idx = indices[b:b + self.batch_size]
+            idx, key = indices[b:b + self.batch_size], keys[b:b + self.batch_size]
             jpegs = [self.reader.jpeg(int(i)) for i in idx]
-            roi_start, roi_end = self._windows(idx, epoch, jpegs)
-            flips = flip_flags(idx, self.seed, epoch, self.hflip).astype(np.int32)
+            roi_start, roi_end = self._windows(key, epoch, jpegs)
+            flips = flip_flags(key, self.seed, epoch, self.hflip).astype(np.int32)
             yield ([np.frombuffer(j, dtype=np.uint8) for j in jpegs], list(roi_start), list(roi_end),
                    list(self.reader.labels[idx].reshape(-1, 1)), list(flips))
 

@@ -4,7 +4,7 @@ Two things differ from FFCV's stock ``RandomResizedCropRGBImageDecoder``, on pur
 
 * Determinism. The stock decoder draws crops with ``np.random`` inside a numba ``prange`` loop, so which sample
   gets which draw depends on thread scheduling and an exact resume is impossible. Here every sample's window
-  comes from ``pipelines.crop`` (a pure function of seed, epoch and sample index), written into a table that
+  comes from ``pipelines.crop`` (a pure function of seed, epoch and the sample's crop key), written into a table that
   the compiled decoder reads through a raw pointer: numba freezes arrays captured by a closure as compile-time
   constants, and recompiling every epoch would cost seconds.
 * Interpolation. The stock decoders resize with OpenCV's ``INTER_AREA`` (checked: ``ffcv.libffcv.resize_crop``
@@ -345,13 +345,14 @@ class FfcvLoader(Loader):
         indices = self.order.remaining(epoch, start_batch)
         if len(indices) == 0:
             return
-        if self.train:
-            win = rrc_windows(self._heights[indices], self._widths[indices], indices, self.seed, epoch, self.scale,
+        if self.train:  # one row per sample: a rank reads a sample at most once per epoch (pipelines.sharding)
+            keys = self.order.crop_keys(epoch, start_batch)
+            win = rrc_windows(self._heights[indices], self._widths[indices], keys, self.seed, epoch, self.scale,
                               self.ratio)
             self.table[indices, 0:4] = win
             self.table[indices, 4:6] = self.image_size
             self.table[indices, 6:8] = 0
-            self.table[indices, 8] = flip_flags(indices, self.seed, epoch, self.hflip)
+            self.table[indices, 8] = flip_flags(keys, self.seed, epoch, self.hflip)
         order = _PlannedOrder(self._ffcv)
         order.indices = indices.astype(np.uint64)
         self._ffcv.traversal_order = order

@@ -13,6 +13,12 @@ Remainder handling (stated because every sample must be seen exactly once across
 * ``pad=False`` (val): no padding, ranks take ``order[rank::world_size]``, so counts differ by at most one and
   every sample is read exactly once across ranks. With ``drop_last=False`` the last batch may be partial;
   the evaluation code must sum counts, not average per-rank means.
+* ``repeats=r > 1`` (train, repeated augmentation as DeiT trains, timm's ``RepeatAugSampler``): the permutation
+  with each sample written ``r`` times in a row is cut to the same length as without repeats (``world_size``
+  times the samples per rank), so an epoch takes as long but holds about ``1/r`` of the samples, each ``r``
+  times. Ranks take every ``world_size``-th entry, so with ``r <= world_size`` a sample's copies go to
+  different ranks, never twice to one rank in an epoch. Each copy has its own crop key (``crop_keys``), hence
+  its own crop and flip.
 """
 from dataclasses import dataclass
 
@@ -50,6 +56,8 @@ class ShardedOrder:
         Pad the order by wrapping to a multiple of ``world_size`` (see the module docstring).
     drop_last : bool
         Drop each rank's final partial batch.
+    repeats : int
+        Copies of each sample per epoch (repeated augmentation, see the module docstring); 1: none.
     """
     num_samples: int
     rank: int = 0
@@ -59,6 +67,7 @@ class ShardedOrder:
     shuffle: bool = True
     pad: bool = True
     drop_last: bool = True
+    repeats: int = 1
 
     def __post_init__(self):
         if self.num_samples < 1:
@@ -68,6 +77,9 @@ class ShardedOrder:
                              f"world_size={self.world_size}")
         if self.batch_size < 1:
             raise ValueError(f"ShardedOrder: batch_size must be >= 1, got {self.batch_size}")
+        if self.repeats < 1 or (self.repeats > 1 and not (self.pad and self.repeats <= self.world_size)):
+            raise ValueError(f"ShardedOrder: repeats={self.repeats} needs 1 <= repeats <= world_size "
+                             f"({self.world_size}), so that a sample's copies go to different ranks, and pad=True")
 
     @property
     def samples_per_rank(self) -> int:
@@ -82,19 +94,40 @@ class ShardedOrder:
         n = self.samples_per_rank
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def indices(self, epoch: int) -> np.ndarray:
-        """This rank's sample indices for ``epoch``, in reading order, trimmed to whole batches if drop_last."""
+    def _mine(self, epoch: int):
+        """This rank's (sample indices, copy numbers) of ``epoch``, in reading order, trimmed as ``indices``."""
         order = epoch_permutation(self.num_samples, self.seed, epoch) if self.shuffle \
             else np.arange(self.num_samples)
+        copies = np.zeros(len(order), dtype=np.int64)
+        if self.repeats > 1:
+            order = np.repeat(order, self.repeats)
+            copies = np.tile(np.arange(self.repeats, dtype=np.int64), self.num_samples)
         if self.pad:
             total = self.samples_per_rank * self.world_size
-            order = np.resize(order, total)  # np.resize repeats from the start: the wrap-around padding
-        mine = order[self.rank::self.world_size]
-        return mine[:self.num_batches * self.batch_size].astype(np.int64)
+            # np.resize repeats from the start: the wrap-around padding (with repeats, a cut: r N >= total)
+            order, copies = np.resize(order, total), np.resize(copies, total)
+        keep = self.num_batches * self.batch_size
+        return (order[self.rank::self.world_size][:keep].astype(np.int64),
+                copies[self.rank::self.world_size][:keep])
 
-    def remaining(self, epoch: int, batches_done: int) -> np.ndarray:
-        """The samples of ``epoch`` still to read after ``batches_done`` batches: what a resumed run reads."""
+    def indices(self, epoch: int) -> np.ndarray:
+        """This rank's sample indices for ``epoch``, in reading order, trimmed to whole batches if drop_last."""
+        return self._mine(epoch)[0]
+
+    def _check_batches_done(self, batches_done: int) -> None:
         if not 0 <= batches_done <= self.num_batches:
             raise ValueError(f"batches_done={batches_done} outside [0, {self.num_batches}] for this loader; "
                              "was the state saved with another batch size or world size?")
+
+    def remaining(self, epoch: int, batches_done: int) -> np.ndarray:
+        """The samples of ``epoch`` still to read after ``batches_done`` batches: what a resumed run reads."""
+        self._check_batches_done(batches_done)
         return self.indices(epoch)[batches_done * self.batch_size:]
+
+    def crop_keys(self, epoch: int, batches_done: int = 0) -> np.ndarray:
+        """The keys of ``remaining(epoch, batches_done)`` that their crops and flips are drawn from
+        (``pipelines.crop``): the sample index, plus ``copy * num_samples`` for a repeated sample's later copies.
+        Without repeats, the sample indices themselves."""
+        self._check_batches_done(batches_done)
+        indices, copies = self._mine(epoch)
+        return (indices + copies * self.num_samples)[batches_done * self.batch_size:]

@@ -26,7 +26,7 @@ __all__ = ["TorchLoader"]
 
 
 class _JpegDataset(Dataset):
-    """Item ``(index, epoch)`` -> (uint8 HWC crop, label); the epoch in the key fixes the crop."""
+    """Item ``(index, crop key, epoch)`` -> (uint8 HWC crop, label); the crop key and epoch fix the crop."""
 
     def __init__(self, reader: ShardReader, image_size: int, train: bool, crop_pct: float, seed: int,
                  scale: Tuple[float, float], ratio: Tuple[float, float], hflip: float):
@@ -43,15 +43,15 @@ class _JpegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, key: Tuple[int, int]):
-        index, epoch = key
+    def __getitem__(self, item: Tuple[int, int, int]):
+        index, key, epoch = item
         img = Image.open(io.BytesIO(self.reader.jpeg(index))).convert("RGB")
         if self.train:
-            top, left, h, w = (int(v) for v in rrc_windows([img.height], [img.width], [index], self.seed, epoch,
+            top, left, h, w = (int(v) for v in rrc_windows([img.height], [img.width], [key], self.seed, epoch,
                                                                 self.scale, self.ratio)[0])
             img = F.resized_crop(img, top, left, h, w, [self.image_size, self.image_size],
                                  interpolation=InterpolationMode.BICUBIC)
-            if flip_flags([index], self.seed, epoch, self.hflip)[0]:
+            if flip_flags([key], self.seed, epoch, self.hflip)[0]:
                 img = F.hflip(img)
         else:
             img = self.eval_transform(img)
@@ -59,7 +59,8 @@ class _JpegDataset(Dataset):
 
 
 class _PassKeys:
-    """The DataLoader's sampler: the ``(index, epoch)`` keys of the pass being read, set before each pass."""
+    """The DataLoader's sampler: the ``(index, crop key, epoch)`` items of the pass being read, set before each
+    pass."""
 
     def __init__(self):
         self.keys = []
@@ -97,7 +98,8 @@ class TorchLoader(Loader):
                                   persistent_workers=self.num_workers > 0)
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        self._keys.keys = [(int(i), epoch) for i in self.order.remaining(epoch, start_batch)]
+        self._keys.keys = [(int(i), int(k), epoch) for i, k in zip(self.order.remaining(epoch, start_batch),
+                                                                  self.order.crop_keys(epoch, start_batch))]
         self._worker_seeds.manual_seed(self.seed + epoch)
         cuda = self.device.type == "cuda"
         for images, labels in self._loader:  # images (B, H, W, 3) contiguous: NCHW permute is channels-last

@@ -169,6 +169,47 @@ def test_ffcv_output_is_pillows_resize_of_its_window(digits, split, size, rrc):
         assert np.array_equal(out[k], ref[oy:oy + size, ox:ox + size]), (split, size, k, i)
 
 
+def test_repeated_augmentation_gives_every_copy_its_own_crop_in_every_backend(digits):
+    """aug_repeats=3 on 3 ranks: each rank's torch batches are Pillow's crops of the windows that the documented
+    rule gives (pipelines.sharding: the epoch permutation, each sample 3 times in a row, dealt to the ranks in
+    turn; copy c of sample i cropped with key i + c n), so a sample's copies get different crops; FFCV's batches
+    equal torch's bit for bit and DALI's come close, as without repeats. Fewer than 3 ranks is refused."""
+    stored = np.stack([np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+                       for jpeg in read_ffcv_jpegs(os.path.join(digits, "train.beton"))])
+    n, W, epoch = len(stored), 3, 1
+    aug = AugmentConfig(hflip=0.5)
+    out = {b: [torch.cat([x for x, _ in _uint8_epoch(_build(digits, b, rank=k, world_size=W, aug_repeats=3,
+                                                           augment=aug), epoch)]) for k in range(W)]
+           for b in BACKENDS}
+    plain = ShardedOrder(n, world_size=W, batch_size=BS, seed=11)
+    stream = np.repeat(np.random.default_rng([11, epoch]).permutation(n), 3)[:W * plain.samples_per_rank]
+    keys = stream + np.tile(np.arange(3), n)[:len(stream)] * n
+    copies_differ = []
+    for k in range(W):
+        idx, key = stream[k::W][:plain.num_batches * BS], keys[k::W][:plain.num_batches * BS]
+        win = rrc_windows(np.full(len(idx), stored.shape[1]), np.full(len(idx), stored.shape[2]), key, 11, epoch)
+        flips = flip_flags(key, 11, epoch, 0.5)
+        got = out["torch"][k].permute(0, 2, 3, 1).numpy()
+        assert len(got) == len(idx)
+        for j in range(0, len(idx), 7):  # every 7th image against its reference (all of them take long)
+            y, x, h, w = win[j]
+            ref = np.asarray(Image.fromarray(stored[idx[j], y:y + h, x:x + w]).resize((SIZE, SIZE), Image.BICUBIC))
+            assert np.array_equal(got[j], ref[:, ::-1] if flips[j] else ref), (k, j)
+        assert torch.equal(out["ffcv"][k], out["torch"][k])
+        assert (out["dali"][k].int() - out["torch"][k].int()).abs().float().mean() < 3.0
+    first = {}  # a sample's first copy (rank, position), then whether its later copies look different
+    for k in range(W):
+        for j, i in enumerate(stream[k::W][:plain.num_batches * BS]):
+            if i in first:
+                k0, j0 = first[i]
+                copies_differ.append(not torch.equal(out["torch"][k][j], out["torch"][k0][j0]))
+            else:
+                first[i] = (k, j)
+    assert len(copies_differ) > 100 and np.mean(copies_differ) > 0.95
+    with pytest.raises(LoaderError, match="aug_repeats=3 needs as many processes"):
+        _build(digits, "torch", rank=0, world_size=2, aug_repeats=3)
+
+
 def test_torch_backend_leaves_the_global_rng_alone(digits):
     # The trainer's bitwise resume needs the global RNG (dropout, Ne-Att noise, mixup) untouched by data reading.
     loader = _build(digits, "torch")

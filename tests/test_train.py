@@ -156,6 +156,17 @@ def test_train_loss_is_the_one_timm_train_py_picks(tmp_path, flags, formula):
     torch.testing.assert_close(train_loss(cfg)(x, target), want, rtol=1e-6, atol=1e-7)
 
 
+def test_aug_repeats_needs_as_many_processes(tmp_path):
+    """Repeated augmentation sends a sample's copies to different ranks: more copies than ranks is a user error
+    that names the flag, before any data is read."""
+    from neatt.train.build import build_loader_for, create_model
+    from neatt.train.distributed import DistInfo
+    cfg = tiny_config(tmp_path, aug_repeats=3)
+    model = create_model(cfg.model)
+    with pytest.raises(UserInputError, match=r'--aug-repeats 3 .* needs at least 3; this run has 2'):
+        build_loader_for(cfg, 'train', model, DistInfo(0, 0, 2, torch.device('cpu')), 16, train=True)
+
+
 def test_layer_decay_scales_each_layer_as_timm_does_for_vits(tmp_path, digits):
     """--layer-decay d on the 2-block model, by hand (BEiT's rule as timm groups a ViT): the head at the scheduled
     lr, block 1 and the final norm at d, block 0 at d^2, patch/position embeddings and cls token at d^3; the

@@ -97,6 +97,9 @@ class AugConfig:
     hflip: float = _opt(0.5, 'horizontal flip probability')
     scale: tuple[float, float] = _opt((0.08, 1.0), 'random-resized-crop area range, as fractions of the image')
     ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), 'random-resized-crop aspect ratio range')
+    aug_repeats: int = _opt(0, "repeated augmentation (timm's RepeatAugSampler, DeiT's recipe: 3): each epoch "
+                               "reads about 1/N of the samples N times each, every copy on another process with its "
+                               "own crop; needs at least N processes. 0: off")
     smoothing: float = _opt(0.1, 'label smoothing')
     mixup: float = _opt(0.0, 'mixup alpha; mixup is on when > 0')
     cutmix: float = _opt(0.0, 'cutmix alpha; cutmix is on when > 0')
@@ -114,6 +117,8 @@ class AugConfig:
                 raise ValueError(f'{flag_name(name)} must be in [0, 1], got {getattr(self, name)}')
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f'--smoothing must be in [0, 1), got {self.smoothing}')
+        if self.aug_repeats < 0:
+            raise ValueError(f'--aug-repeats must be >= 0, got {self.aug_repeats}')
         if self.bce_target_thresh is not None and not self.bce_loss:
             raise ValueError('--bce-target-thresh needs --bce-loss')
         self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)  # config.json stores them as lists
