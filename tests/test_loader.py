@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -238,11 +239,14 @@ def test_non_square_photos_same_geometry_in_every_backend(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- bad input
-def test_missing_dataset_dir_and_manifest(tmp_path):
+def test_missing_dataset_dir_and_manifest(tmp_path, digits):
     with pytest.raises(LoaderError, match="convert_datasets"):
         build_loader(str(tmp_path / "nope"), backend="torch")
-    with pytest.raises(LoaderError, match="manifest.json"):
+    with pytest.raises(LoaderError, match="manifest.json not found: convert a dataset first"):
         build_loader(str(tmp_path), backend="torch")
+    # the converter's --out folder instead of the dataset folder it made: the message names the dataset folder
+    with pytest.raises(LoaderError, match=f"holds converted datasets: pass one of {re.escape(digits)}$"):
+        build_loader(os.path.dirname(digits), backend="torch")
 
 
 def test_unknown_backend_split_and_bad_numbers(digits):

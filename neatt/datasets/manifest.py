@@ -72,6 +72,12 @@ def read_manifest(data_dir: str) -> dict:
     """Read and validate ``<data_dir>/manifest.json``; the error says how to create one if it is missing."""
     path = os.path.join(data_dir, MANIFEST_NAME)
     if not os.path.isfile(path):
+        inside = sorted(d.path for d in os.scandir(data_dir)
+                        if d.is_dir() and os.path.isfile(os.path.join(d.path, MANIFEST_NAME))) \
+            if os.path.isdir(data_dir) else []
+        if inside:  # the --out folder given instead of the dataset folder that the converter made in it
+            raise ManifestError(f"{path} not found, but {data_dir} holds converted datasets: pass one of "
+                                f"{', '.join(inside)}")
         raise ManifestError(f"{path} not found: convert a dataset first, e.g. "
                             f"`python tools/convert_datasets.py digits --out {os.path.dirname(data_dir) or '.'}`")
     try:
