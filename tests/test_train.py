@@ -305,6 +305,32 @@ def test_transfer_from_a_checkpoint_with_another_class_count_and_image_size(tmp_
     assert 'missing keys (0)' in text and 'unexpected keys (0)' in text
 
 
+def test_initial_checkpoint_from_a_timm_safetensors_file(tmp_path, digits):
+    """timm's weights as the Hugging Face hub ships them: a vanilla timm ViT's state dict in a .safetensors file
+    (written by safetensors itself) starts a Ne-Att run; every weight but the head-mixing MLPs is timm's. A
+    damaged file is a CheckpointError naming it."""
+    import timm
+    from safetensors.torch import save_file
+    vanilla = timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=4, depth=2, embed_dim=48,
+                                num_heads=3, num_classes=10)
+    path = tmp_path / 'model.safetensors'
+    save_file(vanilla.state_dict(), str(path))
+    lines = []
+    trainer = Trainer(tiny_config(tmp_path, initial_checkpoint=str(path)), loaders=_loaders(digits, 16),
+                      log=lines.append)
+    trainer.close()
+    sd = trainer.model.state_dict()
+    for k, v in vanilla.state_dict().items():
+        assert torch.equal(sd[k], v), k
+    assert sorted(k for k in sd if k not in vanilla.state_dict()) == sorted(
+        f'blocks.1.attn.head_mix.fc{i}.{p}' for i in (1, 2, 3) for p in ('weight', 'bias'))
+    assert any(f'loaded raw state dict of {path}' in line for line in lines), lines
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r'cannot read .*model\.safetensors as a PyTorch or safetensors'):
+        Trainer(tiny_config(tmp_path / 'b', initial_checkpoint=str(path)), loaders=_loaders(digits, 16),
+                log=lambda m: None)
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, digits):
     src = tiny_config(tmp_path / 'src', max_steps=1)
     _train(src, digits)

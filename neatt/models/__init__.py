@@ -7,10 +7,11 @@ from .vit import (
     create_model,
     is_head_mix_key,
     load_checkpoint,
+    read_checkpoint_file,
     to_vanilla_state_dict,
 )
 
 __all__ = [
     'HeadMix', 'NestedAttention', 'NeAttBlock', 'NeAttVisionTransformer', 'LoadReport', 'create_model',
-    'is_head_mix_key', 'load_checkpoint', 'to_vanilla_state_dict',
+    'is_head_mix_key', 'load_checkpoint', 'read_checkpoint_file', 'to_vanilla_state_dict',
 ]

@@ -24,8 +24,8 @@ from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filt
 from .attention import NestedAttention
 
 __all__ = [
-    'NeAttBlock', 'NeAttVisionTransformer', 'LoadReport', 'load_checkpoint', 'to_vanilla_state_dict',
-    'is_head_mix_key', 'create_model',
+    'NeAttBlock', 'NeAttVisionTransformer', 'LoadReport', 'load_checkpoint', 'read_checkpoint_file',
+    'to_vanilla_state_dict', 'is_head_mix_key', 'create_model',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -214,6 +214,15 @@ def _strip_wrapper_prefixes(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
     return out
 
 
+def read_checkpoint_file(path: Union[str, os.PathLike], weights_only: bool = True) -> Any:
+    """The object in a checkpoint file, on the CPU: `torch.load` for a `torch.save`d file (.pth, .pth.tar, .bin),
+    or the state dict of a `.safetensors` file, the format timm's weights come in on the Hugging Face hub."""
+    if os.fspath(path).endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path, device='cpu')
+    return torch.load(path, map_location='cpu', weights_only=weights_only)
+
+
 def load_checkpoint(
         model: NeAttVisionTransformer,
         checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
@@ -226,8 +235,8 @@ def load_checkpoint(
     Args:
         model: the Ne-Att model, or a vanilla timm `VisionTransformer` (the reverse direction: the checkpoint's
             head-mixing MLPs are dropped, as `to_vanilla_state_dict` does).
-        checkpoint: a path to a `torch.save`d file, or the loaded object: a raw state dict, or a timm-style
-            `.pth.tar` dict with `state_dict` / `state_dict_ema` (also `model` / `model_ema`).
+        checkpoint: a path to a `torch.save`d or `.safetensors` file, or the loaded object: a raw state dict, or
+            a timm-style `.pth.tar` dict with `state_dict` / `state_dict_ema` (also `model` / `model_ema`).
         use_ema: read `state_dict_ema` when the checkpoint has one (timm's default); otherwise `state_dict`.
         strict: raise on any key that does not fit (missing head-mixing MLPs are always allowed: they keep their
             init). With False, mismatched or unknown keys are skipped and listed in the report.
@@ -244,11 +253,12 @@ def load_checkpoint(
         if not os.path.isfile(path):
             raise FileNotFoundError(f'checkpoint file not found: {path}')
         try:
-            checkpoint = torch.load(path, map_location='cpu', weights_only=weights_only)
+            checkpoint = read_checkpoint_file(path, weights_only=weights_only)
         except Exception as e:  # torch raises several types for a bad or unsafe pickle
             raise ValueError(
                 f'cannot read checkpoint {path}: {e.__class__.__name__}: {str(e).splitlines()[0]} '
-                f'(expected a file written by torch.save; pass weights_only=False only if you trust it)') from e
+                f'(expected a file written by torch.save, or a .safetensors file; pass weights_only=False only '
+                f'if you trust it)') from e
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f'checkpoint must be a dict (state dict or timm checkpoint), got {type(checkpoint).__name__}')
     state_dict, source = _select_state_dict(checkpoint, use_ema)

@@ -57,10 +57,12 @@ def load_checkpoint(path: os.PathLike, what: str = 'checkpoint') -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'{what}: file not found: {path}')
+    from neatt.models import read_checkpoint_file
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=False)
+        obj = read_checkpoint_file(path, weights_only=False)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f'{what}: cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {e})') from e
+        raise CheckpointError(f'{what}: cannot read {path} as a PyTorch or safetensors checkpoint '
+                              f'({type(e).__name__}: {e})') from e
     if not isinstance(obj, dict):
         raise CheckpointError(f'{what}: {path} holds a {type(obj).__name__}, not a checkpoint dict')
     return obj
