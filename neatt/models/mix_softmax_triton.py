@@ -233,7 +233,8 @@ def _kernels():
     if triton is None:
         return None
     for helper in ('_leaky_relu', '_box_muller'):  # called by name from the kernels
-        globals()[helper] = triton.jit(globals()[helper])
+        fn = globals()[helper]
+        globals()[helper] = triton.jit(getattr(fn, 'fn', fn))  # `.fn`: the Python function, if jitted already
     return triton.jit(_fwd), triton.jit(_bwd)
 
 
