@@ -1,6 +1,6 @@
 """Crop windows as pure functions of (seed, epoch, crop key): the same crop in every backend, on resume too. The
-key is the sample index (``ShardedOrder.crop_keys``: plus ``copy * num_samples`` for the later copies of a sample
-under repeated augmentation); the functions below call it ``index``.
+key is the sample index (``ShardedOrder.remaining_with_keys``: plus ``copy * num_samples`` for the later copies of
+a sample under repeated augmentation); the functions below call it ``index``.
 
 Random-resized-crop parameters drawn from a global RNG inside worker processes or numba ``prange`` loops
 depend on thread scheduling, so a resumed run would see other crops. Here each uniform number is a

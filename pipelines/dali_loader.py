@@ -42,7 +42,7 @@ class DaliLoader(Loader):
 
     def _windows(self, keys: np.ndarray, epoch: int, jpegs) -> Tuple[np.ndarray, np.ndarray]:
         """ROI start/end ``(y, x)`` in source pixels (float32, shape (n, 2)) of each sample's output; ``keys``:
-        the samples' crop keys (``ShardedOrder.crop_keys``)."""
+        the samples' crop keys (``ShardedOrder.remaining_with_keys``)."""
         sizes = np.array([Image.open(io.BytesIO(j)).size for j in jpegs], dtype=np.int64).reshape(-1, 2)
         widths, heights = sizes[:, 0], sizes[:, 1]
         if self.train:
@@ -57,7 +57,7 @@ class DaliLoader(Loader):
         return start.astype(np.float32), end.astype(np.float32)
 
     def _batches(self, epoch: int, start_batch: int):
-        indices, keys = self.order.remaining(epoch, start_batch), self.order.crop_keys(epoch, start_batch)
+        indices, keys = self.order.remaining_with_keys(epoch, start_batch)
         for b in range(0, len(indices), self.batch_size):
             idx, key = indices[b:b + self.batch_size], keys[b:b + self.batch_size]
             jpegs = [self.reader.jpeg(int(i)) for i in idx]

@@ -342,11 +342,10 @@ class FfcvLoader(Loader):
                 self.table[i] = 0, 0, self._heights[i], self._widths[i], rh, rw, top, left, 0
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        indices = self.order.remaining(epoch, start_batch)
+        indices, keys = self.order.remaining_with_keys(epoch, start_batch)
         if len(indices) == 0:
             return
         if self.train:  # one row per sample: a rank reads a sample at most once per epoch (pipelines.sharding)
-            keys = self.order.crop_keys(epoch, start_batch)
             win = rrc_windows(self._heights[indices], self._widths[indices], keys, self.seed, epoch, self.scale,
                               self.ratio)
             self.table[indices, 0:4] = win

@@ -17,8 +17,8 @@ Remainder handling (stated because every sample must be seen exactly once across
   with each sample written ``r`` times in a row is cut to the same length as without repeats (``world_size``
   times the samples per rank), so an epoch takes as long but holds about ``1/r`` of the samples, each ``r``
   times. Ranks take every ``world_size``-th entry, so with ``r <= world_size`` a sample's copies go to
-  different ranks, never twice to one rank in an epoch. Each copy has its own crop key (``crop_keys``), hence
-  its own crop and flip.
+  different ranks, never twice to one rank in an epoch. Each copy has its own crop key
+  (``remaining_with_keys``), hence its own crop and flip.
 """
 from dataclasses import dataclass
 
@@ -114,20 +114,17 @@ class ShardedOrder:
         """This rank's sample indices for ``epoch``, in reading order, trimmed to whole batches if drop_last."""
         return self._mine(epoch)[0]
 
-    def _check_batches_done(self, batches_done: int) -> None:
+    def remaining(self, epoch: int, batches_done: int) -> np.ndarray:
+        """The samples of ``epoch`` still to read after ``batches_done`` batches: what a resumed run reads."""
+        return self.remaining_with_keys(epoch, batches_done)[0]
+
+    def remaining_with_keys(self, epoch: int, batches_done: int):
+        """``remaining(epoch, batches_done)`` and the keys their crops and flips are drawn from (``pipelines.crop``):
+        the sample index, plus ``copy * num_samples`` for a repeated sample's later copies (without repeats, the
+        sample indices themselves)."""
         if not 0 <= batches_done <= self.num_batches:
             raise ValueError(f"batches_done={batches_done} outside [0, {self.num_batches}] for this loader; "
                              "was the state saved with another batch size or world size?")
-
-    def remaining(self, epoch: int, batches_done: int) -> np.ndarray:
-        """The samples of ``epoch`` still to read after ``batches_done`` batches: what a resumed run reads."""
-        self._check_batches_done(batches_done)
-        return self.indices(epoch)[batches_done * self.batch_size:]
-
-    def crop_keys(self, epoch: int, batches_done: int = 0) -> np.ndarray:
-        """The keys of ``remaining(epoch, batches_done)`` that their crops and flips are drawn from
-        (``pipelines.crop``): the sample index, plus ``copy * num_samples`` for a repeated sample's later copies.
-        Without repeats, the sample indices themselves."""
-        self._check_batches_done(batches_done)
         indices, copies = self._mine(epoch)
-        return (indices + copies * self.num_samples)[batches_done * self.batch_size:]
+        start = batches_done * self.batch_size
+        return indices[start:], (indices + copies * self.num_samples)[start:]

@@ -98,8 +98,7 @@ class TorchLoader(Loader):
                                   persistent_workers=self.num_workers > 0)
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        self._keys.keys = [(int(i), int(k), epoch) for i, k in zip(self.order.remaining(epoch, start_batch),
-                                                                  self.order.crop_keys(epoch, start_batch))]
+        self._keys.keys = [(int(i), int(k), epoch) for i, k in zip(*self.order.remaining_with_keys(epoch, start_batch))]
         self._worker_seeds.manual_seed(self.seed + epoch)
         cuda = self.device.type == "cuda"
         for images, labels in self._loader:  # images (B, H, W, 3) contiguous: NCHW permute is channels-last

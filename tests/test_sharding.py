@@ -96,16 +96,18 @@ def test_repeated_augmentation_spreads_each_samples_copies_over_ranks(world_size
     copy = np.tile(np.arange(r), n)[:total]
     for k, o in enumerate(ranks):
         assert o.num_batches == plain.num_batches  # an epoch takes as long as without repeats
-        idx, keys = o.indices(epoch), o.crop_keys(epoch)
+        idx, keys = o.indices(epoch), o.remaining_with_keys(epoch, 0)[1]
         assert np.array_equal(idx, stream[k::world_size])
         assert np.array_equal(keys, (stream + copy * n)[k::world_size])
         assert len(set(idx.tolist())) == len(idx)
-        assert np.array_equal(o.crop_keys(epoch, 4), keys[4:]) and np.array_equal(o.remaining(epoch, 4), idx[4:])
-    keys = np.concatenate([o.crop_keys(epoch) for o in ranks])
+        rest, rest_keys = o.remaining_with_keys(epoch, 4)
+        assert np.array_equal(rest_keys, keys[4:]) and np.array_equal(rest, idx[4:])
+        assert np.array_equal(o.remaining(epoch, 4), idx[4:])
+    keys = np.concatenate([o.remaining_with_keys(epoch, 0)[1] for o in ranks])
     assert len(set(keys.tolist())) == len(keys)  # every copy its own crop
     assert len(set(stream.tolist())) < n  # fewer distinct samples per epoch
     for o in _ranks(n, world_size, seed=seed):  # without repeats the keys are the sample indices
-        assert np.array_equal(o.crop_keys(epoch), o.indices(epoch))
+        assert np.array_equal(o.remaining_with_keys(epoch, 0)[1], o.indices(epoch))
 
 
 @pytest.mark.parametrize("kw, match", [(dict(num_samples=0), "num_samples"),

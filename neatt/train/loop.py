@@ -289,8 +289,9 @@ class Trainer:
         are reseeded from (seed, rank, epoch). Not bitwise identical to an uninterrupted run, and said so."""
         self.epoch, self.batches_done = ts['epoch'], 0
         self.step = self.epoch * self.updates_per_epoch
-        torch.manual_seed(self._rank_seed + 10_000 * self.epoch)
-        _seed_python_and_numpy(self._rank_seed + 10_000 * self.epoch)
+        seed = self._rank_seed + 10_000 * self.epoch
+        torch.manual_seed(seed)
+        _seed_python_and_numpy(seed)
         again = f' (its first {ts["batches_done"]} batches per rank trained again)' if ts['batches_done'] else ''
         self.log(f'resumed from {self._resume_path}, written by {self._saved_world_size} process(es), elastically on '
                  f'{self.dist.world_size}: from the start of epoch {self.epoch}{again}, at step {self.step} '
