@@ -96,8 +96,8 @@ def compile_on_a_fresh_stack(dispatcher, *args) -> None:
     recurses deeply, and where one of its hot calls sits on a chunk boundary, each call maps and unmaps a chunk.
     How deep the stack is when the compile starts decides whether that happens: inside pytest, compiling the
     head-mix kernels took twice as long as from a script, with 8,000 mmap/munmap pairs a second (2 min 47 s of
-    system time in a 7-minute test). A new thread starts from an empty stack, so the compile runs at the same shallow depth wherever
-    the first call comes from.
+    system time in a 7-minute test). A new thread starts from an empty stack, so the compile runs at the same
+    shallow depth wherever the first call comes from.
     """
     if dispatcher.overloads:
         return

@@ -71,8 +71,8 @@ def parse_args(argv=None):
     g.add_argument("--shard-size", type=int, default=5000, help="samples per DALI shard (default %(default)s)")
     g = p.add_argument_group("ImageNet flat val labels (found automatically under --src when present)")
     g.add_argument("--val-labels", help="LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")
-    g.add_argument("--devkit", help="ILSVRC2012_devkit_t12 folder, its data/meta.mat or its .tar.gz (class order for "
-                                          "the txt)")
+    g.add_argument("--devkit", help="ILSVRC2012_devkit_t12 folder, its data/meta.mat or its .tar.gz (class order "
+                                    "for the txt)")
     g.add_argument("--wnid-order", help="text file with the 1000 wnids in devkit (ILSVRC2012_ID) order")
     g = p.add_argument_group("behaviour")
     g.add_argument("--force", action="store_true", help="redo outputs that are already complete")

@@ -1,7 +1,8 @@
 """Dataset readers: each turns a source on disk (or embedded data) into classes and per-split sample lists.
 
 A sample is ``(item, label)`` where ``item`` is a file path, a file inside an uncompressed tar
-(:class:`~neatt.datasets.tar_index.TarMember`) or a uint8 (H, W, 3) array, and ``label`` indexes ``classes``. Lists are sorted (by path for file trees) so that the same input gives the same order on any machine.
+(:class:`~neatt.datasets.tar_index.TarMember`) or a uint8 (H, W, 3) array, and ``label`` indexes ``classes``.
+Lists are sorted (by path for file trees) so that the same input gives the same order on any machine.
 A missing or misstructured source raises :class:`SourceError` whose message shows the expected layout.
 """
 from __future__ import annotations
