@@ -4,8 +4,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -305,8 +307,8 @@ def test_interrupted_run_leaves_nothing_complete_and_rerun_finishes(small_tree, 
     else:
         assert "train" in m["formats"]["dali"]            # DALI finished before the .beton was interrupted
     listed = {s[k] for e in m["formats"].get("dali", {}).values() for s in e["shards"] for k in ("tar", "index")}
-    for f in _data_files(d):
-        assert f in listed, f"{f} exists but the manifest does not list it"
+    for f in _data_files(d):   # nothing else looks complete: partial files and the checkpoint say what they are
+        assert f in listed or f.endswith((".partial", ".resume.json")), f"{f} exists but the manifest does not list it"
     # a killed run leaves partial files behind (a SIGKILL runs no cleanup): fake some, plus a stray old shard
     os.makedirs(os.path.join(d, "dali"), exist_ok=True)
     for stale in ("train.beton.partial", "train.beton.staging.partial", "dali/train-00000.tar.partial",
@@ -317,6 +319,142 @@ def test_interrupted_run_leaves_nothing_complete_and_rerun_finishes(small_tree, 
     rc, err = run_convert_cli(args)
     assert rc == 0, err
     assert _data_files(d) == clean
+
+
+def _resume_tree(tmp_path, per_class=5):
+    """2 classes x ``per_class`` train images (10 by default: checkpoints after 4 and 8 at --shard-size 4), 2 x 2
+    val; one decoding process, so that the test sees which samples are decoded."""
+    src = str(tmp_path / "src")
+    make_imagenet_tree(src, num_classes=2, per_class=per_class, val_per_class=2, size=SIZE, bad_cases=False)
+    common = [a if a != "2" else "1" for a in COMMON]              # --workers 1
+    return src, ["imagenet", "--src", src, "--out", str(tmp_path / "out")] + common, str(tmp_path / "out/imagenet")
+
+
+def _decoded(monkeypatch, fail_at=None):
+    """Record (index, split-relative path) of every sample decoded from now on; raise KeyboardInterrupt (Ctrl-C) on
+    the train sample with index ``fail_at``."""
+    import neatt.datasets.convert as conv
+    seen, real = [], conv._prepare_one
+
+    def prepare(args):
+        index, item = args[0], args[1]
+        if fail_at is not None and index == fail_at and "/train/" in item:
+            raise KeyboardInterrupt
+        seen.append((index, os.path.basename(os.path.dirname(os.path.dirname(item)))))
+        return real(args)
+    monkeypatch.setattr(conv, "_prepare_one", prepare)
+    return seen
+
+
+@pytest.mark.parametrize("where", ["pass", "assembly"])
+def test_an_interrupted_split_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, where):
+    """Stopped after the checkpoint at 4 train images (or in the .beton assembly, after the whole pass), a rerun
+    decodes only what came after it and writes files byte-identical to an uninterrupted conversion."""
+    src, args, d = _resume_tree(tmp_path)
+    assert run_convert_cli(args[:3] + ["--out", str(tmp_path / "clean")] + args[5:])[0] == 0
+    clean = _data_files(str(tmp_path / "clean" / "imagenet"))
+
+    if where == "pass":
+        _decoded(monkeypatch, fail_at=6)           # samples 4 and 5 are written after the checkpoint, then Ctrl-C
+    else:
+        import neatt.datasets.ffcv_writer as fw
+        monkeypatch.setattr(fw, "write_beton", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    rc, err = run_convert_cli(args)
+    assert rc == 130 and "last checkpoint" in err
+    with open(os.path.join(d, "train.resume.json")) as f:
+        ckpt = json.load(f)
+    done = 4 if where == "pass" else 10
+    assert ckpt["done"] == done and sum(ckpt["label_counts"]) == done and ckpt["skipped"] == []
+    assert [s["count"] for s in ckpt["dali_shards"]] == ([4] if where == "pass" else [4, 4, 2])
+    staged = os.path.join(d, "train.beton.staging.partial")
+    assert ckpt["files"]["ffcv"]["train.beton.staging.partial"] < os.path.getsize(staged) or where == "assembly"
+    # what a SIGKILL could leave after the checkpoint: bytes past the recorded sizes, a half-written next shard
+    for rel in ("train.beton.staging.partial", "train.beton.records.partial", "dali/train-00000.tar.partial",
+                "dali/train-00001.tar.partial"):
+        with open(os.path.join(d, rel), "ab") as f:
+            f.write(b"junk after the checkpoint")
+    monkeypatch.undo()
+    seen = _decoded(monkeypatch)
+    rc, err = run_convert_cli(args)
+    assert rc == 0, err
+    assert f"imagenet/train: resuming the interrupted conversion at image {done} of 10" in err
+    assert [i for i, split in seen if split == "train"] == list(range(done, 10))
+    assert [i for i, split in seen if split == "val"] == [0, 1, 2, 3]
+    assert _data_files(d) == clean                 # the checkpoint and partial files are gone too
+
+
+@pytest.mark.parametrize("change", ["shard-size", "source", "formats", "force"])
+def test_a_checkpoint_that_does_not_fit_the_rerun_is_not_resumed(tmp_path, monkeypatch, change):
+    """Other settings, another source, a format the checkpoint lacks, or --force: the split starts over, says why,
+    and the result equals a clean conversion with the rerun's arguments."""
+    src, args, d = _resume_tree(tmp_path)
+    _decoded(monkeypatch, fail_at=6)
+    assert run_convert_cli(args + ["--formats", "dali"] if change == "formats" else args)[0] == 130
+    monkeypatch.undo()
+    if change == "shard-size":
+        args = args + ["--shard-size", "3"]
+    elif change == "source":
+        cls = os.path.join(src, "train", sorted(os.listdir(os.path.join(src, "train")))[0])
+        shutil.copy(os.path.join(cls, sorted(os.listdir(cls))[0]), os.path.join(cls, "zz_extra.JPEG"))
+    elif change == "force":
+        args = args + ["--force"]
+    seen = _decoded(monkeypatch)
+    rc, err = run_convert_cli(args)
+    assert rc == 0, err
+    why = {"shard-size": "the --shard-size changed", "formats": "it has no ffcv output", "force": None,
+           "source": "the number of samples, samples (paths, labels) changed"}[change]
+    assert "conversion at image" not in err
+    assert why is None or f"imagenet/train: not resuming the interrupted conversion ({why}" in err
+    assert [i for i, split in seen if split == "train"] == list(range(11 if change == "source" else 10))
+    monkeypatch.undo()
+    assert run_convert_cli(args[:3] + ["--out", str(tmp_path / "clean")] + args[5:])[0] == 0
+    assert _data_files(d) == _data_files(str(tmp_path / "clean" / "imagenet"))
+
+
+def test_a_failed_checkpoint_write_is_a_clear_error_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """A disk error while a checkpoint is made durable (here: fsync of the second checkpoint's new shard fails with
+    ENOSPC) stops the run with exit code 1 and a message naming the file; the first checkpoint is resumed from."""
+    import errno
+    import neatt.datasets.resume as resume
+    _, args, d = _resume_tree(tmp_path)
+    real = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("train-00001.tar.partial"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+    monkeypatch.setattr(resume.os, "fsync", fsync)
+    rc, err = run_convert_cli(args)
+    assert rc == 1 and "Traceback" not in err
+    assert f"No space left on device: '{os.path.join(d, 'dali', 'train-00001.tar.partial')}'" in err, err
+    monkeypatch.undo()
+    rc, err = run_convert_cli(args)
+    assert rc == 0, err
+    assert "resuming the interrupted conversion at image 4 of 10" in err
+
+
+def test_a_killed_conversion_resumes(tmp_path):
+    """A real SIGKILL (no cleanup at all) once the first checkpoint exists; the rerun resumes and its files equal an
+    uninterrupted conversion's."""
+    src = str(tmp_path / "src")
+    make_folder_tree(src, splits=("train",), per_class=200, size=(64, 80))
+    args = ["folder", "--src", src, "--workers", "1", "--no-progress", "--shard-size", "8", "--splits", "train"]
+    d = str(tmp_path / "out" / "folder")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "convert_datasets.py")] + args +
+                            ["--out", str(tmp_path / "out")], stderr=subprocess.PIPE, text=True)
+    ckpt = os.path.join(d, "train.resume.json")
+    while not os.path.exists(ckpt) and proc.poll() is None:
+        time.sleep(0.002)
+    proc.kill()
+    proc.communicate()
+    with open(ckpt) as f:
+        done = json.load(f)["done"]
+    assert 8 <= done < 400, done                     # killed in the middle of the pass
+    rc, err = run_convert_cli(args + ["--out", str(tmp_path / "out")])
+    assert rc == 0, err
+    assert f"folder/train: resuming the interrupted conversion at image {done} of 400" in err
+    assert run_convert_cli(args + ["--out", str(tmp_path / "clean")])[0] == 0
+    assert _data_files(d) == _data_files(str(tmp_path / "clean" / "folder"))
 
 
 def test_strict_makes_skips_an_error(imagenet, tmp_path):

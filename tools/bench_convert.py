@@ -61,9 +61,9 @@ def build_source(root: str, n: int, seed: int = 0) -> dict:
     return {"images": n, "mean_pixels": float(np.mean(pixels)), "mean_bytes": float(np.mean(nbytes))}
 
 
-def run_once(src, out: str, formats, workers: int) -> dict:
+def run_once(src, out: str, formats, workers: int, shard_size: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    opts = ConvertOptions(policy=POLICY, formats=formats, workers=workers, progress=False)
+    opts = ConvertOptions(policy=POLICY, formats=formats, workers=workers, shard_size=shard_size, progress=False)
     t0 = time.perf_counter()
     res = convert(src, out, opts, log=open(os.devnull, "w"))
     wall = time.perf_counter() - t0
@@ -83,6 +83,8 @@ def main(argv=None):
     p.add_argument("--cores", type=int, default=32, help="projection: cores of the target machine")
     p.add_argument("--efficiency", type=float, default=0.8, help="projection: parallel efficiency on those cores")
     p.add_argument("--disk-mb-s", type=float, default=1000.0, help="projection: sustained write MB/s")
+    p.add_argument("--shard-size", type=int, default=5000,
+                   help="samples per DALI shard and between resume checkpoints (default %(default)s, the converter's)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")] if args.workers else sorted({1, os.cpu_count() or 1})
@@ -92,7 +94,7 @@ def main(argv=None):
         stats = build_source(os.path.join(tmp, "src"), args.images)
         src = folder_source(os.path.join(tmp, "src"), splits=("train",))
         n = len(src.splits["train"])
-        run_once(src, os.path.join(tmp, "warm"), ("ffcv", "dali"), workers[-1])   # imports, numba compilation
+        run_once(src, os.path.join(tmp, "warm"), ("ffcv", "dali"), workers[-1], args.shard_size)  # imports, numba
 
         # single-process cost of the parallel part, without any writing
         t0 = time.perf_counter()
@@ -103,11 +105,13 @@ def main(argv=None):
         rows = []
         for w in workers:
             for formats in (("ffcv", "dali"), ("ffcv",), ("dali",)):
-                best = min((run_once(src, os.path.join(tmp, "out"), formats, w) for _ in range(args.repeats)),
+                best = min((run_once(src, os.path.join(tmp, "out"), formats, w, args.shard_size)
+                            for _ in range(args.repeats)),
                            key=lambda r: r["wall_s"])
                 rows.append({"workers": w, "formats": "+".join(formats), "img_s": n / best["wall_s"], **best})
         print(f"\nbench_convert: {n} photo JPEGs (mean {stats['mean_pixels'] / 1e3:.0f} kpixel, "
-              f"{stats['mean_bytes'] / 1e3:.0f} kB), policy {POLICY.as_dict()}, {os.cpu_count()} cores")
+              f"{stats['mean_bytes'] / 1e3:.0f} kB), policy {POLICY.as_dict()}, shard size {args.shard_size}, "
+              f"{os.cpu_count()} cores")
         print(f"{'workers':>7} {'formats':>10} {'img/s':>8} {'x both':>7} {'ffcv assembly img/s':>20} {'MB out/img':>11}")
         for r in rows:
             both = next(b for b in rows if b["workers"] == r["workers"] and b["formats"] == "ffcv+dali")
@@ -141,7 +145,8 @@ def main(argv=None):
               f"and checksums), unchanged on the big machine; the .beton assembly is single-process and follows "
               f"the parallel pass.")
         if args.json:
-            write_json_atomic({"source": stats, "policy": POLICY.as_dict(), "cpu_count": os.cpu_count(), "runs": rows,
+            write_json_atomic({"source": stats, "policy": POLICY.as_dict(), "shard_size": args.shard_size,
+                               "cpu_count": os.cpu_count(), "runs": rows,
                                "single_process_ms_per_image": per_image_cpu * 1e3,
                                "projection": {"cores": args.cores, "efficiency": args.efficiency,
                                               "disk_mb_s": args.disk_mb_s, **proj}}, args.json, indent=1)

@@ -8,9 +8,10 @@ Usage:
     python tools/convert_datasets.py folder --src /data/flowers --out /data/neatt --splits train,val
 
 Writes <out>/<dataset>/: train.beton, val.beton, dali/<split>-NNNNN.{tar,idx}, manifest.json
-(docs/architecture.md, section 1). Rerunning finishes an interrupted conversion and skips what is complete.
-Exit codes: 0 done, 1 conversion error (--strict skips, conflicting existing output), 2 bad arguments or source,
-130 interrupted.
+(docs/architecture.md, section 1). Rerunning skips what is complete and continues an interrupted split from its
+last checkpoint (saved every --shard-size images).
+Exit codes: 0 done, 1 conversion error (--strict skips, conflicting existing output, a failed write), 2 bad
+arguments or source, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def parse_args(argv=None):
     g.add_argument("--write-mode", choices=WRITE_MODES, help="FFCV storage: jpg, raw, proportion, smart")
     g.add_argument("--compress-probability", type=float, help="share of JPEG records with --write-mode proportion")
     g.add_argument("--smart-threshold", type=int, help="raw bytes above which --write-mode smart compresses")
-    g.add_argument("--shard-size", type=int, default=5000, help="samples per DALI shard (default %(default)s)")
+    g.add_argument("--shard-size", type=int, default=5000,
+                   help="samples per DALI shard and between the checkpoints a rerun resumes from (default %(default)s)")
     g = p.add_argument_group("ImageNet flat val labels (found automatically under --src when present)")
     g.add_argument("--val-labels", help="LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")
     g.add_argument("--devkit", help="ILSVRC2012_devkit_t12 folder, its data/meta.mat or its .tar.gz (class order "
@@ -121,10 +123,11 @@ def print_summary(result: dict, wall: float) -> None:
     print(f"\n{m['dataset']} -> {result['out_dir']}  ({wall:.1f} s)", file=err)
     for split, t in result["timings"].items():
         s = t["seconds"]
-        rate = t["candidates"] / s["prepare"] if s["prepare"] > 0 else float("nan")
+        rate = t["decoded"] / s["prepare"] if s["prepare"] > 0 else float("nan")
+        resumed = f" (resumed: {t['decoded']} decoded now)" if t["decoded"] < t["candidates"] else ""
         extra = "".join(f", {k} {v:.1f} s" for k, v in s.items() if k != "prepare")
         print(f"  {split}: {t['count']} images written, {t['skipped']} skipped; formats {','.join(t['formats'])}; "
-              f"decode+encode {rate:.0f} img/s ({s['prepare']:.1f} s){extra}", file=err)
+              f"decode+encode {rate:.0f} img/s ({s['prepare']:.1f} s){resumed}{extra}", file=err)
     for fmt, per_split in m["formats"].items():
         for split, e in per_split.items():
             size = e["bytes"] if fmt == "ffcv" else sum(sh["bytes"] for sh in e["shards"])
@@ -153,9 +156,13 @@ def main(argv=None) -> int:
     except ConvertError as e:
         print(f"convert_datasets.py {args.dataset}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # disk full, read-only output, I/O error: not a bug to show as a traceback
+        print(f"convert_datasets.py {args.dataset}: {e}\nNothing incomplete is listed in manifest.json; fix this "
+              f"and rerun the same command to go on from the last checkpoint", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("\ninterrupted: nothing incomplete is listed in manifest.json; rerun the same command to finish",
-              file=sys.stderr)
+        print("\ninterrupted: nothing incomplete is listed in manifest.json; rerun the same command (without "
+              "--force) to go on from the last checkpoint (every --shard-size images)", file=sys.stderr)
         return 130
     print_summary(result, time.perf_counter() - t0)
     return 0

@@ -4,11 +4,15 @@ Per split, one parallel pass decodes, converts, resizes and JPEG-encodes every s
 process pool, results consumed in sample order) and feeds the DALI shard writer and the FFCV staging file; then the
 ``.beton`` is assembled from the staging file. Every file is written under a ``.partial`` name and renamed when
 complete, and the manifest is rewritten (atomically) after each finished format/split, so it only ever lists
-complete files. A rerun skips what the manifest lists (unless ``force``) and redoes the rest.
+complete files. A rerun skips what the manifest lists (unless ``force``). The pass saves a checkpoint every
+``shard_size`` written samples (``neatt.datasets.resume``), and a rerun continues an unfinished split from its
+last checkpoint instead of its first sample.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
+import itertools
 import multiprocessing as mp
 import os
 import sys
@@ -22,6 +26,7 @@ from tqdm import tqdm
 from .dali_writer import ShardWriter
 from .images import ImagePolicy, ImageSkip, prepare_image
 from .manifest import MANIFEST_NAME, ManifestError, file_sha256, new_manifest, read_manifest, write_manifest
+from .resume import CheckpointWriter, SplitCheckpoint, checkpointed_files, drop_checkpoint, fingerprint
 from .sources import DatasetSource
 
 __all__ = ["FORMATS", "ConvertError", "ConvertOptions", "convert"]
@@ -125,9 +130,10 @@ def _listed_files(m: dict) -> set:
 
 
 def _remove_unlisted(out_dir: str, m: dict) -> None:
-    """Delete what an interrupted or superseded run left behind (``*.partial``, ``.beton`` files and DALI shards the
-    manifest does not list), so that every data file in the directory is a listed, complete one."""
-    keep = _listed_files(m)
+    """Delete what an interrupted or superseded run left behind (``*.partial``, ``.beton`` files and DALI shards that
+    neither the manifest nor a checkpoint lists), so that every data file in the directory is a listed, complete
+    one or part of a pass that a rerun continues."""
+    keep = _listed_files(m) | checkpointed_files(out_dir)
     pats = ["*.partial", "*.beton", os.path.join("dali", "*")]
     for pat in pats:
         for p in glob.glob(os.path.join(out_dir, pat)):
@@ -140,67 +146,117 @@ def _file_entry(out_dir: str, rel: str) -> dict:
     return {"bytes": os.path.getsize(p), "sha256": file_sha256(p)}
 
 
-def _run_split(source: DatasetSource, split: str, out_dir: str, todo: list, opts: ConvertOptions) -> dict:
-    """Decode/encode one split once and write the formats in ``todo``; return counts, skips and timings."""
+def _checkpoint_to_resume(source: DatasetSource, split: str, out_dir: str, todo: list, want: dict,
+                          opts: ConvertOptions, log) -> Optional[SplitCheckpoint]:
+    """The split's checkpoint when the pass about to write ``todo`` can continue it (its files are then cut back to
+    the checkpoint); otherwise None, after deleting it and saying why."""
+    ckpt = SplitCheckpoint.load(out_dir, split)
+    if ckpt is None or opts.force:
+        drop_checkpoint(out_dir, split)
+        return None
+    name = f"{source.name}/{split}"
+    reason = ckpt.why_not_usable(out_dir, want, todo)
+    if reason:
+        print(f"{name}: not resuming the interrupted conversion ({reason}); starting the split over", file=log)
+        ckpt.discard(out_dir)
+        return None
+    ckpt.keep_only(out_dir, todo)
+    print(f"{name}: resuming the interrupted conversion at image {ckpt.done:,} of {want['samples']:,} "
+          f"(--force starts over)", file=log)
+    return ckpt
+
+
+def _run_split(source: DatasetSource, split: str, out_dir: str, todo: list, opts: ConvertOptions, want: dict,
+               resume: Optional[SplitCheckpoint]) -> dict:
+    """Decode/encode one split once, from its first sample or from ``resume``'s, and write the formats in ``todo``,
+    saving a checkpoint (fingerprint ``want``) every ``shard_size`` written samples and at the end; return counts,
+    skips and timings. An interruption keeps the checkpointed files; a conversion error deletes them."""
     samples = source.splits[split]
-    skipped = [(p, r) for s, p, r in source.skipped if s == split]
-    labels = []
-    dali = ShardWriter(out_dir, split, opts.shard_size) if "dali" in todo else None
+    start = resume.done if resume else 0
+    pass_skipped = [tuple(s) for s in resume.skipped] if resume else []
+    label_counts = np.array(resume.label_counts if resume else [0] * len(source.classes), dtype=np.int64)
+    dali = None
+    if "dali" in todo:
+        dali = ShardWriter(out_dir, split, opts.shard_size, resume.dali_shards if resume else None)
     staging = None
     if "ffcv" in todo:
         from .ffcv_writer import BetonStaging
-        staging = BetonStaging(os.path.join(out_dir, f"{split}.beton"))
+        staging = BetonStaging(os.path.join(out_dir, f"{split}.beton"), resume=resume is not None)
+
+    saver = CheckpointWriter(out_dir)
+
+    def checkpoint(done: int) -> None:
+        files = {}
+        if dali is not None:
+            files["dali"] = dali.partial_files()
+        if staging is not None:
+            files["ffcv"] = {os.path.relpath(p, out_dir): n for p, n in staging.flush().items()}
+        saver.save(SplitCheckpoint(split, want, done, label_counts.tolist(), [list(s) for s in pass_skipped], files,
+                                   [dict(s) for s in dali.shards] if dali is not None else None))
+
+    def delete_outputs() -> None:
+        if dali is not None:
+            dali.abort()
+        if staging is not None:
+            staging.remove()
+        drop_checkpoint(out_dir, split)
+
     keep_raw = staging is not None and opts.policy.write_mode != "jpg"
-    tasks = ((i, item, opts.policy, keep_raw) for i, (item, _) in enumerate(samples))
+    tasks = ((i, item, opts.policy, keep_raw) for i, (item, _) in itertools.islice(enumerate(samples), start, None))
     workers = opts.workers or os.cpu_count() or 1
-    bar = tqdm(total=len(samples), desc=f"{source.name}/{split} decode+encode", unit="img",
+    bar = tqdm(total=len(samples), initial=start, desc=f"{source.name}/{split} decode+encode", unit="img",
                disable=not opts.progress, file=sys.stderr, dynamic_ncols=True)
     t0 = time.perf_counter()
     pool = _pool(workers) if workers > 1 else None
+    written = int(label_counts.sum())
     try:
         results = pool.imap(_prepare_one, tasks, chunksize=16) if pool else map(_prepare_one, tasks)
         for i, res in results:
             item, label = samples[i]
             if isinstance(res, str):
-                skipped.append((source.relpath(item, i, split), res))
+                pass_skipped.append((source.relpath(item, i, split), res))
             else:
                 if dali is not None:
                     dali.write(res.jpeg, label)
                 if staging is not None:
                     staging.write(res, label)
-                labels.append(label)
+                label_counts[label] += 1
+                written += 1
+                if written % opts.shard_size == 0:
+                    checkpoint(i + 1)
             bar.update(1)
         if pool:
             pool.close()
             pool.join()
+        saver.wait()  # a failed save is the pass's error; and no save may run while outputs are deleted below
     except BaseException:
         if pool:
             pool.terminate()
         for w in (dali, staging):
             if w is not None:
-                (w.abort if w is dali else w.remove)()
+                w.close()
+        with contextlib.suppress(Exception):  # keep the checkpoint being saved; the error raised is the pass's
+            saver.wait()
         raise
     finally:
         bar.close()
     t_prepare = time.perf_counter() - t0
+    skipped = [(p, r) for s, p, r in source.skipped if s == split] + pass_skipped
     if opts.strict and skipped:
-        if dali is not None:
-            dali.abort()
-        if staging is not None:
-            staging.remove()
+        delete_outputs()
         lines = "\n".join(f"  {p}: {r}" for p, r in skipped)
         raise ConvertError(f"--strict: {len(skipped)} input(s) of {source.name}/{split} could not be converted:\n"
                            f"{lines}\nNothing was written for this split.")
-    if not labels:
-        for w in (dali, staging):
-            if w is not None:
-                (w.abort if w is dali else w.remove)()
+    if not written:
+        delete_outputs()
         raise ConvertError(f"{source.name}/{split}: none of its {len(samples)} input(s) could be converted"
                            + "".join(f"\n  {p}: {r}" for p, r in skipped[:20]))
-    out = {"count": len(labels),
-           "label_counts": np.bincount(np.asarray(labels, dtype=np.int64),
-                                       minlength=len(source.classes)).tolist(),
-           "skipped": skipped, "seconds": {"prepare": t_prepare}, "dali": None, "staging": staging}
+    if dali is not None:
+        dali.finish()
+    checkpoint(len(samples))  # from here on, a rerun only finishes the files
+    saver.wait()              # before the shards are renamed
+    out = {"count": written, "label_counts": label_counts.tolist(), "skipped": skipped,
+           "seconds": {"prepare": t_prepare}, "decoded": len(samples) - start, "dali": None, "staging": staging}
     if dali is not None:
         t1 = time.perf_counter()
         shards = dali.commit()
@@ -239,13 +295,16 @@ def convert(source: DatasetSource, out_root: str, opts: ConvertOptions, log=None
     for split in source.splits:
         todo = [f for f in opts.formats if not _complete(out_dir, m, f, split)]
         if not todo:
+            drop_checkpoint(out_dir, split)  # left by a run stopped between its last manifest write and its cleanup
             print(f"{source.name}/{split}: already complete ({', '.join(opts.formats)}); --force redoes it", file=log)
             continue
         for fmt in todo:
             m["formats"].get(fmt, {}).pop(split, None)
         write_manifest(out_dir, m)
+        want = fingerprint(source, split, opts.policy, opts.shard_size)
+        resume = _checkpoint_to_resume(source, split, out_dir, todo, want, opts, log)
         _remove_unlisted(out_dir, m)
-        res = _run_split(source, split, out_dir, todo, opts)
+        res = _run_split(source, split, out_dir, todo, opts, want, resume)
         _record_split(m, split, res)
         if res["dali"] is not None:
             m["formats"].setdefault("dali", {})[split] = res["dali"]
@@ -254,14 +313,11 @@ def convert(source: DatasetSource, out_root: str, opts: ConvertOptions, log=None
             from .ffcv_writer import write_beton
             t0 = time.perf_counter()
             rel = f"{split}.beton"
-            try:
-                write_beton(os.path.join(out_dir, rel), res["staging"], opts.policy, opts.progress)
-            except BaseException:
-                res["staging"].remove()
-                raise
+            write_beton(os.path.join(out_dir, rel), res["staging"], opts.policy, opts.progress)
             m["formats"].setdefault("ffcv", {})[split] = {"file": rel, **_file_entry(out_dir, rel)}
             res["seconds"]["ffcv_finish"] = time.perf_counter() - t0
             write_manifest(out_dir, m)
-        timings[split] = {"count": res["count"], "candidates": len(source.splits[split]),
+        drop_checkpoint(out_dir, split)
+        timings[split] = {"count": res["count"], "candidates": len(source.splits[split]), "decoded": res["decoded"],
                           "skipped": len(res["skipped"]), "formats": todo, "seconds": res["seconds"]}
     return {"out_dir": out_dir, "manifest": m, "timings": timings}

@@ -22,16 +22,32 @@ __all__ = ["BetonStaging", "write_beton"]
 
 PARTIAL = ".partial"
 _JPG, _RAW = 0, 1  # ffcv.fields.rgb_image.IMAGE_MODES
+_RECORD_FIELDS = 6
 
 
 class BetonStaging:
-    """Records of one split, appended in sample order to ``<final>.staging.partial``: JPEG bytes or raw pixels."""
+    """Records of one split, appended in sample order to ``<final>.staging.partial`` (JPEG bytes or raw pixels),
+    with their table ``(offset, nbytes, mode, height, width, label)`` kept in memory and, at each :meth:`flush`,
+    appended to ``<final>.records.partial``, so that a conversion checkpoint can list both files.
 
-    def __init__(self, final_path: str):
+    Args:
+        final_path: the ``.beton`` to be written.
+        resume: continue the files of an interrupted run's checkpoint (already cut back to its sizes).
+    """
+
+    def __init__(self, final_path: str, resume: bool = False):
         self.path = final_path + ".staging" + PARTIAL
-        self._f = open(self.path, "wb")
+        self.records_path = final_path + ".records" + PARTIAL
         self.records = []  # (offset, nbytes, mode, height, width, label)
-        self._offset = 0
+        if resume:
+            table = np.fromfile(self.records_path, dtype=np.int64).reshape(-1, _RECORD_FIELDS)
+            self.records = [tuple(int(v) for v in row) for row in table]
+        self._offset = self.records[-1][0] + self.records[-1][1] if self.records else 0
+        if resume and os.path.getsize(self.path) != self._offset:
+            raise RuntimeError(f"{self.path} holds {os.path.getsize(self.path)} bytes, its records {self._offset}")
+        self._f = open(self.path, "ab" if resume else "wb")
+        self._table = open(self.records_path, "ab" if resume else "wb")
+        self._flushed = len(self.records)
 
     def write(self, img: PreparedImage, label: int) -> None:
         data, mode = (img.raw.tobytes(), _RAW) if img.raw is not None else (img.jpeg, _JPG)
@@ -39,14 +55,23 @@ class BetonStaging:
         self.records.append((self._offset, len(data), mode, img.height, img.width, int(label)))
         self._offset += len(data)
 
+    def flush(self) -> dict:
+        """Hand every record so far to the OS (a checkpoint then fsyncs the files); return {path: size} of both."""
+        np.asarray(self.records[self._flushed:], dtype=np.int64).reshape(-1, _RECORD_FIELDS).tofile(self._table)
+        self._flushed = len(self.records)
+        for f in (self._f, self._table):
+            f.flush()
+        return {self.path: self._offset, self.records_path: self._flushed * _RECORD_FIELDS * 8}
+
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        for f in (self._f, self._table):
+            f.close()
 
     def remove(self) -> None:
         self.close()
-        if os.path.exists(self.path):
-            os.remove(self.path)
+        for p in (self.path, self.records_path):
+            if os.path.exists(p):
+                os.remove(p)
 
 
 class _StagedRecords:
