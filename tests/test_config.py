@@ -8,8 +8,8 @@ import timm
 from timm.data import resolve_data_config
 
 import neatt  # noqa: F401  (registers the neatt_vit_* models)
-from neatt.train.config import (PRESETS, REQUIRED, SECTIONS, Config, build_parser, config_diff, config_from_args,
-                                config_from_dict, config_to_dict)
+from neatt.train.config import (PRESETS, REQUIRED, SECTIONS, Config, apply_overrides, build_parser, config_diff,
+                                config_from_args, config_from_dict, config_to_dict)
 
 from _train_data import run_cli
 
@@ -81,10 +81,12 @@ def test_vitb16_lr_scales_linearly_with_world_size():
 def test_flags_override_only_what_they_name():
     cfg, _ = config_from_args(['--preset', 'vitb16_300ep', '--data-dir', 'd', '-b', '32', '--lr', '0.1',
                                '--no-model-ema', '--model-kwargs', 'depth=6', 'neatt_sigma=0.5', '--backend', 'dali',
-                               '--opt-eps', 'none', '--grad-accum-steps', '2'])
+                               '--opt-eps', 'none', '--grad-accum-steps', '2', '--opt-betas', '0.9', '0.95'])
     base = PRESETS['vitb16_300ep']()
     changed = {k for k, _, _ in config_diff(base, cfg)}
-    assert changed == {'data_dir', 'batch_size', 'lr', 'model_ema', 'model_kwargs', 'backend', 'grad_accum_steps'}
+    assert changed == {'data_dir', 'batch_size', 'lr', 'model_ema', 'model_kwargs', 'backend', 'grad_accum_steps',
+                       'opt_betas'}
+    assert cfg.optim.opt_betas == (0.9, 0.95)
     assert cfg.optim.batch_size == 32 and cfg.optim.lr == 0.1 and cfg.ema.model_ema is False
     assert cfg.model.model_kwargs == {'depth': 6, 'neatt_sigma': 0.5}
     assert cfg.data.backend == 'dali' and cfg.optim.opt_eps is None
@@ -118,6 +120,8 @@ def test_default_preset_is_demo_and_data_dir_is_required(capsys):
     (['--data-dir', 'd', '--layer-decay', '1.5'], '--layer-decay must be in (0, 1], got 1.5'),
     (['--data-dir', 'd', '--bce-target-thresh', '0.2'], '--bce-target-thresh needs --bce-loss'),
     (['--data-dir', 'd', '--aug-repeats', '-1'], '--aug-repeats must be >= 0, got -1'),
+    (['--data-dir', 'd', '--opt-betas', '0.9'], '--opt-betas: expected 2 arguments'),
+    (['--data-dir', 'd', '--opt-betas', '0.9', '1.0'], '--opt-betas must be two numbers B1 B2 in [0, 1)'),
 ])
 def test_bad_flags_are_parser_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -136,6 +140,8 @@ def test_config_dict_round_trip_and_unknown_keys():
         cfg = make()
         d = json.loads(json.dumps(config_to_dict(cfg)))
         assert config_from_dict(d) == cfg
+    cfg = apply_overrides(PRESETS['demo'](), {'opt_betas': (0.9, 0.95)})   # JSON holds the pair as a list
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))).optim.opt_betas == (0.9, 0.95)
     d = config_to_dict(PRESETS['demo']())
     d['optim']['learning_rate'] = 1.0
     with pytest.raises(ValueError, match="unknown config keys in 'optim': learning_rate"):

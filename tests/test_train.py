@@ -187,6 +187,22 @@ def test_layer_decay_scales_each_layer_as_timm_does_for_vits(tmp_path, digits):
     assert [r['lr'] for r in records if r['kind'] == 'train'] == [pytest.approx(lr)] * 2
 
 
+def test_opt_betas_reach_the_optimizer_and_are_refused_where_they_do_nothing(tmp_path, digits):
+    """--opt-betas as timm's train.py passes them (to create_optimizer_v2): every AdamW group uses them, and after
+    one step the first moment is (1 - B1) * grad, by AdamW's definition. With SGD, which has no betas, timm would
+    drop them silently; the trainer says so instead."""
+    cfg = tiny_config(tmp_path, opt='adamw', opt_betas=(0.5, 0.9), max_steps=1, log_interval=1)
+    _, trainer = _train(cfg, digits)
+    assert {g['betas'] for g in trainer.optimizer.param_groups} == {(0.5, 0.9)}
+    head = trainer.model.head.weight
+    state = trainer.optimizer.state[head]
+    grad_from_second_moment = (state['exp_avg_sq'] / (1 - 0.9)).sqrt() * torch.sign(state['exp_avg'])
+    assert state['exp_avg'].abs().max() > 0
+    assert torch.allclose(state['exp_avg'], (1 - 0.5) * grad_from_second_moment, rtol=1e-4, atol=1e-12)
+    with pytest.raises(UserInputError, match=r'--opt-betas: --opt sgd has no betas'):
+        _train(tiny_config(tmp_path / 'sgd', opt='sgd', opt_betas=(0.5, 0.9), max_steps=1), digits)
+
+
 def test_resume_mid_epoch_with_a_per_epoch_schedule_is_bitwise_identical(tmp_path, digits):
     common = dict(epochs=2, sched_on_updates=False, warmup_epochs=1)
     straight = tiny_config(tmp_path / 'a', checkpoint_interval=1, **common)

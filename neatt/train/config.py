@@ -144,6 +144,9 @@ class OptimConfig:
               'lr * decay^(L - i) (the final norm with the last block), the embeddings at lr * decay^(L + 1); '
               'None: every layer at the lr')
     opt_eps: Optional[float] = _opt(None, 'optimizer epsilon (None: the optimizer default)')
+    opt_betas: Optional[tuple[float, float]] = _opt(
+        None, 'optimizer betas B1 B2 of the Adam family (adamw, lamb, ...), e.g. 0.9 0.95 (None: the optimizer '
+              'default, 0.9 0.999 for adamw)')
     clip_grad: Optional[float] = _opt(None, 'clip gradients to this norm/value (None: no clipping)')
     clip_mode: str = _opt('norm', 'gradient clipping mode', choices=('norm', 'value', 'agc'))
     sched: str = _opt('cosine', 'timm scheduler name (cosine, step, multistep, poly, constant, ...)')
@@ -169,6 +172,10 @@ class OptimConfig:
                              f'metric); use --sched constant for a fixed lr')
         if self.lr <= 0:
             raise ValueError(f'--lr must be > 0, got {self.lr}')
+        if self.opt_betas is not None:
+            self.opt_betas = tuple(self.opt_betas)  # config.json stores a list
+            if len(self.opt_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.opt_betas):
+                raise ValueError(f'--opt-betas must be two numbers B1 B2 in [0, 1), got {self.opt_betas}')
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError(f'--layer-decay must be in (0, 1], got {self.layer_decay}')
         if self.lr_base_size < 0:
@@ -418,15 +425,17 @@ def _add_field(group, f, hint) -> None:
     flags = f.metadata.get('flags') or ('--' + f.name.replace('_', '-'),)
     help_text = f.metadata.get('help', '')
     kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    optional = origin is typing.Union and type(None) in args
-    base = next(a for a in args if a is not type(None)) if optional else hint
+    union_args = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else ()
+    optional = type(None) in union_args
+    base = next(a for a in union_args if a is not type(None)) if optional else hint
+    origin, args = typing.get_origin(base), typing.get_args(base)
     if base is bool:
         kwargs['action'] = argparse.BooleanOptionalAction
     elif base is dict:
         kwargs.update(nargs='*', type=parse_kwarg, metavar='KEY=VALUE')
     elif origin is tuple:  # a fixed-length pair such as --scale MIN MAX
-        kwargs.update(nargs=len(args), type=args[0], metavar=('MIN', 'MAX') if len(args) == 2 else None)
+        names = ('B1', 'B2') if f.name.endswith('betas') else ('MIN', 'MAX')
+        kwargs.update(nargs=len(args), type=args[0], metavar=names if len(args) == 2 else None)
     else:
         kwargs['type'] = base
         if optional:

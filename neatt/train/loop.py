@@ -107,10 +107,14 @@ class Trainer:
         self.global_batch = cfg.optim.batch_size * self.dist.world_size * cfg.optim.grad_accum_steps
         self.lr, self._lr_note = cfg.effective_lr(self.dist.world_size)
         from timm.optim import create_optimizer_v2
-        opt_kwargs = {'eps': cfg.optim.opt_eps} if cfg.optim.opt_eps is not None else {}
+        opt_kwargs = {k: v for k, v in (('eps', cfg.optim.opt_eps), ('betas', cfg.optim.opt_betas)) if v is not None}
         self.optimizer = create_optimizer_v2(self.model, opt=cfg.optim.opt, lr=self.lr,
                                              weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
                                              layer_decay=cfg.optim.layer_decay, **opt_kwargs)
+        if cfg.optim.opt_betas is not None and 'betas' not in self.optimizer.param_groups[0]:
+            # timm drops betas for optimizers without them; a flag that silently does nothing is a trap
+            raise UserInputError(f'--opt-betas: --opt {cfg.optim.opt} has no betas (the Adam family has: adamw, '
+                                 f'lamb, lion, ...)')
 
         self.train_loader, self.val_loader = loaders if loaders is not None else self._build_loaders()
         self.updates_per_epoch = len(self.train_loader) // cfg.optim.grad_accum_steps
