@@ -70,6 +70,8 @@ def _replay_with_timm(aug: DeviceAugment, x: torch.Tensor, seed: int, resample) 
                 arg = float(draw.arg[i, slot])
                 if name.startswith('Posterize') and arg == 0:
                     im = Image.new('RGB', im.size)  # 0 bits: black (Pillow refuses 0 bits)
+                elif name == 'GaussianBlurRand':
+                    im = taa.gaussian_blur(im, arg)  # the radius timm's op would draw (its law: test_augment_policy)
                 elif taa.LEVEL_TO_ARG[name] is None:
                     im = taa.NAME_TO_OP[name](im, **kwargs)
                 else:
@@ -81,7 +83,7 @@ def _replay_with_timm(aug: DeviceAugment, x: torch.Tensor, seed: int, resample) 
     return images
 
 
-@pytest.mark.parametrize('aa', ['v0', 'rand-m9-mstd0.5-inc1'])
+@pytest.mark.parametrize('aa', ['v0', 'rand-m9-mstd0.5-inc1', '3a', 'rand-m9-n2-mstd0.5-t3a'])
 def test_drawn_ops_replayed_with_timm_pil_ops_give_the_same_images(aa):
     """The batched torch path: every image's drawn ops, replayed one by one with timm's PIL op functions, give
     our output.
@@ -100,7 +102,7 @@ def test_drawn_ops_replayed_with_timm_pil_ops_give_the_same_images(aa):
 
 
 @pytest.mark.parametrize('interpolation,resample', [('bicubic', Image.BICUBIC), ('bilinear', Image.BILINEAR)])
-@pytest.mark.parametrize('aa', ['v0', 'rand-m9-mstd0.5-inc1'])
+@pytest.mark.parametrize('aa', ['v0', 'rand-m9-mstd0.5-inc1', '3a', 'rand-m9-n2-mstd0.5-t3a'])
 def test_compiled_cpu_path_gives_timm_pil_images(aa, interpolation, resample):
     """The compiled CPU path (the default on CPU) does Pillow's arithmetic: the replayed PIL chain exactly,
     up to the float32 normalization (1e-3 levels)."""

@@ -39,6 +39,8 @@ COLOR_CASES = [
     ('Contrast', [0.1, 0.46, 1.0, 1.27, 1.9, 0.73], 'one_level'),
     ('Brightness', [0.1, 0.46, 1.0, 1.27, 1.9, 0.73], 'one_level'),
     ('Sharpness', [0.1, 0.46, 1.0, 1.27, 1.9, 0.73], 'one_level'),
+    ('Desaturate', [0.0, 0.3, 0.5, 0.75, 1.0, 1.2], 'one_level'),
+    ('GaussianBlur', [0.1, 0.37, 1.0, 1.5, 2.0, 60.0], 'exact'),  # 60: the box is wider than the image
 ]
 
 

@@ -37,6 +37,8 @@ def test_every_timm_aa_op_with_an_argument_has_a_batched_level_function():
     ('rand-m9-n2-mstd0.5', 2, 0.5, 10.0, taa._RAND_TRANSFORMS),
     ('rand-m7-n3-p0.8-mmax12', 3, 0.0, 12.0, taa._RAND_TRANSFORMS),
     ('rand-m9-mstd101', 2, math.inf, 10.0, taa._RAND_TRANSFORMS),
+    ('3a', 1, 0.0, 10.0, ['Desaturate', 'GaussianBlurRand', 'Solarize']),
+    ('rand-m9-n2-mstd0.5-t3a', 2, 0.5, 10.0, taa._RAND_3A),
 ])
 def test_parse_aa_strings_as_timm(aa, layers, mag_std, mag_max, ops):
     p = BatchPolicy(aa, HPARAMS)
@@ -47,7 +49,7 @@ def test_parse_aa_strings_as_timm(aa, layers, mag_std, mag_max, ops):
 
 @pytest.mark.parametrize('aa,fragment', [
     ('rand-x9', '--aa'), ('v9', '--aa'), ('original-q3', '--aa'),
-    ('augmix-m5', 'AugMix'), ('3a', 'GaussianBlurRand'),
+    ('augmix-m5', 'AugMix'),
 ])
 def test_bad_aa_strings_raise_a_clear_error(aa, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -67,7 +69,7 @@ def _within_binomial(share, expected, n=N, sigmas=4.5):
     return abs(share - expected) <= sigmas * math.sqrt(max(expected * (1 - expected), 1e-4) / n)
 
 
-@pytest.mark.parametrize('aa', ['v0', 'original'])
+@pytest.mark.parametrize('aa', ['v0', 'original', '3a'])
 def test_auto_augment_op_frequencies_follow_timm_policy(aa):
     """P(op applied) = mean over timm's sub-policies of 1 - prod(1 - p) over the sub-policy's entries of it."""
     policy = taa.auto_augment_policy(aa, HPARAMS)
@@ -116,6 +118,28 @@ def test_magnitude_noise_and_sign_follow_timm():
     assert abs(float(rot.abs().mean()) - np.abs(ref).mean()) < 0.05
     assert abs(float(rot.abs().std()) - np.abs(ref).std()) < 0.05
     assert _within_binomial(float((rot < 0).double().mean()), 0.5, n=rot.numel())
+
+
+def test_3a_blur_radius_follows_timms_draw(monkeypatch):
+    """--aa 3a's GaussianBlurRand: timm draws the radius inside the op (random.uniform(0.1, 2.0 * factor), factor
+    1 at magnitude 10); the radii drawn here follow the same law as the ones timm's op passes to Pillow."""
+    from PIL import Image
+    p = BatchPolicy('3a', HPARAMS)
+    d = p.sample(N, torch.Generator().manual_seed(2))
+    ours = d.arg[d.op == p.op_names.index('GaussianBlurRand')].numpy()
+    seen = []
+    monkeypatch.setattr(taa.ImageFilter, 'GaussianBlur', lambda radius: seen.append(radius) or (lambda im: im))
+    monkeypatch.setattr(Image.Image, 'filter', lambda im, f: f(im))
+    (op,) = taa.auto_augment_policy('3a', HPARAMS)[2]
+    random.seed(0)
+    pixel = Image.new('RGB', (1, 1))
+    for _ in range(N):
+        op(pixel)
+    ref = np.array(seen)
+    assert ours.size > N / 4 and ref.size == N
+    assert ours.min() >= 0.1 and ours.max() <= 2.0 and ref.min() >= 0.1 and ref.max() <= 2.0
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):   # quantiles within 4.5 binomial sigmas of each other
+        assert abs(np.quantile(ours, q) - np.quantile(ref, q)) < 1.9 * 4.5 * math.sqrt(q * (1 - q) / ours.size), q
 
 
 def test_sampling_is_deterministic_per_seed():

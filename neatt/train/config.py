@@ -91,7 +91,7 @@ class DataConfig:
 
 @dataclass(kw_only=True, slots=True)
 class AugConfig:
-    aa: Optional[str] = _opt(None, 'AutoAugment policy as timm spells it (v0, original, rand-m9-mstd0.5, ...)')
+    aa: Optional[str] = _opt(None, 'AutoAugment policy as timm spells it (v0, original, 3a, rand-m9-mstd0.5, ...)')
     reprob: float = _opt(0.0, 'random erasing probability')
     remode: str = _opt('pixel', 'random erasing fill mode', choices=('const', 'rand', 'pixel'))
     recount: int = _opt(1, 'random erasing count')

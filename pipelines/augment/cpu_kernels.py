@@ -8,6 +8,7 @@ number to torch's). Each op follows Pillow's C code, float types and rounding in
 Geometry.c's affine filters in float64, or float32 where that provably rounds alike, the 3x3 SMOOTH filter
 rounded), so the results are Pillow's own: tests/test_augment_cpu.py compares every op with timm's PIL op.
 """
+import math
 from typing import Optional
 
 import numpy as np
@@ -31,6 +32,7 @@ OP_CODES = {
     'Solarize': 5, 'SolarizeIncreasing': 5, 'SolarizeAdd': 6,
     'Color': 7, 'ColorIncreasing': 7, 'Contrast': 8, 'ContrastIncreasing': 8,
     'Brightness': 9, 'BrightnessIncreasing': 9, 'Sharpness': 10, 'SharpnessIncreasing': 10,
+    'Desaturate': 13, 'GaussianBlur': 14, 'GaussianBlurRand': 14,
 }
 
 
@@ -214,6 +216,77 @@ def _sharpness(src, dst, f):
                 for dy in range(-1, 2):
                     s += np.int32(src[y + dy, x - 1, k]) + np.int32(src[y + dy, x, k]) + np.int32(src[y + dy, x + 1, k])
                 dst[y, x, k] = _blend((2 * s + 13) // 26, src[y, x, k], f)
+
+
+@njit(inline='always')
+def _box_blur_weights(radius):
+    """Pillow's extended box of a 3-pass GaussianBlur(radius), as ops.box_blur_radius and ops.box_blur_weights:
+    (box radius, integer radius r, inner weight ww, outer weight fw), in C's float32 arithmetic."""
+    f1, f2, f3, f6 = np.float32(1), np.float32(2), np.float32(3), np.float32(6)
+    rad = np.float32(radius)
+    sigma2 = rad * rad / f3
+    big_l = np.float32(math.sqrt(12.0 * np.float64(sigma2) + 1.0))
+    small_l = np.float32(math.floor((np.float64(big_l) - 1.0) / 2.0))
+    a = (f2 * small_l + f1) * (small_l * (small_l + f1) - f3 * sigma2)
+    box = small_l + a / (f6 * (sigma2 - (small_l + f1) * (small_l + f1)))
+    r = np.int64(box)
+    ww = np.int64(np.float32(16777216.0) / (box * f2 + f1))
+    return box, r, ww, (16777216 - (2 * r + 1) * ww) // 2
+
+
+@njit
+def _box_pass_x(src, dst, r, ww, fw):
+    """One extended box pass along each row, Pillow's ImagingLineBoxBlur: a running sum over [x-r, x+r], the two
+    pixels beyond it at weight fw, edges replicated, rounded from 24-bit fixed point."""
+    h, w, c = src.shape
+    last = w - 1
+    for y in range(h):
+        s, d = src[y], dst[y]
+        for k in range(c):
+            acc = np.int64(0)
+            for i in range(-r - 1, r):
+                acc += np.int64(s[min(max(i, 0), last), k])
+            for x in range(w):
+                left = np.int64(s[max(x - r - 1, 0), k])
+                acc += np.int64(s[min(x + r, last), k]) - left
+                d[x, k] = (acc * ww + (left + np.int64(s[min(x + r + 1, last), k])) * fw + 8388608) >> 24
+
+
+@njit
+def _box_pass_y(src, dst, r, ww, fw):
+    """`_box_pass_x` along the columns, a row of running sums at a time (rows are contiguous; columns are not)."""
+    h = src.shape[0]
+    n = src.shape[1] * src.shape[2]
+    s2, d2 = src.reshape(h, n), dst.reshape(h, n)
+    last = h - 1
+    acc = np.zeros(n, np.int64)
+    for y in range(-r - 1, r):
+        row = s2[min(max(y, 0), last)]
+        for i in range(n):
+            acc[i] += np.int64(row[i])
+    for y in range(h):
+        left, add, right = s2[max(y - r - 1, 0)], s2[min(y + r, last)], s2[min(y + r + 1, last)]
+        d = d2[y]
+        for i in range(n):
+            lv = np.int64(left[i])
+            acc[i] += np.int64(add[i]) - lv
+            d[i] = (acc[i] * ww + (lv + np.int64(right[i])) * fw + 8388608) >> 24
+
+
+@njit
+def _gaussian_blur(src, dst, radius):
+    """ImageFilter.GaussianBlur(radius): three box passes along x, each rounded to uint8, then three along y."""
+    box, r, ww, fw = _box_blur_weights(radius)
+    if box == 0:
+        dst[:] = src
+        return
+    tmp = np.empty_like(dst)
+    _box_pass_x(src, tmp, r, ww, fw)
+    _box_pass_x(tmp, dst, r, ww, fw)
+    _box_pass_x(dst, tmp, r, ww, fw)
+    _box_pass_y(tmp, dst, r, ww, fw)
+    _box_pass_y(dst, tmp, r, ww, fw)
+    _box_pass_y(tmp, dst, r, ww, fw)
 
 
 @njit(inline='always')
@@ -566,6 +639,10 @@ def _apply(src, dst, code, arg, mat, fill, mirror):
         _blend_const(src, dst, 0, np.float32(arg))
     elif code == 10:
         _sharpness(src, dst, np.float32(arg))
+    elif code == 13:  # timm's desaturate: Color at 1 - factor
+        _color(src, dst, np.float32(min(1.0, max(0.0, 1.0 - arg))))
+    elif code == 14:
+        _gaussian_blur(src, dst, arg)
     else:
         _warp(src, dst, mat, fill, code == WARP_BICUBIC, mirror)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 __all__ = [
     'GEOMETRIC_OPS', 'AXIS_OPS', 'COLOR_OPS', 'identity_range', 'is_identity', 'affine_matrix', 'warp_affine',
     'warp_axis', 'blend', 'grayscale', 'invert', 'posterize', 'solarize', 'solarize_add', 'color', 'contrast',
-    'brightness', 'sharpness', 'auto_contrast', 'equalize',
+    'brightness', 'sharpness', 'auto_contrast', 'equalize', 'desaturate', 'gaussian_blur',
 ]
 
 
@@ -108,6 +108,63 @@ def sharpness(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     degenerate = img_f.clone()
     degenerate[:, :, 1:-1, 1:-1] = smooth
     return blend(degenerate, img, factor)
+
+
+def desaturate(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """timm's desaturate: ImageEnhance.Color at 1 - factor (clamped to [0, 1]; factor 1 is the grayscale image)."""
+    return color(img, (1.0 - factor).clamp(0.0, 1.0))
+
+
+def box_blur_radius(radius: torch.Tensor, passes: int = 3) -> torch.Tensor:
+    """Pillow's `_gaussian_blur_radius` (BoxBlur.c): the extended box radius whose `passes` repetitions have the
+    Gaussian's variance, in C's float32 arithmetic (its two steps through `double` included)."""
+    sigma2 = radius.float() * radius.float() / passes
+    big_l = torch.sqrt(12.0 * sigma2.double() + 1.0).float()
+    small_l = torch.floor((big_l.double() - 1.0) / 2.0).float()
+    a = (2 * small_l + 1) * (small_l * (small_l + 1) - 3 * sigma2)
+    a = a / (6 * (sigma2 - (small_l + 1) * (small_l + 1)))
+    return small_l + a
+
+
+def box_blur_weights(box_radius: torch.Tensor):
+    """Pillow's fixed-point weights of one extended box pass: (integer radius r, weight ww of the 2r+1 inner
+    pixels, weight fw of the two outer ones), with ww (2r+1) + 2 fw <= 2**24. int64 tensors."""
+    r = box_radius.to(torch.int64)  # C's (int) truncation; the radius is >= 0
+    ww = (torch.tensor(2.0 ** 24, dtype=torch.float32, device=box_radius.device) / (box_radius * 2 + 1)).to(torch.int64)
+    fw = (2 ** 24 - (2 * r + 1) * ww) // 2
+    return r, ww, fw
+
+
+def _box_pass_rows(x: torch.Tensor, r: torch.Tensor, ww: torch.Tensor, fw: torch.Tensor) -> torch.Tensor:
+    """One extended box pass along the last dim of int64 (N, C, H, W), per image (r, ww, fw of shape (N,)):
+    out[i] = round((ww * sum(x[i-r..i+r]) + fw * (x[i-r-1] + x[i+r+1])) / 2**24), edges replicated, as Pillow's
+    ImagingLineBoxBlur (its running sum made a prefix sum here)."""
+    n, c, h, w = x.shape
+    prefix = F.pad(x.cumsum(-1), (1, 0))                     # prefix[..., i] = sum of x[..., :i]
+    pos = torch.arange(w, device=x.device).view(1, w)
+    lo, hi = pos - r.view(n, 1), pos + r.view(n, 1)          # each position's inner window [lo, hi]
+    per_pos = lambda i: i.view(n, 1, 1, w)
+    at = lambda t, i: t.gather(-1, per_pos(i).expand(n, c, h, w))
+    # the window's part inside the image from the prefix sums; its parts beyond the edges repeat the edge pixel
+    inner = at(prefix, hi.clamp(max=w - 1) + 1) - at(prefix, lo.clamp(min=0))
+    inner += per_pos((-lo).clamp(min=0)) * x[..., :1] + per_pos((hi - w + 1).clamp(min=0)) * x[..., -1:]
+    outer = at(x, (lo - 1).clamp(0, w - 1)) + at(x, (hi + 1).clamp(0, w - 1))
+    bulk = inner * ww.view(n, 1, 1, 1) + outer * fw.view(n, 1, 1, 1)
+    return (bulk + (1 << 23)) >> 24
+
+
+def gaussian_blur(img: torch.Tensor, radius: torch.Tensor, passes: int = 3) -> torch.Tensor:
+    """PIL ImageFilter.GaussianBlur(radius) per image, bit for bit: `passes` extended box passes along x, each
+    rounded to uint8, then `passes` along y (Pillow's ImagingGaussianBlur). Radius 0 leaves the image."""
+    r, ww, fw = box_blur_weights(box_blur_radius(radius, passes))
+    x = img.to(torch.int64)
+    for _ in range(passes):
+        x = _box_pass_rows(x, r, ww, fw)
+    x = x.transpose(2, 3)
+    for _ in range(passes):
+        x = _box_pass_rows(x, r, ww, fw)
+    out = x.transpose(2, 3).to(torch.uint8)
+    return torch.where(_per_image(radius == 0), img, out).contiguous(memory_format=torch.channels_last)
 
 
 def _lut_index(img: torch.Tensor) -> torch.Tensor:
@@ -298,6 +355,9 @@ COLOR_OPS = {
     'BrightnessIncreasing': brightness,
     'Sharpness': sharpness,
     'SharpnessIncreasing': sharpness,
+    'Desaturate': desaturate,
+    'GaussianBlur': gaussian_blur,
+    'GaussianBlurRand': gaussian_blur,
 }
 
 
@@ -316,6 +376,10 @@ def identity_range(name: str) -> Tuple[float, float]:
         return 256.0, math.inf
     if name.startswith(('Color', 'Contrast', 'Brightness', 'Sharpness')):
         return 1.0, 1.0
+    if name == 'Desaturate':
+        return -math.inf, 0.0
+    if name.startswith('GaussianBlur'):
+        return 0.0, 0.0
     return math.inf, -math.inf
 
 

@@ -53,6 +53,12 @@ def _solarize(level, sign, hparams):
     return np.minimum(np.floor(level / _LEVEL_DENOM * 256), 256)
 
 
+def _minmax(lo: float, hi: float) -> Callable:
+    def fn(level, sign, hparams):
+        return np.clip(lo + (hi - lo) * (level / _LEVEL_DENOM), lo, hi)
+    return fn
+
+
 LEVEL_TO_ARG_BATCHED: Dict[str, Callable] = {
     'Rotate': _scaled(30.0, negate=True),
     'Posterize': _posterize,
@@ -75,9 +81,14 @@ LEVEL_TO_ARG_BATCHED: Dict[str, Callable] = {
     'TranslateY': _translate_abs,
     'TranslateXRel': _translate_rel,
     'TranslateYRel': _translate_rel,
+    # DeiT III's 3-Augment (`--aa 3a`, and RandAugment's `t3a` choices)
+    'Desaturate': _minmax(0.5, 1.0),
+    'GaussianBlur': _minmax(0.1, 2.0),
+    'GaussianBlurRand': _minmax(0.0, 1.0),  # the radius bound's factor; `sample` draws the radius itself
 }
 
 NO_ARG_OPS = ('AutoContrast', 'Equalize', 'Invert')
+BLUR_RADIUS_MIN, BLUR_RADIUS_MAX = 0.1, 2.0  # timm's gaussian_blur_rand: random.uniform(0.1, 2.0 * factor)
 SUPPORTED_OPS = frozenset(LEVEL_TO_ARG_BATCHED) | frozenset(NO_ARG_OPS)
 
 
@@ -90,7 +101,8 @@ class OpDraw:
     apply: torch.Tensor
     """bool: the op's probability test passed"""
     arg: torch.Tensor
-    """float64 argument of the op (degrees, factor, bits, threshold, pixels...), as timm's level function gives"""
+    """float64 argument of the op (degrees, factor, bits, threshold, pixels...), as timm's level function gives;
+    for GaussianBlurRand the blur radius that timm's op draws from it"""
     bicubic: torch.Tensor
     """bool: geometric ops resample bicubic (else bilinear)"""
 
@@ -186,6 +198,11 @@ class BatchPolicy:
             sel = op == i
             if fn is not None and sel.any():
                 arg[sel] = fn(mag[sel], sign[sel], self.hparams)
+        if 'GaussianBlurRand' in self.op_names:
+            # timm draws the blur radius inside the op; here it is drawn with the rest, and arg is the radius
+            sel = op == self.op_names.index('GaussianBlurRand')
+            u = rand(B, L)
+            arg[sel] = BLUR_RADIUS_MIN + (BLUR_RADIUS_MAX * arg[sel] - BLUR_RADIUS_MIN) * u[sel]
         return OpDraw(op=torch.from_numpy(op), apply=torch.from_numpy(apply), arg=torch.from_numpy(arg),
                       bicubic=torch.from_numpy(bicubic))
 
@@ -194,7 +211,7 @@ def parse_aa(aa: str, hparams: dict):
     """timm's own policy object for `aa` (dispatch as in timm's `create_transform`); bad strings -> ValueError."""
     if aa.startswith('augmix'):
         raise ValueError(f'--aa {aa!r}: AugMix mixes whole augmentation chains and is not supported on device; '
-                         f'use v0, original or a rand-... RandAugment string')
+                         f'use v0, original, 3a or a rand-... RandAugment string')
     try:
         if aa.startswith('rand'):
             return rand_augment_transform(aa, dict(hparams))
@@ -202,4 +219,4 @@ def parse_aa(aa: str, hparams: dict):
     except (AssertionError, ValueError, KeyError) as e:
         raise ValueError(
             f'--aa {aa!r} is not a timm auto-augment string ({e or type(e).__name__}); examples: v0, v0r, original, '
-            f'originalr, rand-m9-mstd0.5-inc1, rand-m9-n2-mstd0.5') from None
+            f'originalr, 3a, rand-m9-mstd0.5-inc1, rand-m9-n2-mstd0.5') from None
