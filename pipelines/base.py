@@ -239,7 +239,7 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
     augment = AugmentConfig() if augment is None else augment
     augment = dataclasses.replace(augment, img_size=image_size)  # timm derives translate_const from it
     if not train:
-        augment = dataclasses.replace(augment, aa=None, reprob=0.0, hflip=0.0)
+        augment = dataclasses.replace(augment, aa=None, reprob=0.0, hflip=0.0, color_jitter=0.0)
     hflip = augment.hflip  # the backend flips the crops (see the module docstring), DeviceAugment does the rest
     augment = dataclasses.replace(augment, hflip=0.0)
     return getattr(module, class_name)(

@@ -114,6 +114,68 @@ def test_compiled_cpu_path_gives_timm_pil_images(aa, interpolation, resample):
         np.testing.assert_allclose(out[i], ref, rtol=0, atol=1e-3, err_msg=f'image {i}')
 
 
+_JITTER_TV = {'Brightness': 'adjust_brightness', 'Contrast': 'adjust_contrast', 'Color': 'adjust_saturation'}
+
+
+@pytest.mark.parametrize('compiled', [True, False], ids=['compiled', 'batched'])
+@pytest.mark.parametrize('aa', [None, '3a'])
+def test_color_jitter_replayed_with_torchvision_pil_ops(aa, compiled):
+    """--color-jitter 0.4 (alone, and after DeiT III's 3a): each image's drawn plan replayed with timm's PIL aa
+    ops, then torchvision's PIL adjust_brightness/contrast/saturation in the drawn order. The compiled CPU path
+    gives those pixels (float32 normalization aside); the batched torch ops come within a level or two."""
+    import torchvision.transforms.functional as TF
+    x = _batch(2)
+    cfg = AugmentConfig(aa=aa, color_jitter=0.4, reprob=0.0, hflip=0.0)
+    aug = DeviceAugment(cfg, compiled_cpu=compiled)
+    out = _to_levels(aug(x, torch.Generator().manual_seed(5)), cfg)
+    plan = aug._draw_ops(x.shape[0], x.shape[2], x.shape[3], torch.Generator().manual_seed(5))  # the same draws
+    n_aa = aug.policy.num_layers if aa else 0
+    assert plan.key.shape[1] == n_aa + 3
+    jittered = set()
+    for i, im in enumerate(photos() * 2):
+        for slot in range(plan.key.shape[1]):
+            key = int(plan.key[i, slot])
+            if key < 0:
+                continue
+            name, arg = aug.op_names[key], float(plan.arg[i, slot])
+            if slot >= n_aa:
+                im = getattr(TF, _JITTER_TV[name])(im, arg)
+                jittered.add(name)
+            elif name == 'GaussianBlurRand':
+                im = taa.gaussian_blur(im, arg)
+            else:
+                im = taa.NAME_TO_OP[name](im, *([] if taa.LEVEL_TO_ARG[name] is None else
+                                                [int(arg) if name == 'Solarize' else arg]))
+        diff = np.abs(out[i] - np.asarray(im, dtype=np.float64))
+        assert diff.max() < (1e-3 if compiled else 2.5), (i, diff.max())
+    assert jittered == set(_JITTER_TV)
+
+
+def test_color_jitter_draws_follow_torchvision():
+    """The factors and the order of the three ops follow torchvision's ColorJitter(0.3, 0.3, 0.3).get_params:
+    each of the 6 orders about 1/6 of the time, and the factors' quantiles alike."""
+    from torchvision.transforms import ColorJitter
+    n = 12000
+    aug = DeviceAugment(AugmentConfig(color_jitter=0.3, reprob=0.0, hflip=0.0))
+    plan = aug._draw_ops(n, 8, 8, torch.Generator().manual_seed(0))
+    ours_order = [tuple(aug.op_names[k] for k in row) for row in plan.key.tolist()]
+    ours_factor = plan.arg[plan.key == aug.op_names.index('Contrast')].numpy()
+    cj = ColorJitter(0.3, 0.3, 0.3)
+    torch.manual_seed(0)
+    ref_order, ref_factor = [], []
+    for _ in range(n):
+        fn_idx, b, c, s, _ = cj.get_params(cj.brightness, cj.contrast, cj.saturation, cj.hue)
+        ref_order.append(tuple(('Brightness', 'Contrast', 'Color')[int(i)] for i in fn_idx if int(i) < 3))
+        ref_factor.append(c)
+    for order in set(ref_order):
+        for got in (ours_order.count(order) / n, ref_order.count(order) / n):
+            assert abs(got - 1 / 6) < 4.5 * (5 / 36 / n) ** 0.5, (order, got)
+    assert set(ours_order) == set(ref_order) and len(set(ours_order)) == 6
+    for q in (0.05, 0.25, 0.5, 0.75, 0.95):
+        assert abs(np.quantile(ours_factor, q) - np.quantile(ref_factor, q)) < 0.6 * 4.5 * (q * (1 - q) / n) ** 0.5
+    assert 0.7 <= ours_factor.min() and ours_factor.max() <= 1.3
+
+
 def test_compiled_and_batched_paths_draw_the_same_choices():
     """Same seed, both CPU paths: the same flips, ops and erasing boxes (so CPU and GPU runs agree); pixels
     within the batched path's bilinear tolerance (see above), the erased boxes ('const': 0) identical."""

@@ -90,6 +90,8 @@ def test_flags_override_only_what_they_name():
     assert cfg.optim.batch_size == 32 and cfg.optim.lr == 0.1 and cfg.ema.model_ema is False
     assert cfg.model.model_kwargs == {'depth': 6, 'neatt_sigma': 0.5}
     assert cfg.data.backend == 'dali' and cfg.optim.opt_eps is None
+    cfg, _ = config_from_args(['--data-dir', 'd', '--aa', '3a', '--color-jitter', '0.3'])   # DeiT III's pair
+    assert (cfg.aug.aa, cfg.data.color_jitter) == ('3a', 0.3)
 
 
 def test_default_preset_is_demo_and_data_dir_is_required(capsys):
@@ -111,7 +113,8 @@ def test_default_preset_is_demo_and_data_dir_is_required(capsys):
      "--initial-checkpoint required by preset 'cifar100_transfer'"),
     (['--data-dir', 'd', '--resume', 'r', '--initial-checkpoint', 'c'], '--resume and --initial-checkpoint clash'),
     (['--data-dir', 'd', '--mixup', '0.8', '-b', '33'], 'need an even -b/--batch-size'),
-    (['--data-dir', 'd', '--color-jitter', '0.4'], 'argument --color-jitter: invalid choice: 0.4 (choose from 0.0)'),
+    (['--data-dir', 'd', '--aa', 'v0', '--color-jitter', '0.4'], '--color-jitter does nothing with --aa v0'),
+    (['--data-dir', 'd', '--color-jitter', '-0.1'], '--color-jitter must be >= 0'),
     (['--data-dir', 'd', '--warmup-epochs', '20', '--epochs', '10'], '--warmup-epochs must be in [0, --epochs)'),
     (['--data-dir', 'd', '--sched', 'none'], 'use --sched constant'),
     (['--data-dir', 'd', '--model-kwargs', 'depth'], 'expected key=value'),

@@ -106,6 +106,14 @@ def test_backend_batches_follow_the_contract(digits, stored_labels, backend):
     assert not torch.equal(nxt[1], full[0][1])
 
 
+def test_val_batches_ignore_the_train_augmentation(digits):
+    """A val loader given the train AugmentConfig (flip, erasing, color jitter) normalizes only."""
+    jitter = AugmentConfig(color_jitter=0.4, reprob=0.5, hflip=0.5)
+    got = next(iter(_build(digits, "torch", split="val", augment=jitter)))[0]
+    want = next(iter(_build(digits, "torch", split="val", augment=AugmentConfig(reprob=0.0, hflip=0.0))))[0]
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("backend,world_sizes", [("torch", (2, 3)), ("ffcv", (3,)), ("dali", (3,))])
 def test_val_ranks_cover_every_sample_exactly_once(digits, backend, world_sizes):
     whole = _image_keys(_uint8_epoch(_build(digits, backend, "val"), 0))

@@ -167,6 +167,23 @@ def test_aug_repeats_needs_as_many_processes(tmp_path):
         build_loader_for(cfg, 'train', model, DistInfo(0, 0, 2, torch.device('cpu')), 16, train=True)
 
 
+def test_train_loader_gets_the_aa_and_color_jitter_and_val_neither(tmp_path, monkeypatch):
+    """--aa 3a --color-jitter 0.3 (DeiT III) reach the train loader's augmentation; the val loader gets neither."""
+    import neatt.train.build as build
+    import pipelines.base
+    from neatt.train.distributed import DistInfo
+    seen = {}
+    monkeypatch.setattr(pipelines.base, 'build_loader',
+                        lambda data_dir, split, **kw: seen.setdefault(split, kw['augment']))
+    cfg = tiny_config(tmp_path, aa='3a', color_jitter=0.3)
+    model = build.create_model(cfg.model)
+    dist = DistInfo(0, 0, 1, torch.device('cpu'))
+    build.build_loader_for(cfg, 'train', model, dist, 16, train=True)
+    build.build_loader_for(cfg, 'val', model, dist, 16, train=False)
+    assert (seen['train'].aa, seen['train'].color_jitter) == ('3a', 0.3)
+    assert (seen['val'].aa, seen['val'].color_jitter) == (None, 0.0)
+
+
 def test_layer_decay_scales_each_layer_as_timm_does_for_vits(tmp_path, digits):
     """--layer-decay d on the 2-block model, by hand (BEiT's rule as timm groups a ViT): the head at the scheduled
     lr, block 1 and the final norm at d, block 0 at d^2, patch/position embeddings and cls token at d^3; the

@@ -76,13 +76,16 @@ class DataConfig:
     train_interpolation: str = _opt(
         'bicubic', 'resize interpolation; the loaders implement bicubic (the seed recipe) only',
         choices=('bicubic',))
-    color_jitter: float = _opt(0.0, 'color jitter strength; the seed recipe uses none and the loaders have none',
-                               choices=(0.0,))
+    color_jitter: float = _opt(0.0, "color jitter strength x (timm's): brightness, contrast and saturation at "
+                                    "factors U(1 - x, 1 + x) in random order, after the aa (torchvision's "
+                                    "ColorJitter). timm applies it without --aa or with --aa 3a only (DeiT III: "
+                                    "--aa 3a --color-jitter 0.3). The seed recipe uses none")
 
     def __post_init__(self):
         _check_choice('backend', self.backend, BACKENDS)
         _check_choice('train_interpolation', self.train_interpolation, ('bicubic',))
-        _check_choice('color_jitter', self.color_jitter, (0.0,))
+        if self.color_jitter < 0:
+            raise ValueError(f'--color-jitter must be >= 0, got {self.color_jitter}')
         if self.workers < 0:
             raise ValueError(f'-j/--workers must be >= 0, got {self.workers}')
         if not 0.0 < self.crop_pct <= 1.0:
@@ -241,6 +244,9 @@ class Config:
         mixing = self.aug.mixup > 0 or self.aug.cutmix > 0
         if mixing and self.optim.batch_size % 2:
             raise ValueError(f'--mixup/--cutmix need an even -b/--batch-size (timm Mixup), got {self.optim.batch_size}')
+        if self.data.color_jitter > 0 and self.aug.aa and '3a' not in self.aug.aa:
+            raise ValueError(f'--color-jitter does nothing with --aa {self.aug.aa}: timm keeps color jitter only '
+                             f'without --aa or with 3a; drop one of the two')
         if self.run.resume and self.model.initial_checkpoint not in ('', REQUIRED):
             raise ValueError('--resume and --initial-checkpoint clash: --initial-checkpoint only starts a fresh run; '
                              'drop one of them')

@@ -15,7 +15,7 @@ class AugmentConfig:
     """
 
     aa: Optional[str] = None
-    """timm `--aa` string (`v0`, `v0r`, `original`, `originalr`, `rand-m9-mstd0.5-inc1`, ...); None: no aa."""
+    """timm `--aa` string (`v0`, `v0r`, `original`, `originalr`, `3a`, `rand-m9-mstd0.5-inc1`, ...); None: no aa."""
     reprob: float = 0.0
     """timm `--reprob`: probability that an image gets random erasing (after normalization)."""
     remode: Literal['pixel', 'rand', 'const'] = 'pixel'
@@ -32,6 +32,10 @@ class AugmentConfig:
     """Train image size; timm derives `translate_const = int(0.45 * img_size)` from it for TranslateX/Y."""
     interpolation: Literal['bicubic', 'bilinear', 'random'] = 'bicubic'
     """timm `--train-interpolation` as seen by the geometric aa ops; 'random' picks one per op and image."""
+    color_jitter: float = 0.0
+    """timm `--color-jitter`: after the aa, torchvision's ColorJitter(x, x, x): brightness, contrast and saturation
+    (PIL's ImageEnhance) at factors U(max(0, 1 - x), 1 + x), in random order. timm applies it without `aa` or with
+    DeiT III's `3a` only (elsewhere it is an error here, not silently dropped)."""
 
     def __post_init__(self):
         if not 0.0 <= self.reprob <= 1.0:
@@ -46,6 +50,11 @@ class AugmentConfig:
             raise ValueError(f'mean {self.mean} and std {self.std} must have one value per channel each')
         if any(s <= 0 for s in self.std):
             raise ValueError(f'std must be positive, got {self.std}')
+        if self.color_jitter < 0:
+            raise ValueError(f'--color-jitter must be >= 0, got {self.color_jitter}')
+        if self.color_jitter > 0 and self.aa and '3a' not in self.aa:
+            raise ValueError(f'--color-jitter does nothing with --aa {self.aa}: timm keeps color jitter only without '
+                             f'--aa or with 3a; drop one of the two')
         if self.interpolation not in ('bicubic', 'bilinear', 'random'):
             raise ValueError(
                 f"--train-interpolation must be 'bicubic', 'bilinear' or 'random', got {self.interpolation!r}")

@@ -1,7 +1,8 @@
 """DeviceAugment: timm's train-time transform after the crop, for a uint8 batch on any device, per sample.
 
 Order as in timm's `transforms_imagenet_train` after RandomResizedCrop: horizontal flip -> auto-augment on uint8
-(0..255, PIL's rounding) -> /255 -> normalize -> random erasing (on normalized values, so 'pixel' noise is N(0, 1)).
+(0..255, PIL's rounding) -> color jitter (uint8) -> /255 -> normalize -> random erasing (on normalized values, so
+'pixel' noise is N(0, 1)).
 
 Randomness: every per-image choice (flip, sub-policy or ops, apply flags, magnitudes, signs, erasing boxes) is
 drawn up front for the whole batch from one *CPU* `torch.Generator`. The choices then live on the host, so the
@@ -36,6 +37,7 @@ from .policy import BatchPolicy
 __all__ = ['DeviceAugment']
 
 _CPU_CHUNK = 8  # images per op call of the batched path on CPU
+JITTER_OPS = ('Brightness', 'Contrast', 'Color')  # ColorJitter's brightness, contrast, saturation: PIL ImageEnhance
 _FLIP = 10_000  # group key of the horizontal flip stage (aa keys are op indices, far below)
 
 
@@ -78,7 +80,10 @@ class DeviceAugment:
             hparams = dict(translate_const=int(cfg.img_size * 0.45), img_mean=cfg.fill)
             self.policy = BatchPolicy(cfg.aa, hparams, random_interpolation=cfg.interpolation == 'random',
                                       bicubic_default=cfg.interpolation == 'bicubic')
-            names = self.policy.op_names
+        # the ops a plan can hold: the policy's, then color jitter's (its slots follow the aa's, as in timm)
+        self.op_names = (self.policy.op_names if self.policy else []) + (list(JITTER_OPS) if cfg.color_jitter else [])
+        if self.op_names:
+            names = self.op_names
             # per op index: its group key (the index for color ops; for the warps len(names) + 2 * kind, kind 0 for
             # a 2-D warp, 1 / 2 for a 1-D one along x / y (ops.AXIS_OPS), + 1 where bicubic), whether it warps,
             # and the arguments at which it changes nothing (skipped, like ops drawn but not applied: key -1)
@@ -90,7 +95,7 @@ class DeviceAugment:
             warps = [cpu_kernels.WARP_BICUBIC if bicubic else cpu_kernels.WARP_BILINEAR
                      for _ in range(3) for bicubic in (0, 1)]
             self._kernel_code = torch.tensor(
-                [cpu_kernels.OP_CODES.get(name, cpu_kernels.NONE) for name in self.policy.op_names] + warps)
+                [cpu_kernels.OP_CODES.get(name, cpu_kernels.NONE) for name in names] + warps)
         self.erasing = (BatchRandomErasing(cfg.reprob, mode=cfg.remode, max_count=cfg.recount)
                         if cfg.reprob > 0 else None)
         std = torch.tensor(cfg.std, dtype=torch.float32)
@@ -119,7 +124,7 @@ class DeviceAugment:
         B, C, H, W = images.shape
         device = images.device
         flip = torch.rand(B, generator=generator) < self.cfg.hflip if self.cfg.hflip > 0 else None
-        plan = self._draw_ops(B, H, W, generator) if self.policy is not None else None
+        plan = self._draw_ops(B, H, W, generator) if self.op_names else None
         erase = self.erasing.sample(B, C, H, W, generator) if self.erasing is not None else None
         noise_gen = self._noise_generator(device, generator) if erase is not None else None
         if out is None:
@@ -159,7 +164,7 @@ class DeviceAugment:
         if flip is not None:
             stages.append((torch.where(flip, _FLIP, -1), None, None))
         if plan is not None:
-            stages += [(plan.key[:, s], plan.arg[:, s], plan.mats[:, s]) for s in range(self.policy.num_layers)]
+            stages += [(plan.key[:, s], plan.arg[:, s], plan.mats[:, s]) for s in range(plan.key.shape[1])]
         chunk = self.chunk_size or (_CPU_CHUNK if images.device.type == 'cpu' else B)
         x = images.contiguous(memory_format=torch.channels_last)
         order = torch.arange(B)  # x[j] holds batch image order[j]
@@ -192,31 +197,48 @@ class DeviceAugment:
         dev = x.device
         if key == _FLIP:
             return x.flip(3)
-        geometric = len(self.policy.op_names)
+        geometric = len(self.op_names)
         if key >= geometric:
             kind, bicubic = divmod(key - geometric, 2)
             mats = mats.to(dev, non_blocking=True)
             if kind == 0:
                 return warp_affine(x, mats, self.cfg.fill, bicubic=bool(bicubic))
             return warp_axis(x, mats, self.cfg.fill, bicubic=bool(bicubic), axis='xy'[kind - 1])
-        return COLOR_OPS[self.policy.op_names[key]](x, args.to(dev, non_blocking=True))
+        return COLOR_OPS[self.op_names[key]](x, args.to(dev, non_blocking=True))
 
     def _draw_ops(self, batch_size: int, height: int, width: int, generator: Optional[torch.Generator]) -> _OpPlan:
         """Draw the batch's ops and turn them into group keys, arguments and warp matrices (CPU tensors): every
         slot at once through the per-op tables made in __init__, then one `affine_matrix` call per warp op drawn.
         numpy, like the draw itself (policy.py says why)."""
-        draw = self.policy.sample(batch_size, generator)
-        op, arg = draw.op.numpy(), draw.arg.numpy()
+        parts = []  # (op, arg, apply, bicubic) per slot group, numpy (B, slots)
+        if self.policy is not None:
+            draw = self.policy.sample(batch_size, generator)
+            parts.append((draw.op.numpy(), draw.arg.numpy(), draw.apply.numpy(), draw.bicubic.numpy()))
+        if self.cfg.color_jitter:
+            parts.append(self._draw_jitter(batch_size, generator))
+        op, arg, apply, bicubic = (np.concatenate(a, axis=1) for a in zip(*parts))
         identity = (arg >= self._identity_lo[op]) & (arg <= self._identity_hi[op])
-        live = draw.apply.numpy() & ~identity
+        live = apply & ~identity
         warp = self._op_warp[op]
-        key = np.where(live, self._op_key[op] + (warp & draw.bicubic.numpy()), -1)
+        key = np.where(live, self._op_key[op] + (warp & bicubic), -1)
         mats = np.zeros(op.shape + (2, 3))
         warped = live & warp
         for i in np.unique(op[warped]).tolist():
             sel = warped & (op == i)
-            mats[sel] = affine_matrix(self.policy.op_names[i], torch.from_numpy(arg[sel]), height, width).numpy()
-        return _OpPlan(key=torch.from_numpy(key), arg=draw.arg, mats=torch.from_numpy(mats))
+            mats[sel] = affine_matrix(self.op_names[i], torch.from_numpy(arg[sel]), height, width).numpy()
+        return _OpPlan(key=torch.from_numpy(key), arg=torch.from_numpy(arg), mats=torch.from_numpy(mats))
+
+    def _draw_jitter(self, batch_size: int, generator: Optional[torch.Generator]):
+        """torchvision's ColorJitter(x, x, x) per image: the three factors U(max(0, 1 - x), 1 + x) and a uniformly
+        random order of the three ops (torchvision: `randperm` over them and hue, which is off). Three slots."""
+        n_jitter, first = len(JITTER_OPS), len(self.op_names) - len(JITTER_OPS)
+        x = self.cfg.color_jitter
+        u = torch.rand((batch_size, 2, n_jitter), generator=generator, dtype=torch.float64).numpy()
+        factor = max(0.0, 1.0 - x) + (1.0 + x - max(0.0, 1.0 - x)) * u[:, 0]
+        order = np.argsort(u[:, 1], axis=1)  # a uniform random permutation per image
+        arg = np.take_along_axis(factor, order, axis=1)
+        ones = np.ones(order.shape, bool)
+        return first + order, arg, ones, ~ones
 
     def _normalize(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """out = (x / 255 - mean) / std, computed on (N*H, W*C) views of the channels_last memory.
@@ -251,8 +273,8 @@ class DeviceAugment:
         if images.shape[1] != len(self.cfg.mean):
             raise ValueError(f'DeviceAugment: the batch has {images.shape[1]} channels but AugmentConfig.mean has '
                              f'{len(self.cfg.mean)} values')
-        if self.policy is not None and images.shape[1] != 3:
-            raise ValueError(f'--aa {self.cfg.aa!r} needs RGB images (3 channels), got {images.shape[1]}')
+        if self.op_names and images.shape[1] != 3:
+            raise ValueError(f'--aa and --color-jitter need RGB images (3 channels), got {images.shape[1]}')
         if generator is not None and generator.device.type != 'cpu':
             raise ValueError(f'DeviceAugment draws its choices on the CPU: pass a CPU torch.Generator, '
                              f'got one on {generator.device}')
