@@ -80,21 +80,22 @@ def posterize_accepting_zero_bits():
         taa.NAME_TO_OP.update(saved)
 
 
-def timm_transform(aa: str, img_size: int, reprob: float, remode: str, hflip: float):
-    """timm's PIL train transform minus its RandomResizedCrop (the images already come cropped)."""
+def timm_transform(aa: str, img_size: int, reprob: float, remode: str, hflip: float, color_jitter: float):
+    """timm's PIL train transform minus its RandomResizedCrop (the images already come cropped). Its color jitter
+    is set, not left at timm's default 0.4 (which it applies without --aa and with 3a)."""
     from timm.data import create_transform
     from timm.data.transforms import RandomResizedCropAndInterpolation
     from torchvision import transforms
     with posterize_accepting_zero_bits():
         tf = create_transform(img_size, is_training=True, auto_augment=aa, re_prob=reprob, re_mode=remode,
-                              hflip=hflip, interpolation='bicubic')
+                              hflip=hflip, interpolation='bicubic', color_jitter=color_jitter or None)
     assert isinstance(tf.transforms[0], RandomResizedCropAndInterpolation), tf
     return transforms.Compose(tf.transforms[1:])
 
 
 def run(aa: str = 'v0', batch_size: int = 64, images: int = 256, img_size: int = 224, reprob: float = 0.5,
         remode: str = 'pixel', hflip: float = 0.5, rounds: int = 3, threads: int = 1, device: str = 'cpu',
-        chunk_size: int = None) -> dict:
+        chunk_size: int = None, color_jitter: float = 0.0) -> dict:
     """Measure both pipelines on the same photos; returns the figures as a JSON-ready dict."""
     torch.set_num_threads(threads)
     images = max(images // batch_size, 1) * batch_size
@@ -103,10 +104,10 @@ def run(aa: str = 'v0', batch_size: int = 64, images: int = 256, img_size: int =
     dev = torch.device(device)
     # NHWC memory = channels_last, as loaders give
     batches = torch.from_numpy(photos).to(dev).permute(0, 3, 1, 2).split(batch_size)
-    cfg = AugmentConfig(aa=aa, reprob=reprob, remode=remode, hflip=hflip, img_size=img_size)
+    cfg = AugmentConfig(aa=aa, reprob=reprob, remode=remode, hflip=hflip, img_size=img_size, color_jitter=color_jitter)
     aug = DeviceAugment(cfg, chunk_size=chunk_size)  # first: it turns a bad --aa into a clear ValueError
     batched = DeviceAugment(cfg, chunk_size=chunk_size, compiled_cpu=False) if dev.type == 'cpu' else None
-    tf = timm_transform(aa, img_size, reprob, remode, hflip)
+    tf = timm_transform(aa, img_size, reprob, remode, hflip, color_jitter)
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     gen = torch.Generator().manual_seed(0)
 
@@ -143,7 +144,7 @@ def run(aa: str = 'v0', batch_size: int = 64, images: int = 256, img_size: int =
     erasing = bench_erasing(aug(batches[0], gen), reprob, remode, rounds) if reprob > 0 else None
     return {
         'aa': aa, 'batch_size': batch_size, 'images': images, 'img_size': img_size, 'reprob': reprob,
-        'remode': remode,
+        'remode': remode, 'color_jitter': color_jitter,
         'hflip': hflip, 'threads': threads, 'device': str(dev), 'rounds': rounds,
         'timm_pil': {'img_per_s': timm_ips, 'round_s': timm_s},
         'device_augment': {'img_per_s': device_ips, 'round_s': device_s, 'chunk_size': chunk_size},
@@ -191,6 +192,8 @@ def main(argv=None):
                    help='photos per timed round (default 256), a whole number of batches')
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--reprob', type=float, default=0.5)
+    p.add_argument('--color-jitter', type=float, default=0.0,
+                   help="both sides (default 0; DeiT III: --aa 3a --color-jitter 0.3)")
     p.add_argument('--remode', default='pixel', choices=('pixel', 'rand', 'const'))
     p.add_argument('--rounds', type=int, default=3, help='timed rounds per side (best counts)')
     p.add_argument('--threads', type=int, default=1,
@@ -207,11 +210,11 @@ def main(argv=None):
     try:
         res = run(aa=aa, batch_size=args.batch_size, images=args.images, img_size=args.img_size, reprob=args.reprob,
                   remode=args.remode, rounds=args.rounds, threads=args.threads, device=args.device,
-                  chunk_size=args.chunk)
+                  chunk_size=args.chunk, color_jitter=args.color_jitter)
     except ValueError as e:
         p.error(str(e))
     print(f"--aa {res['aa']}, {res['img_size']} px, {res['images']} images in batches of {res['batch_size']}, "
-          f"reprob {res['reprob']} "
+          f"color jitter {res['color_jitter']}, reprob {res['reprob']} "
           f"({res['remode']}), {res['threads']} torch thread(s)")
     print(f"{'pipeline':<34}{'img/s':>10}{'x timm PIL':>12}")
     print(f"{'timm PIL per image (+stack)':<34}{res['timm_pil']['img_per_s']:>10.0f}{1.0:>12.2f}")
