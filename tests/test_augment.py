@@ -244,10 +244,11 @@ def test_bad_config_names_the_flag(kwargs, flag):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize('aa,color_jitter', [('rand-m9-mstd0.5-inc1', 0.0), ('3a', 0.3)])
+def test_cuda_matches_cpu(aa, color_jitter):
     """Same CPU generator seed: the same choices on both devices, same pixels up to the warps' float math."""
     x = _batch(4)
-    cfg = AugmentConfig(aa='rand-m9-mstd0.5-inc1', reprob=0.5, remode='const', interpolation='bilinear')
+    cfg = AugmentConfig(aa=aa, color_jitter=color_jitter, reprob=0.5, remode='const', interpolation='bilinear')
     aug = DeviceAugment(cfg)
     cpu = aug(x, torch.Generator().manual_seed(3))
     cuda = aug(x.cuda(), torch.Generator().manual_seed(3))
