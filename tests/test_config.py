@@ -92,6 +92,10 @@ def test_flags_override_only_what_they_name():
     assert cfg.data.backend == 'dali' and cfg.optim.opt_eps is None
     cfg, _ = config_from_args(['--data-dir', 'd', '--aa', '3a', '--color-jitter', '0.3'])   # DeiT III's pair
     assert (cfg.aug.aa, cfg.data.color_jitter) == ('3a', 0.3)
+    cfg, _ = config_from_args(['--data-dir', 'd', '--sched', 'multistep', '--decay-milestones', '30', '60',
+                               '--cutmix-minmax', '0.2', '0.8', '--mixup-mode', 'pair'])
+    assert cfg.optim.decay_milestones == (30, 60) and cfg.aug.cutmix_minmax == (0.2, 0.8)
+    assert cfg.aug.mixup_mode == 'pair'
 
 
 def test_default_preset_is_demo_and_data_dir_is_required(capsys):
@@ -124,6 +128,10 @@ def test_default_preset_is_demo_and_data_dir_is_required(capsys):
     (['--data-dir', 'd', '--bce-target-thresh', '0.2'], '--bce-target-thresh needs --bce-loss'),
     (['--data-dir', 'd', '--aug-repeats', '-1'], '--aug-repeats must be >= 0, got -1'),
     (['--data-dir', 'd', '--opt-betas', '0.9'], '--opt-betas: expected 2 arguments'),
+    (['--data-dir', 'd', '--decay-milestones'], '--decay-milestones: expected at least one argument'),
+    (['--data-dir', 'd', '--decay-rate', '0'], '--decay-epochs and --decay-rate must be > 0'),
+    (['--data-dir', 'd', '--cutmix-minmax', '0.5', '0.2'], '--cutmix-minmax must be two numbers MIN MAX'),
+    (['--data-dir', 'd', '--mixup-mode', 'row'], "invalid choice: 'row'"),
     (['--data-dir', 'd', '--opt-betas', '0.9', '1.0'], '--opt-betas must be two numbers B1 B2 in [0, 1)'),
 ])
 def test_bad_flags_are_parser_errors(argv, message, capsys):
@@ -143,8 +151,9 @@ def test_config_dict_round_trip_and_unknown_keys():
         cfg = make()
         d = json.loads(json.dumps(config_to_dict(cfg)))
         assert config_from_dict(d) == cfg
-    cfg = apply_overrides(PRESETS['demo'](), {'opt_betas': (0.9, 0.95)})   # JSON holds the pair as a list
-    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))).optim.opt_betas == (0.9, 0.95)
+    cfg = apply_overrides(PRESETS['demo'](), {'opt_betas': (0.9, 0.95), 'decay_milestones': (3, 5),
+                                              'cutmix_minmax': (0.2, 0.8)})   # JSON holds the tuples as lists
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
     d = config_to_dict(PRESETS['demo']())
     d['optim']['learning_rate'] = 1.0
     with pytest.raises(ValueError, match="unknown config keys in 'optim': learning_rate"):

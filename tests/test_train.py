@@ -184,6 +184,53 @@ def test_train_loader_gets_the_aa_and_color_jitter_and_val_neither(tmp_path, mon
     assert (seen['val'].aa, seen['val'].color_jitter) == (None, 0.0)
 
 
+@pytest.mark.parametrize('sched,flags,factors', [
+    ('step', dict(decay_epochs=2, decay_rate=0.5), [1, 1, 0.5, 0.5, 0.25, 0.25]),
+    # timm's documented convention (its multistep_lr.py): milestone m takes effect at epoch m - 1
+    ('multistep', dict(decay_milestones=(2, 4), decay_rate=0.1), [1, 0.1, 0.1, 0.01, 0.01, 0.01]),
+    # warmup_prefix: the step count starts after the 1 warmup epoch, so the first decay comes one epoch later
+    ('step', dict(decay_epochs=1, decay_rate=0.5, warmup_epochs=1, warmup_prefix=True),
+     [None, 1, 0.5, 0.25, 0.125, 0.0625]),
+    ('step', dict(decay_epochs=1, decay_rate=0.5, warmup_epochs=1), [None, 0.5, 0.25, 0.125, 0.0625, 0.03125]),
+])
+def test_step_schedules_decay_as_the_flags_say(tmp_path, digits, sched, flags, factors):
+    """--decay-epochs/--decay-milestones/--decay-rate/--warmup-prefix reach timm's scheduler: the lr at each epoch
+    (per-epoch schedule) is lr * the factor written here by hand (None: a warmup epoch)."""
+    lr = 0.04
+    cfg = tiny_config(tmp_path, sched=sched, lr=lr, sched_on_updates=False, epochs=6, max_steps=1,
+                      **{'warmup_epochs': 0, **flags})
+    _, trainer = _train(cfg, digits)
+    for epoch, factor in enumerate(factors):
+        trainer.scheduler.step(epoch)
+        got = trainer.optimizer.param_groups[0]['lr']
+        if factor is not None:
+            assert got == pytest.approx(lr * factor, rel=1e-9), (epoch, got)
+
+
+def test_mixup_off_epoch_mode_and_cutmix_minmax_reach_timms_mixup(tmp_path, digits, monkeypatch):
+    """--mixup-off-epoch 1: epoch 0 mixes, epoch 1 does not (timm's train.py switches Mixup.mixup_enabled off);
+    --mixup-mode elem and --cutmix-minmax go to timm's Mixup."""
+    from timm.data import Mixup
+    calls, real = [], Mixup.__call__
+
+    def spy(self, x, target):
+        calls.append(self.mixup_enabled)
+        return real(self, x, target)
+    monkeypatch.setattr(Mixup, '__call__', spy)
+    cfg = tiny_config(tmp_path, mixup=0.8, cutmix=1.0, mixup_off_epoch=1, mixup_mode='elem', cutmix_minmax=(0.3, 0.6),
+                      epochs=2)
+    _, trainer = _train(cfg, digits)
+    n = trainer.updates_per_epoch
+    assert calls == [True] * n + [False] * n
+    assert trainer.mixup.mode == 'elem' and trainer.mixup.cutmix_minmax == (0.3, 0.6)
+
+
+def test_drop_is_timms_drop_rate(tmp_path):
+    from neatt.train.build import create_model
+    model = create_model(tiny_config(tmp_path, drop=0.25).model)
+    assert model.head_drop.p == 0.25 and create_model(tiny_config(tmp_path).model).head_drop.p == 0.0
+
+
 def test_layer_decay_scales_each_layer_as_timm_does_for_vits(tmp_path, digits):
     """--layer-decay d on the 2-block model, by hand (BEiT's rule as timm groups a ViT): the head at the scheduled
     lr, block 1 and the final norm at d, block 0 at d^2, patch/position embeddings and cls token at d^3; the

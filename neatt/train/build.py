@@ -30,7 +30,7 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     import neatt  # noqa: F401  (registers the neatt_vit_* models)
     try:
         model = timm.create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size,
-                                  drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
+                                  drop_rate=cfg.drop, drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
     except RuntimeError as e:
         if str(e).startswith("Unknown model") and cfg.model not in timm.list_models():
             raise UserInputError(f'--model {cfg.model}: {e}') from None

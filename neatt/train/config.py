@@ -45,6 +45,7 @@ class ModelConfig:
     model: str = _opt('neatt_vit_tiny_patch4_32', 'timm model name (`import neatt` registers the neatt_vit_* ones)')
     num_classes: int = _opt(1000, 'number of classes; must match the dataset manifest')
     img_size: int = _opt(224, 'train and eval image size in pixels (square)')
+    drop: float = _opt(0.0, "dropout rate (timm's --drop: the model's drop_rate; a ViT's head dropout)")
     drop_path: float = _opt(0.0, 'stochastic depth rate')
     model_kwargs: dict = _opt(
         help='extra keyword args for timm.create_model, as key=value (e.g. depth=6 neatt_sigma=1.0)',
@@ -109,6 +110,12 @@ class AugConfig:
     cutmix: float = _opt(0.0, 'cutmix alpha; cutmix is on when > 0')
     mixup_prob: float = _opt(1.0, 'probability of applying mixup or cutmix to a batch')
     mixup_switch_prob: float = _opt(0.5, 'probability of cutmix instead of mixup when both are on')
+    mixup_mode: str = _opt('batch', "how mixup/cutmix parameters are drawn: per batch, per pair or per element "
+                                    "(timm's Mixup)", choices=('batch', 'pair', 'elem'))
+    cutmix_minmax: Optional[tuple[float, float]] = _opt(
+        None, 'cutmix box size as MIN MAX fractions of the image (timm: overrides the --cutmix alpha)')
+    mixup_off_epoch: int = _opt(0, 'turn mixup/cutmix off from this epoch on (timm; 0: never); the targets stay '
+                                   'smoothed')
     bce_loss: bool = _opt(False, "binary cross-entropy per class (timm's BinaryCrossEntropy, as DeiT III trains) "
                                  "on the one-hot targets smoothed by --smoothing, or on mixup/cutmix's soft targets, "
                                  "instead of the softmax cross-entropy")
@@ -123,6 +130,14 @@ class AugConfig:
             raise ValueError(f'--smoothing must be in [0, 1), got {self.smoothing}')
         if self.aug_repeats < 0:
             raise ValueError(f'--aug-repeats must be >= 0, got {self.aug_repeats}')
+        _check_choice('mixup_mode', self.mixup_mode, ('batch', 'pair', 'elem'))
+        if self.mixup_off_epoch < 0:
+            raise ValueError(f'--mixup-off-epoch must be >= 0, got {self.mixup_off_epoch}')
+        if self.cutmix_minmax is not None:
+            self.cutmix_minmax = tuple(self.cutmix_minmax)  # config.json stores a list
+            if len(self.cutmix_minmax) != 2 or not 0.0 < self.cutmix_minmax[0] <= self.cutmix_minmax[1] <= 1.0:
+                raise ValueError(f'--cutmix-minmax must be two numbers MIN MAX with 0 < MIN <= MAX <= 1, got '
+                                 f'{self.cutmix_minmax}')
         if self.bce_target_thresh is not None and not self.bce_loss:
             raise ValueError('--bce-target-thresh needs --bce-loss')
         self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)  # config.json stores them as lists
@@ -153,6 +168,13 @@ class OptimConfig:
     clip_grad: Optional[float] = _opt(None, 'clip gradients to this norm/value (None: no clipping)')
     clip_mode: str = _opt('norm', 'gradient clipping mode', choices=('norm', 'value', 'agc'))
     sched: str = _opt('cosine', 'timm scheduler name (cosine, step, multistep, poly, constant, ...)')
+    decay_epochs: float = _opt(90, '--sched step: epochs between lr decays')
+    decay_milestones: tuple[int, ...] = _opt(
+        (90, 180, 270), "--sched multistep: epochs at which the lr decays (timm's convention: milestone m takes "
+                        "effect at epoch m - 1)")
+    decay_rate: float = _opt(0.1, '--sched step/multistep: lr factor at each decay (timm; poly: its power)')
+    warmup_prefix: bool = _opt(False, "timm's warmup_prefix: the schedule starts after the warmup instead of "
+                                      "counting the warmup epochs as its own")
     sched_on_updates: bool = _opt(
         True, 'update the lr every optimizer step; --no-sched-on-updates updates it once per epoch, as timm\'s '
               'train.py does by default (and the seed recipe did)')
@@ -179,6 +201,11 @@ class OptimConfig:
             self.opt_betas = tuple(self.opt_betas)  # config.json stores a list
             if len(self.opt_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.opt_betas):
                 raise ValueError(f'--opt-betas must be two numbers B1 B2 in [0, 1), got {self.opt_betas}')
+        self.decay_milestones = tuple(self.decay_milestones)  # config.json stores a list
+        if self.decay_epochs <= 0 or self.decay_rate <= 0 or not self.decay_milestones or \
+                any(m < 0 for m in self.decay_milestones):
+            raise ValueError(f'--decay-epochs and --decay-rate must be > 0 and --decay-milestones epochs >= 0, got '
+                             f'{self.decay_epochs}, {self.decay_rate}, {list(self.decay_milestones)}')
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError(f'--layer-decay must be in (0, 1], got {self.layer_decay}')
         if self.lr_base_size < 0:
@@ -439,6 +466,8 @@ def _add_field(group, f, hint) -> None:
         kwargs['action'] = argparse.BooleanOptionalAction
     elif base is dict:
         kwargs.update(nargs='*', type=parse_kwarg, metavar='KEY=VALUE')
+    elif origin is tuple and args[-1] is Ellipsis:  # any number of values, e.g. --decay-milestones 30 60 90
+        kwargs.update(nargs='+', type=args[0], metavar='N')
     elif origin is tuple:  # a fixed-length pair such as --scale MIN MAX
         names = ('B1', 'B2') if f.name.endswith('betas') else ('MIN', 'MAX')
         kwargs.update(nargs=len(args), type=args[0], metavar=names if len(args) == 2 else None)

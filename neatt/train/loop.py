@@ -124,7 +124,9 @@ class Trainer:
         from timm.scheduler import create_scheduler_v2
         self.scheduler, self.num_epochs = create_scheduler_v2(  # num_epochs: --epochs + --cooldown-epochs
             self.optimizer, sched=cfg.optim.sched, num_epochs=cfg.optim.epochs, warmup_epochs=cfg.optim.warmup_epochs,
-            cooldown_epochs=cfg.optim.cooldown_epochs,
+            cooldown_epochs=cfg.optim.cooldown_epochs, decay_epochs=cfg.optim.decay_epochs,
+            decay_milestones=list(cfg.optim.decay_milestones), decay_rate=cfg.optim.decay_rate,
+            warmup_prefix=cfg.optim.warmup_prefix,
             warmup_lr=cfg.optim.warmup_lr, min_lr=cfg.optim.min_lr, step_on_epochs=not cfg.optim.sched_on_updates,
             updates_per_epoch=self.updates_per_epoch)
 
@@ -137,7 +139,8 @@ class Trainer:
             from timm.data import Mixup
             self.mixup = Mixup(mixup_alpha=cfg.aug.mixup, cutmix_alpha=cfg.aug.cutmix, prob=cfg.aug.mixup_prob,
                                switch_prob=cfg.aug.mixup_switch_prob, label_smoothing=cfg.aug.smoothing,
-                               num_classes=cfg.model.num_classes)
+                               num_classes=cfg.model.num_classes, mode=cfg.aug.mixup_mode,
+                               cutmix_minmax=cfg.aug.cutmix_minmax)
         self.train_loss_fn = train_loss(cfg.aug)
 
         self.train_model = self.model
@@ -434,6 +437,8 @@ class Trainer:
         accum = self.cfg.optim.grad_accum_steps
         total = self.updates_per_epoch * accum
         self.train_loader.set_epoch(self.epoch)
+        if self.mixup is not None and self.cfg.aug.mixup_off_epoch:  # timm's train.py, per epoch (so on resume too)
+            self.mixup.mixup_enabled = self.epoch < self.cfg.aug.mixup_off_epoch
         if self._loader_state is not None:
             self.train_loader.load_state_dict(self._loader_state)
             self._loader_state = None
