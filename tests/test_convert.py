@@ -231,6 +231,37 @@ def test_imagenet_archives_as_downloaded_convert_like_the_extracted_tree(imagene
     assert "truncated" in skipped[f"ILSVRC2012_img_train.tar/{first}.tar/{first}_truncated.JPEG"]
 
 
+def test_archive_indexes_are_cached_per_archive_version(imagenet, tmp_path, monkeypatch):
+    """Reading ILSVRC2012_img_train.tar's 1.28 M headers takes minutes, so its index is cached under the archive's
+    path, size and time: a second read scans no header and gives the same index; a changed archive is scanned
+    again; a damaged cache file is ignored; NEATT_CACHE_DIR='' turns the cache off."""
+    import glob
+
+    import neatt.datasets.tar_index as ti
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NEATT_CACHE_DIR", str(cache))
+    src = str(tmp_path / "downloads")
+    pack_imagenet_archives(imagenet["ground_truth"][0], src)
+    train, val = os.path.join(src, "ILSVRC2012_img_train.tar"), os.path.join(src, "ILSVRC2012_img_val.tar")
+    scanned, real = [], ti._scan
+    monkeypatch.setattr(ti, "_scan", lambda *a: scanned.append(a[4]) or real(*a))
+    first = ti.index_tar_of_tars(train), ti.index_tar(val)
+    assert len(scanned) > 2 and len(glob.glob(str(cache / "tar-index" / "*.npz"))) == 2
+    assert sum(len(files) for files in first[0][0].values()) > 0 and first[0][1] and first[1][0]
+    scanned.clear()
+    assert (ti.index_tar_of_tars(train), ti.index_tar(val)) == first and scanned == []
+    st = os.stat(val)
+    os.utime(val, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))      # the archive changed: scanned again
+    assert ti.index_tar(val) == first[1] and scanned == [val]
+    for f in glob.glob(str(cache / "tar-index" / "*.npz")):
+        with open(f, "wb") as fh:
+            fh.write(b"not an index")
+    assert ti.index_tar_of_tars(train) == first[0] and len(scanned) > 1
+    shutil.rmtree(cache)
+    monkeypatch.setenv("NEATT_CACHE_DIR", "")
+    assert ti.index_tar(val) == first[1] and not cache.exists()
+
+
 @pytest.mark.parametrize("damage", ["cut", "gzip"])
 def test_a_damaged_train_archive_is_named_with_what_to_do(imagenet, tmp_path, damage):
     """A download cut short (inside a class tar) or a compressed file under the tar's name: exit 2, the archive

@@ -49,6 +49,9 @@ ignored (as torchvision/timm do); images larger than --max-resolution are shrunk
 Truncated, empty, unreadable and non-image files are skipped and listed (stderr and manifest.json "skipped");
 with --strict any skip is an error.
 
+ImageNet's downloaded tars: their index (minutes of header reads for the train tar) is cached under
+$NEATT_CACHE_DIR (default ~/.cache/neatt; empty: no cache), keyed by the archive's path, size and time.
+
 layout: see docs/architecture.md; class indices are the sorted class folder names (ImageNet: sorted wnids)."""
 
 
