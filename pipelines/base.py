@@ -140,6 +140,20 @@ def _resolve_device(device) -> torch.device:
     return device
 
 
+def _check_files(data_dir: str, entry: dict) -> None:
+    """Every file of a format/split's manifest entry is there with its listed size: a dataset copied to a node
+    in part (an rsync cut short) fails here with its name, not deep inside a decoder."""
+    from neatt.datasets.manifest import entry_files
+    for rel, size in entry_files(entry):
+        path = os.path.join(data_dir, rel)
+        if not os.path.isfile(path):
+            raise LoaderError(f"{path} is missing (the manifest lists it): copy the dataset directory again, or "
+                              f"re-convert")
+        if size is not None and os.path.getsize(path) != size:
+            raise LoaderError(f"{path} holds {os.path.getsize(path):,} bytes, the manifest says {size:,}: an "
+                              f"incomplete copy, or a file changed after conversion. Copy it again, or re-convert")
+
+
 def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", batch_size: int = 64,
                  image_size: int = 224, train: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0,
                  device: Union[str, torch.device] = "cpu", num_workers: int = 2, augment=None,
@@ -222,6 +236,7 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
     if split not in manifest.get("formats", {}).get(fmt, {}):
         raise LoaderError(f"{data_dir}: backend {backend!r} reads the {fmt!r} format, which was not converted "
                           f"for split {split!r}; run tools/convert_datasets.py with that format for this dataset")
+    _check_files(data_dir, manifest["formats"][fmt][split])
     max_res = manifest.get("image_policy", {}).get("max_resolution")
     if max_res and image_size > max_res:
         warnings.warn(f"image_size={image_size} is larger than the stored max_resolution={max_res} of "

@@ -257,6 +257,26 @@ def test_missing_dataset_dir_and_manifest(tmp_path, digits):
         build_loader(os.path.dirname(digits), backend="torch")
 
 
+def test_a_partly_copied_dataset_names_the_file(tmp_path, digits):
+    """A dataset directory copied in part (a .beton cut short, a shard index missing) fails when the loader is
+    built, naming the file and the sizes, instead of inside FFCV's or DALI's reader."""
+    import shutil
+    copy = str(tmp_path / "digits")
+    shutil.copytree(digits, copy)
+    beton = os.path.join(copy, "train.beton")
+    size = os.path.getsize(beton)
+    os.truncate(beton, size - 4096)
+    with pytest.raises(LoaderError, match=re.escape(f"{beton} holds {size - 4096:,} bytes, the manifest says "
+                                                    f"{size:,}: an incomplete copy")):
+        build_loader(copy, backend="ffcv")
+    _build(copy, "torch", split="val")                         # the other split's files are whole
+    index = os.path.join(copy, "dali", "train-00000.idx")
+    os.remove(index)
+    for backend in ("dali", "torch"):
+        with pytest.raises(LoaderError, match=re.escape(f"{index} is missing (the manifest lists it)")):
+            build_loader(copy, backend=backend)
+
+
 def test_unknown_backend_split_and_bad_numbers(digits):
     with pytest.raises(LoaderError, match="'ffcv', 'torch'|\\['dali', 'ffcv', 'torch'\\]"):
         build_loader(digits, backend="tfrecord")

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from .dali_writer import ShardWriter
 from .images import ImagePolicy, ImageSkip, prepare_image
-from .manifest import MANIFEST_NAME, ManifestError, file_sha256, new_manifest, read_manifest, write_manifest
+from .manifest import (MANIFEST_NAME, ManifestError, entry_files, file_sha256, new_manifest, read_manifest,
+                       write_manifest)
 from .resume import CheckpointWriter, SplitCheckpoint, checkpointed_files, drop_checkpoint, fingerprint
 from .sources import DatasetSource
 
@@ -114,19 +115,13 @@ def _complete(out_dir: str, m: dict, fmt: str, split: str) -> bool:
     entry = m["formats"].get(fmt, {}).get(split)
     if entry is None:
         return False
-    if fmt == "ffcv":
-        files = [(entry["file"], entry["bytes"])]
-    else:
-        files = [(sh["tar"], sh["bytes"]) for sh in entry["shards"]] + [(sh["index"], None) for sh in entry["shards"]]
     return all(os.path.isfile(os.path.join(out_dir, f)) and
-               (n is None or os.path.getsize(os.path.join(out_dir, f)) == n) for f, n in files)
+               (n is None or os.path.getsize(os.path.join(out_dir, f)) == n) for f, n in entry_files(entry))
 
 
 def _listed_files(m: dict) -> set:
     """Relative paths of every data file the manifest lists."""
-    files = {e["file"] for e in m["formats"].get("ffcv", {}).values()}
-    files |= {s[k] for e in m["formats"].get("dali", {}).values() for s in e["shards"] for k in ("tar", "index")}
-    return files
+    return {rel for per_split in m["formats"].values() for e in per_split.values() for rel, _ in entry_files(e)}
 
 
 def _remove_unlisted(out_dir: str, m: dict) -> None:

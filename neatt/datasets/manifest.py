@@ -14,7 +14,7 @@ from typing import Optional
 from neatt.fileio import write_json_atomic
 
 __all__ = ["FORMAT_VERSION", "TOOL", "MANIFEST_NAME", "ManifestError", "new_manifest", "read_manifest",
-           "write_manifest", "validate_manifest", "file_sha256"]
+           "write_manifest", "validate_manifest", "file_sha256", "entry_files"]
 
 FORMAT_VERSION = 1
 TOOL = "neatt.convert_datasets 0.1.0"
@@ -102,3 +102,11 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def entry_files(entry: dict) -> list:
+    """``[(path relative to the dataset dir, size in bytes or None where the manifest gives none)]`` of one
+    ``formats[fmt][split]`` entry: the .beton, or the DALI shards and their index files."""
+    if "file" in entry:
+        return [(entry["file"], entry["bytes"])]
+    return [(sh["tar"], sh["bytes"]) for sh in entry["shards"]] + [(sh["index"], None) for sh in entry["shards"]]
