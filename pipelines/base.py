@@ -143,15 +143,12 @@ def _resolve_device(device) -> torch.device:
 def _check_files(data_dir: str, entry: dict) -> None:
     """Every file of a format/split's manifest entry is there with its listed size: a dataset copied to a node
     in part (an rsync cut short) fails here with its name, not deep inside a decoder."""
-    from neatt.datasets.manifest import entry_files
-    for rel, size in entry_files(entry):
-        path = os.path.join(data_dir, rel)
-        if not os.path.isfile(path):
-            raise LoaderError(f"{path} is missing (the manifest lists it): copy the dataset directory again, or "
-                              f"re-convert")
-        if size is not None and os.path.getsize(path) != size:
-            raise LoaderError(f"{path} holds {os.path.getsize(path):,} bytes, the manifest says {size:,}: an "
-                              f"incomplete copy, or a file changed after conversion. Copy it again, or re-convert")
+    from neatt.datasets.manifest import file_problems
+    problems = file_problems(data_dir, entry)
+    if problems:
+        raise LoaderError(f"{problems[0]}: an incomplete copy, or a file changed after conversion. Copy the "
+                          f"dataset directory again or re-convert; `tools/convert_datasets.py ... --verify` "
+                          f"checks every file")
 
 
 def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", batch_size: int = 64,

@@ -488,6 +488,30 @@ def test_a_killed_conversion_resumes(tmp_path):
     assert _data_files(d) == _data_files(str(tmp_path / "clean" / "folder"))
 
 
+def test_verify_checks_every_file_against_the_manifest(small_tree):
+    """--verify (no --src needed) reads every listed file: a byte changed in a shard (same size) is named by its
+    sha256, a cut .beton by its size; exit 1 with the problems, 0 when all match."""
+    _, args, d = small_tree
+    assert run_convert_cli(args)[0] == 0
+    verify = ["imagenet", "--out", os.path.dirname(d), "--verify"]
+    rc, err = run_convert_cli(verify)
+    n = len(_data_files(d))
+    assert rc == 0 and f"{d}: {n} files checked, no problem(s)" in err
+    shard = os.path.join(d, "dali", "train-00000.tar")
+    with open(shard, "r+b") as f:
+        f.seek(700)
+        byte = f.read(1)
+        f.seek(700)
+        f.write(bytes([byte[0] ^ 1]))
+    beton = os.path.join(d, "val.beton")
+    os.truncate(beton, os.path.getsize(beton) - 1)
+    rc, err = run_convert_cli(verify)
+    assert rc == 1 and f"dali/train: {shard} has another sha256 than the manifest lists" in err
+    assert f"ffcv/val: {beton} holds" in err and f"{n} files checked, 2 problem(s)" in err
+    rc, err = run_convert_cli(["imagenet", "--out", os.path.join(d, "nowhere"), "--verify"])
+    assert rc == 1 and "manifest.json" in err and "Traceback" not in err
+
+
 def test_strict_makes_skips_an_error(imagenet, tmp_path):
     src, exp, _, _ = imagenet["folders"]
     rc, err = run_convert_cli(["imagenet", "--src", src, "--out", str(tmp_path), "--strict", "--formats", "dali",

@@ -6,6 +6,7 @@ Usage:
     python tools/convert_datasets.py cifar100 --src ~/cifar-100-python.tar.gz --out /data/neatt
     python tools/convert_datasets.py imagenet --src /data/ILSVRC2012 --out /data/neatt --workers 32
     python tools/convert_datasets.py folder --src /data/flowers --out /data/neatt --splits train,val
+    python tools/convert_datasets.py imagenet --out /data/neatt --verify    # files vs the manifest's sha256
 
 Writes <out>/<dataset>/: train.beton, val.beton, dali/<split>-NNNNN.{tar,idx}, manifest.json
 (docs/architecture.md, section 1). Rerunning skips what is complete and continues an interrupted split from its
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from neatt.datasets import sources  # noqa: E402
 from neatt.datasets.convert import FORMATS, ConvertError, ConvertOptions, convert  # noqa: E402
 from neatt.datasets.images import WRITE_MODES, ImagePolicy  # noqa: E402
+from neatt.datasets.manifest import ManifestError, entry_files, file_problems, read_manifest  # noqa: E402
 
 # Per-dataset storage defaults. ImageNet follows ffcv-imagenet's train_500_0.50_90 files (max side 500, half the
 # images JPEG at quality 90, half raw: faster decoding for more disk, about 0.35 TB for the train set); the 32 px
@@ -83,10 +85,13 @@ def parse_args(argv=None):
     g.add_argument("--force", action="store_true", help="redo outputs that are already complete")
     g.add_argument("--strict", action="store_true", help="fail if any input has to be skipped")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--verify", action="store_true",
+                   help="convert nothing: check <out>/<dataset>/'s files against the sizes and sha256 sums in its "
+                        "manifest (e.g. after copying it to another node; reads every file)")
     args = p.parse_args(argv)
     if args.dataset == "digits" and args.src:
         p.error("digits is embedded: drop --src")
-    if args.dataset != "digits" and not args.src:
+    if args.dataset != "digits" and not args.src and not args.verify:
         p.error(f"{args.dataset} needs --src (see the layouts in --help)")
     if args.workers is not None and args.workers < 1:
         p.error("--workers must be >= 1")
@@ -144,8 +149,29 @@ def print_summary(result: dict, wall: float) -> None:
             print(f"    ... and {len(m['skipped']) - 50} more", file=err)
 
 
+def verify(data_dir: str) -> int:
+    """Check every file the manifest of ``data_dir`` lists; 0 if all match, 1 (problems listed) if not."""
+    try:
+        m = read_manifest(data_dir)
+    except ManifestError as e:
+        print(f"convert_datasets.py --verify: {e}", file=sys.stderr)
+        return 1
+    problems, n = [], 0
+    for fmt, per_split in m["formats"].items():
+        for split, entry in per_split.items():
+            n += len(entry_files(entry))
+            problems += [f"{fmt}/{split}: {p}" for p in file_problems(data_dir, entry, hashes=True)]
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"{data_dir}: {n} files checked, {len(problems) or 'no'} problem(s)"
+          + ("; copy them again or re-convert (--force)" if problems else ""), file=sys.stderr)
+    return 1 if problems else 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.verify:
+        return verify(os.path.join(args.out, args.dataset))
     t0 = time.perf_counter()
     try:
         src = load_source(args)

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from .dali_writer import ShardWriter
 from .images import ImagePolicy, ImageSkip, prepare_image
-from .manifest import (MANIFEST_NAME, ManifestError, entry_files, file_sha256, new_manifest, read_manifest,
-                       write_manifest)
+from .manifest import (MANIFEST_NAME, ManifestError, entry_files, file_problems, file_sha256, new_manifest,
+                       read_manifest, write_manifest)
 from .resume import CheckpointWriter, SplitCheckpoint, checkpointed_files, drop_checkpoint, fingerprint
 from .sources import DatasetSource
 
@@ -113,15 +113,12 @@ def _start_manifest(out_dir: str, source: DatasetSource, policy: ImagePolicy, fo
 def _complete(out_dir: str, m: dict, fmt: str, split: str) -> bool:
     """Whether the manifest lists fmt/split and its files are there with the listed sizes."""
     entry = m["formats"].get(fmt, {}).get(split)
-    if entry is None:
-        return False
-    return all(os.path.isfile(os.path.join(out_dir, f)) and
-               (n is None or os.path.getsize(os.path.join(out_dir, f)) == n) for f, n in entry_files(entry))
+    return entry is not None and not file_problems(out_dir, entry)
 
 
 def _listed_files(m: dict) -> set:
     """Relative paths of every data file the manifest lists."""
-    return {rel for per_split in m["formats"].values() for e in per_split.values() for rel, _ in entry_files(e)}
+    return {rel for per_split in m["formats"].values() for e in per_split.values() for rel, _, _ in entry_files(e)}
 
 
 def _remove_unlisted(out_dir: str, m: dict) -> None:

@@ -14,7 +14,7 @@ from typing import Optional
 from neatt.fileio import write_json_atomic
 
 __all__ = ["FORMAT_VERSION", "TOOL", "MANIFEST_NAME", "ManifestError", "new_manifest", "read_manifest",
-           "write_manifest", "validate_manifest", "file_sha256", "entry_files"]
+           "write_manifest", "validate_manifest", "file_sha256", "entry_files", "file_problems"]
 
 FORMAT_VERSION = 1
 TOOL = "neatt.convert_datasets 0.1.0"
@@ -105,8 +105,24 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
 
 
 def entry_files(entry: dict) -> list:
-    """``[(path relative to the dataset dir, size in bytes or None where the manifest gives none)]`` of one
-    ``formats[fmt][split]`` entry: the .beton, or the DALI shards and their index files."""
+    """``[(path relative to the dataset dir, size in bytes, sha256)]`` of one ``formats[fmt][split]`` entry: the
+    .beton, or the DALI shards and their index files (for which the manifest gives no size nor hash: None)."""
     if "file" in entry:
-        return [(entry["file"], entry["bytes"])]
-    return [(sh["tar"], sh["bytes"]) for sh in entry["shards"]] + [(sh["index"], None) for sh in entry["shards"]]
+        return [(entry["file"], entry["bytes"], entry["sha256"])]
+    return [(sh["tar"], sh["bytes"], sh["sha256"]) for sh in entry["shards"]] + \
+        [(sh["index"], None, None) for sh in entry["shards"]]
+
+
+def file_problems(data_dir: str, entry: dict, hashes: bool = False) -> list:
+    """What is wrong with the files of one manifest entry, one sentence each: missing, another size, and with
+    ``hashes`` another sha256 (reads every file in full: minutes for ImageNet)."""
+    problems = []
+    for rel, size, sha in entry_files(entry):
+        path = os.path.join(data_dir, rel)
+        if not os.path.isfile(path):
+            problems.append(f"{path} is missing (the manifest lists it)")
+        elif size is not None and os.path.getsize(path) != size:
+            problems.append(f"{path} holds {os.path.getsize(path):,} bytes, the manifest says {size:,}")
+        elif hashes and sha is not None and file_sha256(path) != sha:
+            problems.append(f"{path} has another sha256 than the manifest lists (its bytes changed)")
+    return problems
