@@ -508,6 +508,11 @@ def test_verify_checks_every_file_against_the_manifest(small_tree):
     rc, err = run_convert_cli(verify)
     assert rc == 1 and f"dali/train: {shard} has another sha256 than the manifest lists" in err
     assert f"ffcv/val: {beton} holds" in err and f"{n} files checked, 2 problem(s)" in err
+    index = os.path.join(d, "dali", "val-00000.idx")              # index files are checked by size
+    with open(index, "a") as f:
+        f.write("\n")
+    rc, err = run_convert_cli(verify)
+    assert rc == 1 and f"dali/val: {index} holds" in err and f"{n} files checked, 3 problem(s)" in err
     rc, err = run_convert_cli(["imagenet", "--out", os.path.join(d, "nowhere"), "--verify"])
     assert rc == 1 and "manifest.json" in err and "Traceback" not in err
 

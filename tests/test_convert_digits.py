@@ -52,7 +52,7 @@ def test_manifest(digits_dir, reference):
         assert sum(s["count"] for s in shards) == len(idx[split]) and shards[0]["start"] == 0
         for s in shards:
             assert s["sha256"] == _sha256(os.path.join(digits_dir, s["tar"]))
-            assert os.path.isfile(os.path.join(digits_dir, s["index"]))
+            assert s["index_bytes"] == os.path.getsize(os.path.join(digits_dir, s["index"]))
     assert not [f for f in os.listdir(digits_dir) if "partial" in f]
 
 
