@@ -225,6 +225,18 @@ def test_mixup_off_epoch_mode_and_cutmix_minmax_reach_timms_mixup(tmp_path, digi
     assert trainer.mixup.mode == 'elem' and trainer.mixup.cutmix_minmax == (0.3, 0.6)
 
 
+@pytest.mark.parametrize('warmup,decays', [(False, [0.0, 0.995, 0.995, 0.995]),
+                                           (True, [0.0, 1 - 2 ** (-2 / 3), 1 - 3 ** (-2 / 3), 1 - 4 ** (-2 / 3)])])
+def test_model_ema_warmup_ramps_the_decay(tmp_path, digits, monkeypatch, warmup, decays):
+    """--model-ema-warmup (timm's): the EMA decay at optimizer step s is 1 - s^(-2/3), capped at
+    --model-ema-decay, instead of the decay itself (both copy the model at the first step)."""
+    from timm.utils import ModelEmaV3
+    seen, real = [], ModelEmaV3.get_decay
+    monkeypatch.setattr(ModelEmaV3, 'get_decay', lambda self, step=None: seen.append(real(self, step)) or seen[-1])
+    _train(tiny_config(tmp_path, model_ema_warmup=warmup, model_ema_decay=0.995, max_steps=4), digits)
+    assert seen == pytest.approx(decays, rel=1e-12)
+
+
 def test_drop_is_timms_drop_rate(tmp_path):
     from neatt.train.build import create_model
     model = create_model(tiny_config(tmp_path, drop=0.25).model)

@@ -221,6 +221,8 @@ class OptimConfig:
 class EmaConfig:
     model_ema: bool = _opt(True, 'keep an EMA of the weights (timm ModelEmaV3), evaluated every epoch')
     model_ema_decay: float = _opt(0.995, 'EMA decay per optimizer step')
+    model_ema_warmup: bool = _opt(False, "timm's --model-ema-warmup: the decay ramps up as 1 - step^(-2/3) to "
+                                         "--model-ema-decay instead of starting there")
 
     def __post_init__(self):
         if not 0.0 <= self.model_ema_decay < 1.0:

@@ -103,7 +103,7 @@ class Trainer:
         self.model_ema = None
         if cfg.ema.model_ema:
             from timm.utils import ModelEmaV3
-            self.model_ema = ModelEmaV3(self.model, decay=cfg.ema.model_ema_decay)
+            self.model_ema = ModelEmaV3(self.model, decay=cfg.ema.model_ema_decay, use_warmup=cfg.ema.model_ema_warmup)
         self.global_batch = cfg.optim.batch_size * self.dist.world_size * cfg.optim.grad_accum_steps
         self.lr, self._lr_note = cfg.effective_lr(self.dist.world_size)
         from timm.optim import create_optimizer_v2
