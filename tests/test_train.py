@@ -237,6 +237,27 @@ def test_model_ema_warmup_ramps_the_decay(tmp_path, digits, monkeypatch, warmup,
     assert seen == pytest.approx(decays, rel=1e-12)
 
 
+def test_checkpoint_hist_keeps_the_best_epochs(tmp_path, digits, monkeypatch):
+    """--checkpoint-hist 2 with val top-1 50, 70, 60, 80, 65 over five epochs: checkpoint-3 and checkpoint-1 stay
+    (epoch 0's and 2's were deleted when they fell out; epoch 4's never made it), each the checkpoint of its epoch,
+    and the last checkpoint records that ranking for a resume."""
+    scores = iter([50.0, 70.0, 60.0, 80.0, 65.0])
+    monkeypatch.setattr(Trainer, 'evaluate', lambda self, model: {'top1': next(scores), 'top5': 100.0, 'loss': 1.0,
+                                                                  'count': 1})
+    cfg = tiny_config(tmp_path, checkpoint_hist=2, epochs=5, model_ema=False)
+    _train(cfg, digits)
+    run_dir = tmp_path / 'runs' / 't'
+    assert sorted(p.name for p in run_dir.glob('checkpoint-*')) == ['checkpoint-1.pth.tar', 'checkpoint-3.pth.tar']
+    for epoch in (1, 3):
+        assert torch.load(run_dir / f'checkpoint-{epoch}.pth.tar', map_location='cpu', weights_only=False)['epoch'] \
+            == epoch
+    assert _ckpt(cfg)['train_state']['history'] == [[80.0, 3], [70.0, 1]]
+    resumed = Trainer(apply_overrides(cfg, {'resume': str(run_dir)}), loaders=_loaders(digits, 16),
+                      log=lambda m: None)
+    assert resumed.history == [(80.0, 3), (70.0, 1)]
+    resumed.close()
+
+
 def test_drop_is_timms_drop_rate(tmp_path):
     from neatt.train.build import create_model
     model = create_model(tiny_config(tmp_path, drop=0.25).model)

@@ -16,10 +16,16 @@ import torch
 from torch import nn
 
 __all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'resolve_checkpoint_path', 'capture_rng_state',
-           'restore_rng_state', 'load_initial_checkpoint', 'LAST', 'BEST']
+           'restore_rng_state', 'load_initial_checkpoint', 'history_name', 'LAST', 'BEST']
 
 LAST = 'last.pth.tar'
 BEST = 'model_best.pth.tar'
+
+
+def history_name(epoch: int) -> str:
+    """File name of an epoch's checkpoint kept by --checkpoint-hist (timm's CheckpointSaver names them so)."""
+    return f'checkpoint-{epoch}.pth.tar'
+
 
 class CheckpointError(ValueError):
     """A checkpoint the user pointed at cannot be used; the message says which file and why."""

@@ -246,12 +246,15 @@ class RunConfig:
                            'it goes on from the start of the interrupted epoch with this run\'s lr schedule '
                            '(-b and --grad-accum-steps may then change, e.g. to keep the global batch)')
     checkpoint_interval: int = _opt(0, 'also checkpoint (last.pth.tar) every N optimizer steps; 0: epoch ends only')
+    checkpoint_hist: int = _opt(0, "also keep the N best epochs' checkpoints, checkpoint-<epoch>.pth.tar by val "
+                                   "top-1 (timm's --checkpoint-hist, whose default is 10; its avg_checkpoints.py "
+                                   "averages them); 0: last and best only")
     log_interval: int = _opt(50, 'log train metrics every N optimizer steps')
     max_steps: int = _opt(0, 'stop after this many optimizer steps in total, checkpointing first (0: no limit)')
 
     def __post_init__(self):
         _check_choice('amp_dtype', self.amp_dtype, AMP_DTYPES)
-        for name in ('checkpoint_interval', 'max_steps', 'threads'):
+        for name in ('checkpoint_interval', 'checkpoint_hist', 'max_steps', 'threads'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{flag_name(name)} must be >= 0, got {getattr(self, name)}')
         if self.log_interval < 1:
@@ -307,7 +310,8 @@ SECTIONS = ('model', 'data', 'aug', 'optim', 'ema', 'run')
 
 # Fields a resumed run may change: they steer the process, not the result.
 RESUME_MUTABLE_FIELDS = frozenset({
-    'resume', 'workers', 'threads', 'log_interval', 'checkpoint_interval', 'max_steps', 'compile', 'device',
+    'resume', 'workers', 'threads', 'log_interval', 'checkpoint_interval', 'checkpoint_hist', 'max_steps', 'compile',
+    'device',
     'grad_checkpointing',
     'output', 'overwrite', 'experiment', 'data_dir', 'initial_checkpoint',
 })

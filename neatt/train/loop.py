@@ -27,8 +27,8 @@ from neatt.runtime import configure_cpu_allocator
 
 from .build import (UserInputError, autocast_settings, build_loader_for, check_num_classes, create_model, to_device,
                     train_loss)
-from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, load_checkpoint, load_initial_checkpoint,
-                         resolve_checkpoint_path, restore_rng_state, save_checkpoint)
+from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, history_name, load_checkpoint,
+                         load_initial_checkpoint, resolve_checkpoint_path, restore_rng_state, save_checkpoint)
 from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
 from .distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed,
                           init_distributed)
@@ -154,6 +154,7 @@ class Trainer:
 
         self.epoch, self.batches_done, self.step = 0, 0, 0
         self.best = {'top1': -1.0, 'epoch': -1, 'which': None}
+        self.history = []  # [(top1, epoch)] of the checkpoint-<epoch>.pth.tar files kept, best first
         self._loader_state = None
         if resume_ckpt is not None:
             self._load_state(resume_ckpt)
@@ -279,6 +280,7 @@ class Trainer:
             self.scaler.load_state_dict(ckpt['scaler'])
         ts = ckpt['train_state']
         self.best = ts['best']
+        self.history = [tuple(h) for h in ts.get('history', [])]
         if self._saved_world_size != self.dist.world_size:
             self._resume_elastic(ts)
             return
@@ -321,7 +323,7 @@ class Trainer:
             'loader': all_gather_object(self.train_loader.state_dict()),
             'rng': all_gather_object(capture_rng_state()),
             'train_state': {'epoch': self.epoch, 'batches_done': self.batches_done, 'step': self.step,
-                            'best': dict(self.best)},
+                            'best': dict(self.best), 'history': [list(h) for h in self.history]},
             'config': config_to_dict(self.cfg),
             'metric': self.best['top1'],
         }
@@ -483,10 +485,24 @@ class Trainer:
         ema_note = f', EMA top-1 {metrics["ema"]["top1"]:.2f}%' if 'ema' in metrics else ''
         self.log(f'epoch {self.epoch}: val top-1 {metrics["model"]["top1"]:.2f}% top-5 {metrics["model"]["top5"]:.2f}% '
                  f'loss {metrics["model"]["loss"]:.4f}{ema_note}' + ('  (best)' if improved else ''))
+        kept = self._update_history(m['top1'])
         self.epoch += 1
         self.batches_done = 0
         self._set_lr()
-        self.save(LAST, BEST) if improved else self.save(LAST)
+        self.save(LAST, *([BEST] if improved else []), *([history_name(kept)] if kept is not None else []))
+
+    def _update_history(self, top1: float) -> Optional[int]:
+        """--checkpoint-hist N: the epoch whose checkpoint joins the N best (None if it does not), after deleting
+        the file that falls out (timm's CheckpointSaver; ties keep the earlier epoch)."""
+        n = self.cfg.run.checkpoint_hist
+        if not n:
+            return None
+        ranked = sorted(self.history + [(top1, self.epoch)], key=lambda h: (-h[0], h[1]))
+        self.history, dropped = ranked[:n], ranked[n:]
+        for _, epoch in dropped:
+            if epoch != self.epoch and self.dist.is_main:
+                (self.run_dir / history_name(epoch)).unlink(missing_ok=True)
+        return self.epoch if (top1, self.epoch) in self.history else None
 
     def train(self) -> dict:
         """Train to the end (or until a stop signal / --max-steps); returns the summary that is also saved."""
