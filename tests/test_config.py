@@ -126,6 +126,8 @@ def test_default_preset_is_demo_and_data_dir_is_required(capsys):
     (['--data-dir', 'd', '--scale', '0.6', '0.5'], '--scale must be two numbers MIN MAX with 0 < MIN <= MAX <= 1'),
     (['--data-dir', 'd', '--layer-decay', '1.5'], '--layer-decay must be in (0, 1], got 1.5'),
     (['--data-dir', 'd', '--bce-target-thresh', '0.2'], '--bce-target-thresh needs --bce-loss'),
+    (['--data-dir', 'd', '--bce-sum'], '--bce-sum needs --bce-loss'),
+    (['--data-dir', 'd', '--bce-loss', '--bce-pos-weight', '0'], '--bce-pos-weight must be > 0'),
     (['--data-dir', 'd', '--aug-repeats', '-1'], '--aug-repeats must be >= 0, got -1'),
     (['--data-dir', 'd', '--opt-betas', '0.9'], '--opt-betas: expected 2 arguments'),
     (['--data-dir', 'd', '--decay-milestones'], '--decay-milestones: expected at least one argument'),

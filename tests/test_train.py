@@ -132,6 +132,8 @@ def test_per_epoch_schedule_follows_timm_cosine_formula(tmp_path, digits):
     ({'bce_loss': True, 'smoothing': 0.1}, 'bce_smoothed'), ({'bce_loss': True, 'smoothing': 0.0}, 'bce_smoothed'),
     ({'bce_loss': True, 'mixup': 0.8}, 'bce_soft'), ({'bce_loss': True, 'mixup': 0.8, 'bce_target_thresh': 0.2},
                                                     'bce_thresholded'),
+    ({'bce_loss': True, 'mixup': 0.8, 'bce_sum': True}, 'bce_summed'),
+    ({'bce_loss': True, 'mixup': 0.8, 'bce_pos_weight': 3.0}, 'bce_pos_weighted'),
 ])
 def test_train_loss_is_the_one_timm_train_py_picks(tmp_path, flags, formula):
     """Each loss against its formula, written here: x (4, 5) logits, y labels, T soft targets (mixup's)."""
@@ -143,15 +145,20 @@ def test_train_loss_is_the_one_timm_train_py_picks(tmp_path, flags, formula):
     logp, s, C = torch.log_softmax(x, 1), cfg.smoothing, 5
     one_hot = torch.nn.functional.one_hot(y, C).float()
 
+    def bce_terms(t, pos_weight=1.0):
+        return -(pos_weight * t * torch.nn.functional.logsigmoid(x) + (1 - t) * torch.nn.functional.logsigmoid(-x))
+
     def bce(t):
-        return -(t * torch.nn.functional.logsigmoid(x) + (1 - t) * torch.nn.functional.logsigmoid(-x)).mean()
+        return bce_terms(t).mean()
 
     want = {'ce': lambda: -logp[range(4), y].mean(),
             'smoothed_ce': lambda: ((1 - s) * -logp[range(4), y] - s * logp.mean(1)).mean(),
             'soft_ce': lambda: -(soft * logp).sum(1).mean(),
             'bce_smoothed': lambda: bce(one_hot * (1 - s) + s / C),
             'bce_soft': lambda: bce(soft),
-            'bce_thresholded': lambda: bce((soft > 0.2).float())}[formula]()
+            'bce_thresholded': lambda: bce((soft > 0.2).float()),
+            'bce_summed': lambda: bce_terms(soft).sum(1).mean(),
+            'bce_pos_weighted': lambda: bce_terms(soft, pos_weight=3.0).mean()}[formula]()
     target = soft if 'mixup' in flags else y
     torch.testing.assert_close(train_loss(cfg)(x, target), want, rtol=1e-6, atol=1e-7)
 

@@ -50,7 +50,8 @@ def train_loss(cfg: AugConfig) -> nn.Module:
     from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     mixup = cfg.mixup > 0 or cfg.cutmix > 0
     if cfg.bce_loss:
-        return BinaryCrossEntropy(smoothing=0.0 if mixup else cfg.smoothing, target_threshold=cfg.bce_target_thresh)
+        return BinaryCrossEntropy(smoothing=0.0 if mixup else cfg.smoothing, target_threshold=cfg.bce_target_thresh,
+                                  sum_classes=cfg.bce_sum, pos_weight=cfg.bce_pos_weight)
     if mixup:
         return SoftTargetCrossEntropy()
     if cfg.smoothing > 0:

@@ -120,6 +120,10 @@ class AugConfig:
                                  "on the one-hot targets smoothed by --smoothing, or on mixup/cutmix's soft targets, "
                                  "instead of the softmax cross-entropy")
     bce_target_thresh: Optional[float] = _opt(None, 'with --bce-loss: targets above this become 1, the others 0')
+    bce_sum: bool = _opt(False, "with --bce-loss: sum the loss over the classes, then average over the batch "
+                                "(timm's --bce-sum), instead of averaging over both")
+    bce_pos_weight: Optional[float] = _opt(None, "with --bce-loss: weight of the positive term (timm's "
+                                                 "--bce-pos-weight, torch's pos_weight)")
 
     def __post_init__(self):
         _check_choice('remode', self.remode, ('const', 'rand', 'pixel'))
@@ -138,8 +142,11 @@ class AugConfig:
             if len(self.cutmix_minmax) != 2 or not 0.0 < self.cutmix_minmax[0] <= self.cutmix_minmax[1] <= 1.0:
                 raise ValueError(f'--cutmix-minmax must be two numbers MIN MAX with 0 < MIN <= MAX <= 1, got '
                                  f'{self.cutmix_minmax}')
-        if self.bce_target_thresh is not None and not self.bce_loss:
-            raise ValueError('--bce-target-thresh needs --bce-loss')
+        for name in ('bce_target_thresh', 'bce_pos_weight', 'bce_sum'):
+            if getattr(self, name) not in (None, False) and not self.bce_loss:
+                raise ValueError(f'{flag_name(name)} needs --bce-loss')
+        if self.bce_pos_weight is not None and self.bce_pos_weight <= 0:
+            raise ValueError(f'--bce-pos-weight must be > 0, got {self.bce_pos_weight}')
         self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)  # config.json stores them as lists
         if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
             raise ValueError(f'--scale must be two numbers MIN MAX with 0 < MIN <= MAX <= 1, got {self.scale}')
