@@ -127,4 +127,3 @@ class ShardWriter:
                 p = os.path.join(self.out_dir, rel + PARTIAL)
                 if os.path.exists(p):
                     os.remove(p)
-

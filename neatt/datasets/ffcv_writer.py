@@ -41,7 +41,7 @@ class BetonStaging:
         self.records = []  # (offset, nbytes, mode, height, width, label)
         if resume:
             table = np.fromfile(self.records_path, dtype=np.int64).reshape(-1, _RECORD_FIELDS)
-            self.records = [tuple(int(v) for v in row) for row in table]
+            self.records = [tuple(row) for row in table.tolist()]
         self._offset = self.records[-1][0] + self.records[-1][1] if self.records else 0
         if resume and os.path.getsize(self.path) != self._offset:
             raise RuntimeError(f"{self.path} holds {os.path.getsize(self.path)} bytes, its records {self._offset}")
