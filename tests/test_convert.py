@@ -279,11 +279,17 @@ def test_a_damaged_train_archive_is_named_with_what_to_do(imagenet, tmp_path, da
     assert ("cut short" if damage == "cut" else "not an uncompressed tar") in err
     assert not os.path.exists(tmp_path / "out" / "imagenet" / "manifest.json")
 
+def _two_class_tree(tmp_path, per_class: int, common: list):
+    """An ImageNet tree of 2 classes x ``per_class`` train and 2 x 2 val photos without bad cases: (source, CLI
+    arguments converting it with ``common``, output dataset dir)."""
+    src = str(tmp_path / "src")
+    make_imagenet_tree(src, num_classes=2, per_class=per_class, val_per_class=2, size=SIZE, bad_cases=False)
+    return src, ["imagenet", "--src", src, "--out", str(tmp_path / "out")] + common, str(tmp_path / "out/imagenet")
+
+
 @pytest.fixture
 def small_tree(tmp_path):
-    src = str(tmp_path / "src")
-    make_imagenet_tree(src, num_classes=2, per_class=3, val_per_class=2, size=SIZE, bad_cases=False)
-    return src, ["imagenet", "--src", src, "--out", str(tmp_path / "out")] + COMMON, str(tmp_path / "out/imagenet")
+    return _two_class_tree(tmp_path, per_class=3, common=COMMON)
 
 
 def test_rerun_is_a_noop_and_force_redoes(small_tree):
@@ -352,13 +358,10 @@ def test_interrupted_run_leaves_nothing_complete_and_rerun_finishes(small_tree, 
     assert _data_files(d) == clean
 
 
-def _resume_tree(tmp_path, per_class=5):
-    """2 classes x ``per_class`` train images (10 by default: checkpoints after 4 and 8 at --shard-size 4), 2 x 2
-    val; one decoding process, so that the test sees which samples are decoded."""
-    src = str(tmp_path / "src")
-    make_imagenet_tree(src, num_classes=2, per_class=per_class, val_per_class=2, size=SIZE, bad_cases=False)
-    common = [a if a != "2" else "1" for a in COMMON]              # --workers 1
-    return src, ["imagenet", "--src", src, "--out", str(tmp_path / "out")] + common, str(tmp_path / "out/imagenet")
+def _resume_tree(tmp_path):
+    """10 train images (checkpoints after 4 and 8 at --shard-size 4), 4 val; one decoding process, so that the
+    test sees which samples are decoded."""
+    return _two_class_tree(tmp_path, per_class=5, common=["--workers", "1"] + COMMON[2:])  # COMMON[:2]: --workers 2
 
 
 def _decoded(monkeypatch, fail_at=None):
