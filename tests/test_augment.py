@@ -58,6 +58,17 @@ def test_hflip_one_flips_every_image():
     assert torch.equal(out, ref)
 
 
+def _timm_op(im: Image.Image, name: str, arg: float, **kwargs) -> Image.Image:
+    """timm's PIL op `name` at the argument DeviceAugment drew for it."""
+    if name.startswith('Posterize') and arg == 0:
+        return Image.new('RGB', im.size)  # 0 bits: black (Pillow refuses 0 bits)
+    if name == 'GaussianBlurRand':
+        return taa.gaussian_blur(im, arg)  # the radius timm's op would draw (its law: test_augment_policy)
+    if taa.LEVEL_TO_ARG[name] is None:
+        return taa.NAME_TO_OP[name](im, **kwargs)
+    return taa.NAME_TO_OP[name](im, int(arg) if name.startswith(('Posterize', 'Solarize')) else arg, **kwargs)
+
+
 def _replay_with_timm(aug: DeviceAugment, x: torch.Tensor, seed: int, resample) -> list:
     """Every image's drawn ops (no flip, no erasing) replayed one by one with timm's PIL op functions."""
     draw = aug.policy.sample(x.shape[0], torch.Generator().manual_seed(seed))
@@ -66,17 +77,7 @@ def _replay_with_timm(aug: DeviceAugment, x: torch.Tensor, seed: int, resample) 
     for i, im in enumerate(photos() * (x.shape[0] // len(photos()))):
         for slot in range(aug.policy.num_layers):
             if draw.apply[i, slot]:
-                name = aug.policy.op_names[int(draw.op[i, slot])]
-                arg = float(draw.arg[i, slot])
-                if name.startswith('Posterize') and arg == 0:
-                    im = Image.new('RGB', im.size)  # 0 bits: black (Pillow refuses 0 bits)
-                elif name == 'GaussianBlurRand':
-                    im = taa.gaussian_blur(im, arg)  # the radius timm's op would draw (its law: test_augment_policy)
-                elif taa.LEVEL_TO_ARG[name] is None:
-                    im = taa.NAME_TO_OP[name](im, **kwargs)
-                else:
-                    arg = int(arg) if name.startswith(('Posterize', 'Solarize')) else arg
-                    im = taa.NAME_TO_OP[name](im, arg, **kwargs)
+                im = _timm_op(im, aug.policy.op_names[int(draw.op[i, slot])], float(draw.arg[i, slot]), **kwargs)
                 applied += 1
         images.append(np.asarray(im, dtype=np.float64))
     assert applied >= x.shape[0] // 2
@@ -141,11 +142,8 @@ def test_color_jitter_replayed_with_torchvision_pil_ops(aa, compiled):
             if slot >= n_aa:
                 im = getattr(TF, _JITTER_TV[name])(im, arg)
                 jittered.add(name)
-            elif name == 'GaussianBlurRand':
-                im = taa.gaussian_blur(im, arg)
             else:
-                im = taa.NAME_TO_OP[name](im, *([] if taa.LEVEL_TO_ARG[name] is None else
-                                                [int(arg) if name == 'Solarize' else arg]))
+                im = _timm_op(im, name, arg)
         diff = np.abs(out[i] - np.asarray(im, dtype=np.float64))
         assert diff.max() < (1e-3 if compiled else 2.5), (i, diff.max())
     assert jittered == set(_JITTER_TV)
