@@ -1,6 +1,7 @@
 """One loader interface for every backend: ``build_loader()`` and the ``Loader`` base class.
 
-The trainer only sees ``Loader``: ``len()``, ``set_epoch()``, iteration yielding normalized float32 NCHW
+The trainer only sees ``Loader``: ``len()``, ``set_epoch()``, ``set_image_size()`` (train: progressive
+resizing between epochs), iteration yielding normalized float32 NCHW
 channels-last images and int64 labels on the device, and ``state_dict()``/``load_state_dict()`` for exact
 mid-epoch resume. A backend only implements ``_iter_uint8(epoch, start_batch)``: uint8 NCHW batches of the
 samples ``pipelines.sharding`` assigns to this rank, cropped, resized and (train) flipped deterministically
@@ -83,14 +84,29 @@ class Loader:
             self.batches_done = 0
             self._passes += 1  # a suspended pass of the old epoch must not move the new position
 
+    def set_image_size(self, image_size: int) -> None:
+        """Train: the side length of the batches from the next pass on (progressive resizing: ffcv-imagenet
+        lowers it in the early epochs). Each sample keeps its crop window, resized to the new size, and the aa's
+        translate range follows the size as timm derives it (``translate_const = int(0.45 * img_size)``)."""
+        if not self.train:
+            raise LoaderError("set_image_size: a val loader keeps the image size it was built with (its center "
+                              "crops depend on it); build another val loader for another size")
+        if int(image_size) < 1:
+            raise LoaderError(f"image_size={image_size} must be >= 1")
+        if image_size != self.image_size:
+            _warn_if_upsampled(self.data_dir, self.manifest, image_size)
+            self.image_size = int(image_size)
+            self.augment = self.augment.for_img_size(self.image_size)
+            self._passes += 1  # a suspended pass must not go on at the old size
+
     def state_dict(self) -> dict:
         """Position of the loader: the next iteration starts at batch ``batches_done`` of ``epoch``."""
         return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed,
                 "world_size": self.world_size, "batch_size": self.batch_size, "num_samples": self.num_samples,
-                "repeats": self.repeats}
+                "repeats": self.repeats, "image_size": self.image_size}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "world_size", "batch_size", "num_samples", "repeats"):
+        for key in ("seed", "world_size", "batch_size", "num_samples", "repeats", "image_size"):
             if key in state and state[key] != getattr(self, key):
                 raise LoaderError(f"loader state was saved with {key}={state[key]} but this loader has "
                                   f"{key}={getattr(self, key)}; resume with the same settings, or start "
@@ -138,6 +154,14 @@ def _resolve_device(device) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise LoaderError(f"device={device}: the loaders support 'cpu' and 'cuda[:N]'")
     return device
+
+
+def _warn_if_upsampled(data_dir: str, manifest: dict, image_size: int) -> None:
+    max_res = manifest.get("image_policy", {}).get("max_resolution")
+    if max_res and image_size > max_res:
+        warnings.warn(f"image_size={image_size} is larger than the stored max_resolution={max_res} of "
+                      f"{data_dir}: every image is upsampled. If that is not intended (it is for CIFAR "
+                      f"transfer), re-convert with a max resolution >= {image_size}.", stacklevel=3)
 
 
 def _check_files(data_dir: str, entry: dict) -> None:
@@ -234,11 +258,7 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         raise LoaderError(f"{data_dir}: backend {backend!r} reads the {fmt!r} format, which was not converted "
                           f"for split {split!r}; run tools/convert_datasets.py with that format for this dataset")
     _check_files(data_dir, manifest["formats"][fmt][split])
-    max_res = manifest.get("image_policy", {}).get("max_resolution")
-    if max_res and image_size > max_res:
-        warnings.warn(f"image_size={image_size} is larger than the stored max_resolution={max_res} of "
-                      f"{data_dir}: every image is upsampled. If that is not intended (it is for CIFAR "
-                      f"transfer), re-convert with a max resolution >= {image_size}.", stacklevel=2)
+    _warn_if_upsampled(data_dir, manifest, image_size)
     device = _resolve_device(device)
     try:
         module = importlib.import_module(module_name)

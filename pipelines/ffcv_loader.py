@@ -320,8 +320,9 @@ class FfcvLoader(Loader):
         size = (self.image_size, self.image_size)
         cuda = self.device.type == "cuda"
         to_device = [ToDevice(self.device, non_blocking=True)] if cuda else []
+        self._decoder = TableCropDecoder(size, self.table)
         pipelines = {
-            "image": [TableCropDecoder(size, self.table), ToTensor(), *to_device,
+            "image": [self._decoder, ToTensor(), *to_device,
                       ToTorchImage(channels_last=True, convert_back_int16=False)],
             "label": [IntDecoder(), ToTensor(), *to_device],
         }
@@ -345,6 +346,9 @@ class FfcvLoader(Loader):
         indices, keys = self.order.remaining_with_keys(epoch, start_batch)
         if len(indices) == 0:
             return
+        # FFCV sizes its batch buffers from the decoder's output size at every pass, as ffcv-imagenet's
+        # progressive resizing relies on (set_image_size); the compiled code reads the sizes from the buffers
+        self._decoder.output_size = (self.image_size, self.image_size)
         if self.train:  # one row per sample: a rank reads a sample at most once per epoch (pipelines.sharding)
             win = rrc_windows(self._heights[indices], self._widths[indices], keys, self.seed, epoch, self.scale,
                               self.ratio)

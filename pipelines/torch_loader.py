@@ -26,12 +26,12 @@ __all__ = ["TorchLoader"]
 
 
 class _JpegDataset(Dataset):
-    """Item ``(index, crop key, epoch)`` -> (uint8 HWC crop, label); the crop key and epoch fix the crop."""
+    """Item ``(index, crop key, epoch, train size)`` -> (uint8 HWC crop, label); the crop key and epoch fix the
+    crop, the train size its side length (the items carry it: the persistent workers hold copies of this object)."""
 
     def __init__(self, reader: ShardReader, image_size: int, train: bool, crop_pct: float, seed: int,
                  scale: Tuple[float, float], ratio: Tuple[float, float], hflip: float):
         self.reader = reader
-        self.image_size = image_size
         self.train = train
         self.seed = seed
         self.scale, self.ratio, self.hflip = scale, ratio, hflip
@@ -44,12 +44,12 @@ class _JpegDataset(Dataset):
         return len(self.reader)
 
     def __getitem__(self, item: Tuple[int, int, int]):
-        index, key, epoch = item
+        index, key, epoch, train_size = item
         img = Image.open(io.BytesIO(self.reader.jpeg(index))).convert("RGB")
         if self.train:
             top, left, h, w = (int(v) for v in rrc_windows([img.height], [img.width], [key], self.seed, epoch,
                                                                 self.scale, self.ratio)[0])
-            img = F.resized_crop(img, top, left, h, w, [self.image_size, self.image_size],
+            img = F.resized_crop(img, top, left, h, w, [train_size, train_size],
                                  interpolation=InterpolationMode.BICUBIC)
             if flip_flags([key], self.seed, epoch, self.hflip)[0]:
                 img = F.hflip(img)
@@ -59,7 +59,7 @@ class _JpegDataset(Dataset):
 
 
 class _PassKeys:
-    """The DataLoader's sampler: the ``(index, crop key, epoch)`` items of the pass being read, set before each
+    """The DataLoader's sampler: the ``(index, crop key, epoch, train size)`` items of the pass being read, set before each
     pass."""
 
     def __init__(self):
@@ -98,7 +98,8 @@ class TorchLoader(Loader):
                                   persistent_workers=self.num_workers > 0)
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        self._keys.keys = [(int(i), int(k), epoch) for i, k in zip(*self.order.remaining_with_keys(epoch, start_batch))]
+        self._keys.keys = [(int(i), int(k), epoch, self.image_size)
+                           for i, k in zip(*self.order.remaining_with_keys(epoch, start_batch))]
         self._worker_seeds.manual_seed(self.seed + epoch)
         cuda = self.device.type == "cuda"
         for images, labels in self._loader:  # images (B, H, W, 3) contiguous: NCHW permute is channels-last

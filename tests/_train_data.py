@@ -68,6 +68,20 @@ class DigitsLoader:
         self.epoch, self.batches_done = sd['epoch'], sd['batches_done']
 
 
+class ResizingDigitsLoader(DigitsLoader):
+    """DigitsLoader with the train loaders' `set_image_size` (progressive resizing): batches resized to it."""
+    image_size = 32
+
+    def set_image_size(self, size):
+        self.image_size = size
+
+    def __iter__(self):
+        for x, y in super().__iter__():
+            if x.shape[-1] != self.image_size:
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode='bilinear', antialias=True)
+            yield x.contiguous(memory_format=torch.channels_last), y
+
+
 def tiny_config(tmp_path, **overrides):
     """The demo preset shrunk for unit tests: tiny model, torch backend, output under tmp_path."""
     cfg = PRESETS['demo']()

@@ -135,6 +135,11 @@ def test_default_preset_is_demo_and_data_dir_is_required(capsys):
     (['--data-dir', 'd', '--cutmix-minmax', '0.5', '0.2'], '--cutmix-minmax must be two numbers MIN MAX'),
     (['--data-dir', 'd', '--mixup-mode', 'row'], "invalid choice: 'row'"),
     (['--data-dir', 'd', '--opt-betas', '0.9', '1.0'], '--opt-betas must be two numbers B1 B2 in [0, 1)'),
+    (['--data-dir', 'd', '--min-res', '8'], '--min-res needs --end-ramp'),
+    (['--data-dir', 'd', '--min-res', '8', '--start-ramp', '5', '--end-ramp', '4'], '--min-res needs --end-ramp'),
+    (['--data-dir', 'd', '--min-res', '24', '--end-ramp', '4'], '--min-res 24 is above the last train resolution 16'),
+    (['--data-dir', 'd', '--min-res', '8', '--max-res', '4', '--end-ramp', '4'], 'last train resolution 4 (--max-res'),
+    (['--data-dir', 'd', '--res-step', '0'], '--res-step must be >= 1'),
 ])
 def test_bad_flags_are_parser_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -180,3 +185,24 @@ def test_print_config_cli_prints_the_resolved_config():
     cfg = config_from_dict(json.loads(r.stdout))
     assert cfg.optim.batch_size == 16 and cfg.model.model == 'neatt_vit_base_patch16_224'
     assert cfg.data.data_dir == REQUIRED  # --print-config shows what is still missing instead of failing
+
+
+def test_progressive_resizing_follows_ffcv_imagenets_rule():
+    """ffcv-imagenet's rule, values worked out by hand. Its ResNet-50 88-epoch config (160 -> 192, ramp over epochs
+    65..76, multiples of 32): 160 + 32 (e - 65) / 11 is 174.5 at epoch 70 (rounds to 160) and 177.5 at 71 (192).
+    A ramp over 0..4 from 160 to 224 crosses 176 and 208, i.e. 5.5 and 6.5 steps of 32: numpy rounds halves to
+    even, so both are 192. --min-res itself is not rounded. Without --min-res every epoch trains at --max-res, else at --img-size."""
+    from neatt.train.resolution import train_resolution, train_resolutions
+    from neatt.train.config import DataConfig
+    rn50 = DataConfig(data_dir='d', min_res=160, max_res=192, start_ramp=65, end_ramp=76)
+    assert [train_resolution(rn50, 224, e) for e in (0, 65, 66, 70, 71, 75, 76, 87)] == \
+        [160, 160, 160, 160, 192, 192, 192, 192]
+    assert train_resolutions(rn50, 224, 88) == {160: list(range(71)), 192: list(range(71, 88))}
+    halves = DataConfig(data_dir='d', min_res=160, start_ramp=0, end_ramp=4)  # --max-res 0: --img-size
+    assert [train_resolution(halves, 224, e) for e in range(6)] == [160, 192, 192, 192, 224, 224]
+    off_step = DataConfig(data_dir='d', min_res=176, start_ramp=2, end_ramp=4)  # 176 kept through epoch 2, as is
+    assert [train_resolution(off_step, 224, e) for e in range(5)] == [176, 176, 176, 192, 224]
+    fine = dataclasses.replace(halves, res_step=16)
+    assert [train_resolution(fine, 224, e) for e in range(5)] == [160, 176, 192, 208, 224]
+    assert {train_resolution(DataConfig(data_dir='d', max_res=192), 224, e) for e in range(3)} == {192}
+    assert {train_resolution(DataConfig(data_dir='d'), 224, e) for e in range(3)} == {224}

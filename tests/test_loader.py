@@ -106,6 +106,46 @@ def test_backend_batches_follow_the_contract(digits, stored_labels, backend):
     assert not torch.equal(nxt[1], full[0][1])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_set_image_size_gives_what_a_loader_built_at_that_size_gives(digits, backend):
+    """Progressive resizing: after set_image_size(s), a loader built at SIZE reads, augments (the aa's translate
+    range follows s, as timm derives it) and resumes exactly as a loader built at s; and back."""
+    small = SIZE // 2
+    loader = _build(digits, backend)
+    loader.set_epoch(1)
+    first_at_size = next(iter(loader))[0]
+    loader.set_image_size(small)
+    loader.set_epoch(2)
+    got = [(x.clone(), y.clone()) for x, y in loader]
+    reference = _build(digits, backend, image_size=small)
+    reference.set_epoch(2)
+    want = [(x.clone(), y.clone()) for x, y in reference]
+    assert got[0][0].shape[1:] == (3, small, small)
+    _assert_same_batches(got, want)
+    assert loader.augment.policy.hparams["translate_const"] == int(0.45 * small)
+
+    state = reference.state_dict()  # a resume needs the size it was saved at
+    with pytest.raises(LoaderError, match=f"image_size={small} but this loader has image_size={SIZE}"):
+        _build(digits, backend).load_state_dict(state)
+    loader.set_image_size(SIZE)  # back to the built size: the first batch of epoch 1 again
+    loader.set_epoch(1)
+    assert torch.equal(next(iter(loader))[0], first_at_size)
+    with pytest.raises(LoaderError, match="val loader keeps the image size"):
+        _build(digits, backend, "val").set_image_size(small)
+
+
+def test_set_image_size_ffcv_still_equals_torchvision(digits):
+    """FFCV resizes into buffers it sizes per pass: at the new size its pixels are still torchvision's."""
+    out = {}
+    for b in ("ffcv", "torch"):
+        loader = _build(digits, b)
+        _uint8_epoch(loader, 0)
+        loader.set_image_size(SIZE - 8)
+        out[b] = _uint8_epoch(loader, 1)
+    assert out["ffcv"][0][0].shape[1:] == (3, SIZE - 8, SIZE - 8)
+    _assert_same_batches(out["ffcv"], out["torch"])
+
+
 def test_val_batches_ignore_the_train_augmentation(digits):
     """A val loader given the train AugmentConfig (flip, erasing, color jitter) normalizes only."""
     jitter = AugmentConfig(color_jitter=0.4, reprob=0.5, hflip=0.5)

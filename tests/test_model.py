@@ -89,6 +89,25 @@ def test_all_off_equals_timm_vanilla_vit(train):
     torch.testing.assert_close(model(x), vanilla(x), rtol=1e-5, atol=1e-6)
 
 
+def test_dynamic_img_size_other_resolutions_match_timm_and_the_equations():
+    """timm's dynamic_img_size (progressive resizing trains with it): at 24 and 48 px, all parts off equals timm's
+    own ViT with the same option (position embedding resampled to the input's grid); all parts on equals the
+    naive re-computation. At the built size nothing changes."""
+    model = _model(neatt_sigma=0.0, dynamic_img_size=True).eval()
+    randomize_head_mix(model)
+    fixed = _model(neatt_sigma=0.0).eval()
+    fixed.load_state_dict(model.state_dict())
+    off = _model(neatt_mix=False, neatt_chain=False, neatt_sigma=0.0, dynamic_img_size=True).eval()
+    vanilla = VisionTransformer(**TINY, dynamic_img_size=True).eval()
+    vanilla.load_state_dict(off.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(real_images(2)), fixed(real_images(2)), rtol=0, atol=0)
+        for size in (24, 48):
+            x = real_images(2, size=size)
+            torch.testing.assert_close(model(x), _naive_forward(model, x, noise=False), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(off(x), vanilla(x), rtol=1e-5, atol=1e-6)
+
+
 def test_all_off_in_eval_ignores_sigma():
     """Eval mode never samples noise, so a sigma > 0 model is still the vanilla ViT there."""
     model = _model(neatt_mix=False, neatt_chain=False, neatt_sigma=1.0).eval()
@@ -242,6 +261,27 @@ def test_compiled_equals_eager(sigma):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     for n, p in model.named_parameters():
         torch.testing.assert_close(g_compiled[n], p.grad, rtol=1e-3, atol=1e-5, msg=n)
+
+
+@pytest.mark.slow
+def test_compiled_with_a_graph_per_resolution_equals_eager():
+    """What the trainer compiles under progressive resizing (dynamic=False: a static graph per train resolution):
+    each resolution's logits and grads are eager's, and going back to a size reuses its graph."""
+    model = _model(depth=2, neatt_sigma=0.0, dynamic_img_size=True).train()
+    randomize_head_mix(model)
+    compiled = torch.compile(model, dynamic=False)
+    for size in (16, 32, 16):
+        x = real_images(2, size=size)
+        out = compiled(x)
+        out.logsumexp(-1).sum().backward()
+        g_compiled = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        ref = model(x)
+        ref.logsumexp(-1).sum().backward()
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(g_compiled[n], p.grad, rtol=1e-3, atol=1e-5, msg=n)
+        model.zero_grad()
 
 
 def test_wrong_image_size_names_the_expected_size():

@@ -14,7 +14,7 @@ from neatt.train.config import apply_overrides
 from neatt.train.loop import NonFiniteLossError, Trainer, UserInputError
 from neatt.train.metrics import topk_correct
 
-from _train_data import DigitsLoader, digits_tensors, tiny_config
+from _train_data import DigitsLoader, ResizingDigitsLoader, digits_tensors, tiny_config
 
 N_TRAIN, N_VAL = 64, 37  # 37 val samples: uneven shards under 2 ranks
 
@@ -317,6 +317,48 @@ def test_resume_mid_epoch_with_a_per_epoch_schedule_is_bitwise_identical(tmp_pat
     a, b = _ckpt(straight), _ckpt(part)
     for key in ('state_dict', 'optimizer', 'scheduler', 'step', 'train_state'):
         _assert_same_tensors(a[key], b[key])
+
+
+# progressive resizing of the tiny model (4 px patches, 32 px): epochs 0-1 at 16 px, 2 at 24, 3 at 32
+PROGRESSIVE = dict(epochs=4, min_res=16, start_ramp=1, end_ramp=3, res_step=8)
+
+
+def test_progressive_resizing_trains_each_epoch_at_its_resolution(tmp_path, digits):
+    """The train batches each epoch (what the model's forward receives) follow the schedule; eval stays at
+    --img-size; the train metrics record the resolution."""
+    cfg = tiny_config(tmp_path, **PROGRESSIVE)
+    trainer = Trainer(cfg, loaders=_loaders(digits, 16, train_cls=ResizingDigitsLoader), log=lambda m: None)
+    seen = set()
+    trainer.model.register_forward_pre_hook(lambda m, args: seen.add((trainer.epoch, m.training, args[0].shape[-1])))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    assert {(e, s) for e, training, s in seen if training} == {(0, 16), (1, 16), (2, 24), (3, 32)}
+    assert {s for _, training, s in seen if not training} == {32}
+    with open(os.path.join(cfg.run.output, cfg.run_name, 'metrics.jsonl')) as f:
+        rows = [json.loads(line) for line in f]
+    assert {(r['epoch'], r['train_res']) for r in rows if r['kind'] == 'train'} == \
+        {(0, 16), (1, 16), (2, 24), (3, 32)}
+
+
+def test_progressive_resizing_resumes_bitwise_identical(tmp_path, digits):
+    """Stopped in epoch 2 (24 px), resumed: the same weights, optimizer and loader state as a straight run."""
+    straight = tiny_config(tmp_path / 'a', checkpoint_interval=1, **PROGRESSIVE)
+    _train(straight, digits, train_cls=ResizingDigitsLoader)
+    part = tiny_config(tmp_path / 'b', max_steps=10, **PROGRESSIVE)
+    _train(part, digits, train_cls=ResizingDigitsLoader)
+    _train(apply_overrides(part, {'resume': str(tmp_path / 'b' / 'runs' / 't'), 'max_steps': 0}), digits,
+           train_cls=ResizingDigitsLoader)
+    a, b = _ckpt(straight), _ckpt(part)
+    for key in ('state_dict', 'state_dict_ema', 'optimizer', 'scheduler', 'step', 'train_state'):
+        _assert_same_tensors(a[key], b[key])
+
+
+def test_progressive_resizing_needs_whole_patches(tmp_path, digits):
+    cfg = tiny_config(tmp_path, **dict(PROGRESSIVE, res_step=5))  # epoch 2: 24 px rounded to 25
+    with pytest.raises(UserInputError, match=r'trains at 25 px in epoch 2, not a multiple of the patch size 4'):
+        _train(cfg, digits, train_cls=ResizingDigitsLoader)
 
 
 def _signal_at_batch_5(signum):

@@ -64,12 +64,15 @@ def _run(cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('backend', ['ffcv', 'torch'])
-def test_resume_through_the_real_loader_is_bitwise_identical(digits_dir, tmp_path, backend):
+@pytest.mark.parametrize('backend,flags', [
+    ('ffcv', {}), ('torch', {}),
+    ('ffcv', dict(min_res=8, start_ramp=0, end_ramp=1, res_step=8)),  # progressive: epoch 0 at 8 px, 1 at 16
+], ids=['ffcv', 'torch', 'ffcv-progressive'])
+def test_resume_through_the_real_loader_is_bitwise_identical(digits_dir, tmp_path, backend, flags):
     n, k = 14, 5  # 11 steps per epoch: the stop is mid-epoch 0, the end crosses into epoch 1
-    straight = _in_process_cfg(digits_dir, tmp_path / 'a', backend, max_steps=n)
+    straight = _in_process_cfg(digits_dir, tmp_path / 'a', backend, max_steps=n, **flags)
     _run(straight)
-    part = _in_process_cfg(digits_dir, tmp_path / 'b', backend, max_steps=k)
+    part = _in_process_cfg(digits_dir, tmp_path / 'b', backend, max_steps=k, **flags)
     _run(part)
     _run(apply_overrides(part, {'resume': str(tmp_path / 'b' / 'r'), 'max_steps': n}))
     a, b = (torch.load(root / 'r' / LAST, map_location='cpu', weights_only=False)

@@ -23,14 +23,17 @@ def check_num_classes(cfg: Config) -> None:
                              f'pass --num-classes {n}')
 
 
-def create_model(cfg: ModelConfig) -> nn.Module:
-    """`timm.create_model` from the model section, on the CPU; a bad name or kwarg is a UserInputError."""
+def create_model(cfg: ModelConfig, dynamic_img_size: bool = False) -> nn.Module:
+    """`timm.create_model` from the model section, on the CPU; a bad name or kwarg is a UserInputError.
+    `dynamic_img_size`: timm's option for inputs of other sizes than `cfg.img_size` (the position embedding is
+    resampled to each input's grid), which progressive resizing needs."""
     import timm
 
     import neatt  # noqa: F401  (registers the neatt_vit_* models)
+    kwargs = dict(cfg.model_kwargs, **({'dynamic_img_size': True} if dynamic_img_size else {}))
     try:
         model = timm.create_model(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size,
-                                  drop_rate=cfg.drop, drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
+                                  drop_rate=cfg.drop, drop_path_rate=cfg.drop_path, **kwargs)
     except RuntimeError as e:
         if str(e).startswith("Unknown model") and cfg.model not in timm.list_models():
             raise UserInputError(f'--model {cfg.model}: {e}') from None

@@ -82,8 +82,33 @@ class DataConfig:
                                     "ColorJitter). timm applies it without --aa or with --aa 3a only (DeiT III: "
                                     "--aa 3a --color-jitter 0.3). The seed recipe uses none")
 
+    min_res: int = _opt(0, 'progressive resizing (ffcv-imagenet\'s): train at this side length up to epoch '
+                           '--start-ramp, then at linearly more, rounded to multiples of --res-step, up to --max-res '
+                           'from epoch --end-ramp on. Early epochs then cost less (fewer tokens: Ne-Att\'s logits '
+                           'shrink with their square). Eval stays at --img-size. 0: off')
+    max_res: int = _opt(0, 'progressive resizing: the train side length from epoch --end-ramp on (0: --img-size). '
+                           'Alone, every epoch trains at it: below --img-size, eval then sees the objects larger, as '
+                           'the train crops showed them (the FixRes effect, ffcv-imagenet\'s 192 train / 256 eval)')
+    start_ramp: int = _opt(0, 'progressive resizing: the last epoch at --min-res (epochs count from 0)')
+    end_ramp: int = _opt(0, 'progressive resizing: the first epoch at --max-res')
+    res_step: int = _opt(32, 'progressive resizing: the resolutions between --min-res and --max-res are multiples '
+                             'of this (ffcv-imagenet: 32); each one is another torch.compile graph')
+
+    @property
+    def progressive(self) -> bool:
+        """Whether the train resolution may differ from --img-size."""
+        return bool(self.min_res or self.max_res)
+
     def __post_init__(self):
         _check_choice('backend', self.backend, BACKENDS)
+        for name in ('min_res', 'max_res', 'start_ramp', 'end_ramp'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'{flag_name(name)} must be >= 0, got {getattr(self, name)}')
+        if self.res_step < 1:
+            raise ValueError(f'--res-step must be >= 1, got {self.res_step}')
+        if self.min_res and (self.end_ramp < self.start_ramp or not self.end_ramp):
+            raise ValueError(f'--min-res needs --end-ramp, the first epoch at --max-res, at or after --start-ramp '
+                             f'(got --start-ramp {self.start_ramp} --end-ramp {self.end_ramp})')
         _check_choice('train_interpolation', self.train_interpolation, ('bicubic',))
         if self.color_jitter < 0:
             raise ValueError(f'--color-jitter must be >= 0, got {self.color_jitter}')
@@ -286,6 +311,9 @@ class Config:
         if self.data.color_jitter > 0 and self.aug.aa and '3a' not in self.aug.aa:
             raise ValueError(f'--color-jitter does nothing with --aa {self.aug.aa}: timm keeps color jitter only '
                              f'without --aa or with 3a; drop one of the two')
+        if self.data.min_res > (self.data.max_res or self.model.img_size):
+            raise ValueError(f'--min-res {self.data.min_res} is above the last train resolution '
+                             f'{self.data.max_res or self.model.img_size} (--max-res, else --img-size)')
         if self.run.resume and self.model.initial_checkpoint not in ('', REQUIRED):
             raise ValueError('--resume and --initial-checkpoint clash: --initial-checkpoint only starts a fresh run; '
                              'drop one of them')

@@ -33,6 +33,7 @@ from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed,
                           init_distributed)
 from .metrics import MetricLoggers, ThroughputMeter, evaluate, write_json_atomic
+from .resolution import train_resolution, train_resolutions
 
 __all__ = ['Trainer', 'UserInputError', 'NonFiniteLossError']
 
@@ -44,6 +45,10 @@ class NonFiniteLossError(RuntimeError):
 def _seed_python_and_numpy(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
+
+
+def _epochs_text(epochs: list) -> str:
+    return f'epochs {epochs[0]}-{epochs[-1]}' if len(epochs) > 1 else f'epoch {epochs[0]}'
 
 
 @contextlib.contextmanager
@@ -197,11 +202,29 @@ class Trainer:
         _seed_python_and_numpy(self._rank_seed)
 
     def _build_model(self) -> nn.Module:
-        model = create_model(self.cfg.model)
+        model = create_model(self.cfg.model, dynamic_img_size=self.cfg.data.progressive)
+        if self.cfg.data.progressive:
+            self._check_train_resolutions(model)
         if self.cfg.model.initial_checkpoint and not self.cfg.run.resume:
             load_initial_checkpoint(model, self.cfg.model.initial_checkpoint, log=self.log)
         torch.manual_seed(self._rank_seed)
         return to_device(model, self.cfg.model, self.dist.device)
+
+    def _check_train_resolutions(self, model: nn.Module) -> None:
+        """Every train resolution of the schedule must cut into whole patches; torch.compile gets a graph each."""
+        patch = model.patch_embed.patch_size[0]
+        resolutions = train_resolutions(self.cfg.data, self.cfg.model.img_size,
+                                        self.cfg.optim.epochs + self.cfg.optim.cooldown_epochs)
+        bad = {res: epochs for res, epochs in resolutions.items() if res % patch}
+        if bad:
+            res, epochs = next(iter(bad.items()))
+            raise UserInputError(f'progressive resizing trains at {res} px in {_epochs_text(epochs)}, not a multiple '
+                                 f'of the patch size {patch}: make --min-res, --max-res and --res-step multiples of '
+                                 f'{patch}')
+        if self.cfg.model.compile:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(resolutions) + 1)
+        self.log('progressive resizing: ' + ', '.join(f'{res} px in {_epochs_text(e)}' for res, e in resolutions.items())
+                 + f'; eval at {self.cfg.model.img_size} px')
 
     def _build_loaders(self):
         batch_size = self.cfg.optim.batch_size
@@ -212,7 +235,7 @@ class Trainer:
 
     def _compile(self, module: nn.Module) -> nn.Module:
         try:
-            compiled = torch.compile(module)
+            compiled = torch.compile(module, dynamic=False)  # one static graph per train resolution
         except Exception as e:  # backend missing or unsupported platform: train eagerly instead
             warnings.warn(f'--compile: torch.compile failed ({type(e).__name__}: {e}); training in eager mode')
             return module
@@ -427,6 +450,8 @@ class Trainer:
         img_s, stall = self.meter.window()
         lr = max(group['lr'] for group in self.optimizer.param_groups)  # the schedule's: --layer-decay scales down
         values = {'epoch': self.epoch, 'loss': loss, 'lr': lr, 'img_s': img_s, 'data_stall': stall}
+        if self.cfg.data.progressive:
+            values['train_res'] = self.train_loader.image_size
         self.loggers.log('train', self.step, values)
         if bar is not None:
             bar.set_postfix(loss=f'{loss:.3f}', lr=f'{lr:.2e}', img_s=f'{img_s:.0f}', stall=f'{100 * stall:.0f}%')
@@ -438,6 +463,8 @@ class Trainer:
         """Train the rest of `self.epoch`; returns a stop reason ('signal', 'max_steps') or None at its end."""
         accum = self.cfg.optim.grad_accum_steps
         total = self.updates_per_epoch * accum
+        if self.cfg.data.progressive:  # before a resumed position is loaded: it holds the size it was saved at
+            self.train_loader.set_image_size(train_resolution(self.cfg.data, self.cfg.model.img_size, self.epoch))
         self.train_loader.set_epoch(self.epoch)
         if self.mixup is not None and self.cfg.aug.mixup_off_epoch:  # timm's train.py, per epoch (so on resume too)
             self.mixup.mixup_enabled = self.epoch < self.cfg.aug.mixup_off_epoch

@@ -23,6 +23,7 @@ Two ways to run the drawn choices, with the same results up to the warps' interp
 
 Either way ops that change nothing at their drawn argument (`ops.identity_range`) are skipped.
 """
+import dataclasses
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -104,6 +105,10 @@ class DeviceAugment:
         self._shift = torch.tensor(cfg.mean, dtype=torch.float32) / std
         self._tiled = {}
         self._noise_generators = {}
+
+    def for_img_size(self, img_size: int) -> 'DeviceAugment':
+        """The same augmentation for batches of another size (timm's translate_const follows `img_size`)."""
+        return DeviceAugment(dataclasses.replace(self.cfg, img_size=img_size), self.chunk_size, self.compiled_cpu)
 
     def __repr__(self):
         return f'{type(self).__name__}({self.cfg})'
