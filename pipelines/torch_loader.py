@@ -59,8 +59,8 @@ class _JpegDataset(Dataset):
 
 
 class _PassKeys:
-    """The DataLoader's sampler: the ``(index, crop key, epoch, train size)`` items of the pass being read, set before each
-    pass."""
+    """The DataLoader's sampler: the ``(index, crop key, epoch, train size)`` items of the pass being read, set
+    before each pass."""
 
     def __init__(self):
         self.keys = []

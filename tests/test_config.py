@@ -191,7 +191,8 @@ def test_progressive_resizing_follows_ffcv_imagenets_rule():
     """ffcv-imagenet's rule, values worked out by hand. Its ResNet-50 88-epoch config (160 -> 192, ramp over epochs
     65..76, multiples of 32): 160 + 32 (e - 65) / 11 is 174.5 at epoch 70 (rounds to 160) and 177.5 at 71 (192).
     A ramp over 0..4 from 160 to 224 crosses 176 and 208, i.e. 5.5 and 6.5 steps of 32: numpy rounds halves to
-    even, so both are 192. --min-res itself is not rounded. Without --min-res every epoch trains at --max-res, else at --img-size."""
+    even, so both are 192. --min-res itself is not rounded. Without --min-res every epoch trains at --max-res,
+    else at --img-size."""
     from neatt.train.resolution import train_resolution, train_resolutions
     from neatt.train.config import DataConfig
     rn50 = DataConfig(data_dir='d', min_res=160, max_res=192, start_ramp=65, end_ramp=76)

@@ -223,8 +223,8 @@ class Trainer:
                                  f'{patch}')
         if self.cfg.model.compile:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(resolutions) + 1)
-        self.log('progressive resizing: ' + ', '.join(f'{res} px in {_epochs_text(e)}' for res, e in resolutions.items())
-                 + f'; eval at {self.cfg.model.img_size} px')
+        plan = ', '.join(f'{res} px in {_epochs_text(e)}' for res, e in resolutions.items())
+        self.log(f'progressive resizing: {plan}; eval at {self.cfg.model.img_size} px')
 
     def _build_loaders(self):
         batch_size = self.cfg.optim.batch_size
