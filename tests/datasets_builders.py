@@ -8,8 +8,8 @@ Builders (for conversion, loader and trainer tests):
   kind of bad file real ImageNet-like trees contain. Returns the expected result, computed independently of neatt.
 * :func:`pack_imagenet_archives` - such a tree packed as image-net.org ships it: ``ILSVRC2012_img_train.tar``
   (a tar of per-class tars), ``ILSVRC2012_img_val.tar``, ``ILSVRC2012_devkit_t12.tar.gz``.
-* :func:`make_cifar100_release` - ``cifar-100-python/{train,test,meta}`` pickles exactly like the official release,
-  optionally packed as ``cifar-100-python.tar.gz``.
+* :func:`make_cifar_release` - the CIFAR-100 or CIFAR-10 pickles exactly like the official releases, optionally
+  packed as their ``.tar.gz``.
 * :func:`make_folder_tree` - a plain ImageFolder tree.
 
 Readers (each uses the library's own reader, CPU only): :func:`read_ffcv` (FFCV ``Loader``),
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-__all__ = ["CIFAR100_CLASSES", "photo_tiles", "Expected", "make_imagenet_tree", "make_cifar100_release",
+__all__ = ["CIFAR10_CLASSES", "CIFAR100_CLASSES", "photo_tiles", "Expected", "make_imagenet_tree", "make_cifar_release",
            "make_folder_tree", "pack_imagenet_archives", "read_ffcv", "read_ffcv_jpegs", "read_dali", "run_convert_cli", "BAD_SKIPPED",
            "BAD_CONVERTED"]
 
@@ -39,6 +39,7 @@ CIFAR100_CLASSES = (
     "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
     "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
     "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm").split()
+CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 # Bad inputs make_imagenet_tree(bad_cases=True) puts in the first train class: file name suffix -> what must happen.
 BAD_SKIPPED = ("truncated.JPEG", "empty.JPEG", "notes.txt", "folder.JPEG", "broken_link.JPEG")
@@ -257,34 +258,49 @@ def pack_imagenet_archives(tree: str, out: str) -> None:
         tar.add(os.path.join(tree, "ILSVRC2012_devkit_t12"), arcname="ILSVRC2012_devkit_t12")
 
 
-def make_cifar100_release(root: str, train_per_class: int = 1, test_per_class: int = 1, archive: bool = True,
-                          seed: int = 0) -> str:
-    """The official CIFAR-100 python release with real photo tiles: ``cifar-100-python/{train,test,meta}``
-    (pickled dicts with bytes keys; ``b'data'`` is uint8 (N, 3072), each row the R, G, B planes of a 32x32 image),
-    packed into ``cifar-100-python.tar.gz`` when ``archive``. Returns the path to pass as ``--src``.
+def make_cifar_release(root: str, dataset: str = "cifar100", train_per_class: int = 1, test_per_class: int = 1,
+                       archive: bool = True, seed: int = 0) -> str:
+    """An official CIFAR python release with real photo tiles, as https://www.cs.toronto.edu/~kriz/cifar.html
+    ships it: pickled dicts with bytes keys, ``b'data'`` uint8 (N, 3072), each row the R, G, B planes of a 32x32
+    image. CIFAR-100: ``cifar-100-python/{train,test,meta}`` with fine and coarse labels; CIFAR-10:
+    ``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``, the train tiles cut into the five batches in
+    order. Packed into its ``.tar.gz`` when ``archive``. Returns the path to pass as ``--src``.
 
-    Labels cycle through the classes (image ``i`` of a split has fine label ``i % 100``)."""
-    rng_seed = seed
-    folder = os.path.join(root, "cifar-100-python")
+    Labels cycle through the classes (image ``i`` of a split has label ``i % number of classes``); the train tiles
+    are ``photo_tiles(n, (32, 32), seed)``, the test tiles the same with ``seed + 1``."""
+    classes = CIFAR100_CLASSES if dataset == "cifar100" else CIFAR10_CLASSES
+    k = len(classes)
+    folder = os.path.join(root, "cifar-100-python" if dataset == "cifar100" else "cifar-10-batches-py")
     os.makedirs(folder, exist_ok=True)
-    for name, per in (("train", train_per_class), ("test", test_per_class)):
-        n = 100 * per
-        tiles = photo_tiles(n, (32, 32), rng_seed)
-        rng_seed += 1
-        fine = [i % 100 for i in range(n)]
-        d = {b"filenames": [f"tile_{i:05d}.png".encode() for i in range(n)], b"batch_label": name.encode(),
-             b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine],
-             b"data": tiles.transpose(0, 3, 1, 2).reshape(n, 3072).copy()}
+
+    def dump(name, d):
         with open(os.path.join(folder, name), "wb") as f:
             pickle.dump(d, f, protocol=2)
-    with open(os.path.join(folder, "meta"), "wb") as f:
-        pickle.dump({b"fine_label_names": [c.encode() for c in CIFAR100_CLASSES],
-                     b"coarse_label_names": [f"super{i}".encode() for i in range(20)]}, f, protocol=2)
+
+    for split, per, split_seed in (("train", train_per_class, seed), ("test", test_per_class, seed + 1)):
+        n = k * per
+        tiles = photo_tiles(n, (32, 32), split_seed)
+        labels = [i % k for i in range(n)]
+        data = tiles.transpose(0, 3, 1, 2).reshape(n, 3072)
+        if dataset == "cifar100":
+            dump(split, {b"filenames": [f"tile_{i:05d}.png".encode() for i in range(n)], b"batch_label": split.encode(),
+                         b"fine_labels": labels, b"coarse_labels": [f // 5 for f in labels], b"data": data.copy()})
+            continue
+        names = [f"data_batch_{b}" for b in range(1, 6)] if split == "train" else ["test_batch"]
+        for name, part in zip(names, np.array_split(np.arange(n), len(names))):
+            dump(name, {b"batch_label": name.encode(), b"labels": [labels[i] for i in part],
+                        b"data": data[part].copy(), b"filenames": [f"tile_{i:05d}.png".encode() for i in part]})
+    if dataset == "cifar100":
+        dump("meta", {b"fine_label_names": [c.encode() for c in classes],
+                      b"coarse_label_names": [f"super{i}".encode() for i in range(20)]})
+    else:
+        dump("batches.meta", {b"label_names": [c.encode() for c in classes], b"num_cases_per_batch": 10000,
+                              b"num_vis": 3072})
     if not archive:
         return folder
-    path = os.path.join(root, "cifar-100-python.tar.gz")
+    path = os.path.join(root, ("cifar-100-python" if dataset == "cifar100" else "cifar-10-python") + ".tar.gz")
     with tarfile.open(path, "w:gz") as tf:
-        tf.add(folder, arcname="cifar-100-python")
+        tf.add(folder, arcname=os.path.basename(folder))
     return path
 
 

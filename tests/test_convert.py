@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets_builders import (BAD_CONVERTED, BAD_SKIPPED, CIFAR100_CLASSES, make_cifar100_release,
+from datasets_builders import (BAD_CONVERTED, BAD_SKIPPED, CIFAR10_CLASSES, CIFAR100_CLASSES, make_cifar_release,
                                make_folder_tree, make_imagenet_tree, pack_imagenet_archives, photo_tiles, read_dali,
                                read_ffcv, run_convert_cli)
 
@@ -152,18 +152,22 @@ def test_wnid_order_file_and_dali_only(imagenet, tmp_path):
     np.testing.assert_array_equal(labels, [lab for _, lab, _ in exp.splits["val"]])
 
 
-def test_cifar100_release(tmp_path):
-    src = make_cifar100_release(str(tmp_path / "src"), train_per_class=2, test_per_class=1)
-    rc, err = run_convert_cli(["cifar100", "--src", src, "--out", str(tmp_path / "out"), "--workers", "2",
+@pytest.mark.parametrize("dataset,classes", [("cifar100", CIFAR100_CLASSES), ("cifar10", CIFAR10_CLASSES)])
+def test_cifar_release(tmp_path, dataset, classes):
+    """The official pickles (CIFAR-10's train split in five batch files) give every image, in order, with its label
+    and the release's class names; the tar.gz and the extracted folder give the same files."""
+    k = len(classes)
+    src = make_cifar_release(str(tmp_path / "src"), dataset, train_per_class=200 // k, test_per_class=100 // k)
+    rc, err = run_convert_cli([dataset, "--src", src, "--out", str(tmp_path / "out"), "--workers", "2",
                                "--no-progress"])
     assert rc == 0, err
-    d = str(tmp_path / "out" / "cifar100")
+    d = str(tmp_path / "out" / dataset)
     m = _manifest(d)
-    assert m["classes"] == CIFAR100_CLASSES and m["image_policy"]["max_resolution"] == 32
+    assert m["classes"] == list(classes) and m["image_policy"]["max_resolution"] == 32
     for split, n, seed in (("train", 200, 0), ("val", 100, 1)):
-        tiles = photo_tiles(n, (32, 32), seed)               # what make_cifar100_release pickled, in order
-        labels = np.arange(n) % 100
-        assert m["splits"][split] == {"count": n, "label_counts": np.bincount(labels, minlength=100).tolist()}
+        tiles = photo_tiles(n, (32, 32), seed)               # what make_cifar_release pickled, in order
+        labels = np.arange(n) % k
+        assert m["splits"][split] == {"count": n, "label_counts": np.bincount(labels, minlength=k).tolist()}
         images, got = read_ffcv(os.path.join(d, f"{split}.beton"))
         np.testing.assert_array_equal(got, labels)
         for i in range(n):
@@ -173,10 +177,10 @@ def test_cifar100_release(tmp_path):
         for i in range(n):
             _assert_close(dimages[i], tiles[i], f"dali {split} {i}", quality=95)
     # the extracted folder gives the same data
-    rc, err = run_convert_cli(["cifar100", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out2"),
+    rc, err = run_convert_cli([dataset, "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out2"),
                                "--workers", "2", "--no-progress"])
     assert rc == 0, err
-    assert _data_files(d) == _data_files(str(tmp_path / "out2" / "cifar100"))
+    assert _data_files(d) == _data_files(str(tmp_path / "out2" / dataset))
 
 
 def test_folder_tree(tmp_path):
@@ -536,6 +540,7 @@ def test_missing_source_names_the_layout_exit_2(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "train/<wnid>/*.JPEG" in r.stderr and str(tmp_path / "nowhere") in r.stderr
     for args, needle in ((["cifar100", "--src", str(tmp_path)], "cifar-100-python.tar.gz"),
+                         (["cifar10", "--src", str(tmp_path)], "data_batch_1, data_batch_2"),
                          (["folder", "--src", str(tmp_path / "nowhere")], "<split>/<class>/<image>"),
                          (["imagenet"], "needs --src")):
         rc, err = run_convert_cli(args + ["--out", str(tmp_path / "out")])

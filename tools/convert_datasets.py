@@ -4,6 +4,7 @@
 Usage:
     python tools/convert_datasets.py digits --out data                     # embedded demo, no download
     python tools/convert_datasets.py cifar100 --src ~/cifar-100-python.tar.gz --out /data/neatt
+    python tools/convert_datasets.py cifar10 --src ~/cifar-10-python.tar.gz --out /data/neatt
     python tools/convert_datasets.py imagenet --src /data/ILSVRC2012 --out /data/neatt --workers 32
     python tools/convert_datasets.py folder --src /data/flowers --out /data/neatt --splits train,val
     python tools/convert_datasets.py imagenet --out /data/neatt --verify    # files vs the manifest's sha256
@@ -33,6 +34,7 @@ from neatt.datasets.manifest import ManifestError, entry_files, file_problems, r
 # datasets are stored as quality-95 JPEG so that FFCV and DALI hold the same pixels and differ little from the source.
 DEFAULTS = {
     "imagenet": dict(max_resolution=500, jpeg_quality=90, write_mode="proportion", compress_probability=0.5),
+    "cifar10": dict(max_resolution=32, jpeg_quality=95, write_mode="jpg", compress_probability=1.0),
     "cifar100": dict(max_resolution=32, jpeg_quality=95, write_mode="jpg", compress_probability=1.0),
     "digits": dict(max_resolution=32, jpeg_quality=95, write_mode="jpg", compress_probability=1.0),
     "folder": dict(max_resolution=512, jpeg_quality=90, write_mode="jpg", compress_probability=1.0),
@@ -40,6 +42,7 @@ DEFAULTS = {
 
 EPILOG = """per-dataset defaults (max-resolution / jpeg-quality / write-mode / compress-probability):
   imagenet  500 / 90 / proportion / 0.5   (ffcv-imagenet's train_500_0.50_90; ~0.35 TB FFCV train set)
+  cifar10    32 / 95 / jpg / 1.0
   cifar100   32 / 95 / jpg / 1.0
   digits     32 / 95 / jpg / 1.0          (scikit-learn digits, 32x32 RGB, stratified 80/20 split, seed 0)
   folder    512 / 90 / jpg / 1.0
@@ -62,7 +65,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=sources.DATASETS, help="source kind")
     p.add_argument("--src", help="source path (not for digits): ImageNet root (extracted, or the folder holding "
-                                 "image-net.org's ILSVRC2012_img_{train,val}.tar and devkit), CIFAR-100 tar.gz or "
+                                 "image-net.org's ILSVRC2012_img_{train,val}.tar and devkit), CIFAR-10/100 tar.gz or "
                                  "folder, ImageFolder root")
     p.add_argument("--out", required=True, help="output root; the dataset goes to <out>/<dataset>/")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of %(default)s")
@@ -100,7 +103,7 @@ def parse_args(argv=None):
     bad = [f for f in args.formats if f not in FORMATS]
     if bad or not args.formats:
         p.error(f"--formats: unknown {bad}; choose from {', '.join(FORMATS)}")
-    if args.dataset in ("imagenet", "cifar100", "digits") and not set(args.splits) <= {"train", "val"}:
+    if args.dataset != "folder" and not set(args.splits) <= {"train", "val"}:
         p.error(f"--splits: {args.dataset} has train and val only")
     d = DEFAULTS[args.dataset]
     try:
@@ -119,8 +122,8 @@ def parse_args(argv=None):
 def load_source(args) -> sources.DatasetSource:
     if args.dataset == "imagenet":
         return sources.imagenet_source(args.src, args.splits, args.val_labels, args.devkit, args.wnid_order)
-    if args.dataset == "cifar100":
-        return sources.cifar100_source(args.src, args.splits)
+    if args.dataset in sources.CIFAR_RELEASES:
+        return sources.cifar_source(args.dataset, args.src, args.splits)
     if args.dataset == "folder":
         return sources.folder_source(args.src, args.splits)
     return sources.digits_source(args.splits)

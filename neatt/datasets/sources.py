@@ -14,13 +14,13 @@ import pickle
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
 from .tar_index import ArchiveError, TarMember, index_tar, index_tar_of_tars, read_small_member
 
-__all__ = ["SourceError", "DatasetSource", "Sample", "imagenet_source", "cifar100_source", "folder_source",
+__all__ = ["SourceError", "DatasetSource", "Sample", "imagenet_source", "cifar_source", "folder_source",
            "digits_source", "render_digits", "DATASETS"]
 
 Sample = tuple  # (item: str | TarMember | np.ndarray, label: int)
@@ -75,9 +75,6 @@ def _archive_error(e: ArchiveError, path: str) -> SourceError:
     check = f" (image-net.org's md5 of it: {md5})" if md5 else ""
     return SourceError(f"{e}.\nCheck the download{check} and download it again if it differs.")
 
-CIFAR100_LAYOUT = """expected the official CIFAR-100 python release:
-  <src> = cifar-100-python.tar.gz, or a folder holding it, or the extracted folder
-  with the pickles train, test, meta (keys b'data', b'fine_labels', b'fine_label_names')"""
 
 FOLDER_LAYOUT = """expected an ImageFolder tree:
   <src>/<split>/<class>/<image>   (e.g. <src>/train/cat/001.jpg, <src>/val/cat/101.jpg)"""
@@ -268,22 +265,50 @@ def imagenet_source(src: str, splits=("train", "val"), val_labels: Optional[str]
     return ds
 
 
-# --------------------------------------------------------------------------------------------------- CIFAR-100
-def _cifar_pickles(src: str) -> dict:
-    """{'train'|'test'|'meta': unpickled dict with bytes keys} from the tar.gz or an extracted folder."""
-    names = ("train", "test", "meta")
+# --------------------------------------------------------------------------------------------------- CIFAR
+class CifarRelease(NamedTuple):
+    """One of the official CIFAR python releases (www.cs.toronto.edu/~kriz/cifar.html): pickled dicts with bytes
+    keys, ``b'data'`` uint8 (N, 3072), each row the R, G, B planes of a 32x32 image."""
+    title: str
+    archive: str  # the download
+    folder: str  # what it extracts to
+    train: tuple  # pickles of the train split, concatenated in this order
+    test: str  # the test set's pickle: the val split
+    meta: str
+    names_key: bytes  # class names in meta
+    labels_key: bytes
+
+    @property
+    def layout(self) -> str:
+        return (f"expected the official {self.title} python release:\n  <src> = {self.archive}, or a folder holding "
+                f"it, or the extracted folder {self.folder}\n  with the pickles {', '.join(self.train)}, {self.test}, "
+                f"{self.meta} (keys b'data', {self.labels_key!r}, {self.names_key!r})")
+
+
+CIFAR_RELEASES = {
+    "cifar10": CifarRelease("CIFAR-10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
+                            tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
+                            b"label_names", b"labels"),
+    "cifar100": CifarRelease("CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python", ("train",), "test", "meta",
+                             b"fine_label_names", b"fine_labels"),
+}
+
+
+def _cifar_pickles(src: str, release: CifarRelease) -> dict:
+    """{pickle name: unpickled dict with bytes keys} from the tar.gz or an extracted folder."""
+    names = (*release.train, release.test, release.meta)
     path = os.path.abspath(src)
     if os.path.isdir(path):
-        for d in (path, os.path.join(path, "cifar-100-python")):
+        for d in (path, os.path.join(path, release.folder)):
             if all(os.path.isfile(os.path.join(d, n)) for n in names):
                 out = {}
                 for n in names:
                     with open(os.path.join(d, n), "rb") as f:
                         out[n] = pickle.load(f, encoding="bytes")
                 return out
-        path = os.path.join(path, "cifar-100-python.tar.gz")
+        path = os.path.join(path, release.archive)
     if not os.path.isfile(path):
-        raise SourceError(f"{src}: no CIFAR-100 release found.\n{CIFAR100_LAYOUT}")
+        raise SourceError(f"{src}: no {release.title} release found.\n{release.layout}")
     out = {}
     try:
         with tarfile.open(path, "r:*") as tf:
@@ -292,28 +317,30 @@ def _cifar_pickles(src: str) -> dict:
                 if m.isfile() and base in names:
                     out[base] = pickle.load(tf.extractfile(m), encoding="bytes")
     except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError) as e:
-        raise SourceError(f"{path}: cannot read the archive ({e}).\n{CIFAR100_LAYOUT}") from None
+        raise SourceError(f"{path}: cannot read the archive ({e}).\n{release.layout}") from None
     if set(out) != set(names):
-        raise SourceError(f"{path}: missing {sorted(set(names) - set(out))} in the archive.\n{CIFAR100_LAYOUT}")
+        raise SourceError(f"{path}: missing {sorted(set(names) - set(out))} in the archive.\n{release.layout}")
     return out
 
 
-def cifar100_source(src: str, splits=("train", "val")) -> DatasetSource:
-    """CIFAR-100 fine labels; ``val`` is the official test set. Images are (N, 3072) uint8, CHW row-major."""
-    p = _cifar_pickles(src)
+def cifar_source(dataset: str, src: str, splits=("train", "val")) -> DatasetSource:
+    """CIFAR-10 or CIFAR-100 (``dataset``; CIFAR-100's fine labels); ``val`` is the official test set."""
+    release = CIFAR_RELEASES[dataset]
+    p = _cifar_pickles(src, release)
     try:
-        classes = [c.decode() for c in p["meta"][b"fine_label_names"]]
-        ds = DatasetSource("cifar100", classes, {}, os.path.abspath(src))
-        for split, key in (("train", "train"), ("val", "test")):
+        classes = [c.decode() for c in p[release.meta][release.names_key]]
+        ds = DatasetSource(dataset, classes, {}, os.path.abspath(src))
+        for split, names in (("train", release.train), ("val", (release.test,))):
             if split not in splits:
                 continue
-            data = np.asarray(p[key][b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            labels = [int(v) for v in p[key][b"fine_labels"]]
+            data = np.concatenate([np.asarray(p[n][b"data"], dtype=np.uint8) for n in names])
+            data = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            labels = [int(v) for n in names for v in p[n][release.labels_key]]
             if len(labels) != len(data):
-                raise SourceError(f"{src}: {key} has {len(data)} images but {len(labels)} labels")
+                raise SourceError(f"{src}: {split} has {len(data)} images but {len(labels)} labels")
             ds.splits[split] = [(np.ascontiguousarray(img), lab) for img, lab in zip(data, labels)]
     except (KeyError, ValueError) as e:
-        raise SourceError(f"{src}: unexpected pickle content ({e!r}).\n{CIFAR100_LAYOUT}") from None
+        raise SourceError(f"{src}: unexpected pickle content ({e!r}).\n{release.layout}") from None
     return ds
 
 
@@ -371,4 +398,4 @@ def digits_source(splits=("train", "val"), val_fraction: float = 0.2, seed: int 
     return ds
 
 
-DATASETS = ("imagenet", "cifar100", "folder", "digits")
+DATASETS = ("imagenet", *CIFAR_RELEASES, "folder", "digits")
