@@ -49,7 +49,7 @@ class Loader:
     def __init__(self, data_dir: str, manifest: dict, *, split: str, batch_size: int, image_size: int,
                  train: bool, rank: int, world_size: int, seed: int, device: torch.device, num_workers: int,
                  augment, crop_pct: float, drop_last: bool, scale: Tuple[float, float],
-                 ratio: Tuple[float, float], hflip: float, repeats: int = 1):
+                 ratio: Tuple[float, float], hflip: float, repeats: int = 1, interpolation: str = "bicubic"):
         self.data_dir = data_dir
         self.manifest = manifest
         self.split = split
@@ -64,6 +64,7 @@ class Loader:
         self.crop_pct = crop_pct
         self.scale, self.ratio = tuple(scale), tuple(ratio)  # random-resized-crop ranges (pipelines.crop)
         self.hflip = hflip if train else 0.0  # probability of pipelines.crop.flip_flags
+        self.interpolation = interpolation if train else "bicubic"  # of the crops' resize (pipelines.crop)
         self.num_samples = int(manifest["splits"][split]["count"])
         self.repeats = repeats
         self.order = ShardedOrder(self.num_samples, rank=rank, world_size=world_size, batch_size=batch_size,
@@ -207,8 +208,10 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         Decoding processes/threads.
     augment : pipelines.augment.AugmentConfig, optional
         On-device augmentation and normalization; ``None`` uses ``AugmentConfig()``. Its ``hflip`` is applied
-        by the backend as it writes each crop (``pipelines.crop.flip_flags``). Val uses only its mean/std; its
-        ``img_size`` is set to ``image_size``.
+        by the backend as it writes each crop (``pipelines.crop.flip_flags``), and its ``interpolation`` (timm's
+        ``--train-interpolation``: bicubic, bilinear or random per image) by the crops' resize as well as the aa.
+        Val uses only its mean/std (and resizes bicubic, as timm's eval transform for ViTs); its ``img_size`` is
+        set to ``image_size``.
     crop_pct : float
         Val: resize the shorter side to ``floor(image_size / crop_pct)``, then center-crop.
     drop_last : bool, optional
@@ -278,4 +281,4 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         data_dir, manifest, split=split, batch_size=batch_size, image_size=image_size, train=train,
         rank=rank, world_size=world_size, seed=seed, device=device, num_workers=num_workers,
         augment=DeviceAugment(augment), crop_pct=crop_pct, drop_last=train if drop_last is None else drop_last,
-        scale=scale, ratio=ratio, hflip=hflip, repeats=repeats)
+        scale=scale, ratio=ratio, hflip=hflip, repeats=repeats, interpolation=augment.interpolation)

@@ -9,7 +9,8 @@ torchvision's ``RandomResizedCrop.get_params`` algorithm (10 tries, then the cla
 timm's defaults ``scale=(0.08, 1)``, ``ratio=(3/4, 4/3)``.
 
 The horizontal flip that follows the crop in timm's train transform is drawn the same way (``flip_flags``), so
-that the decoders can write the crop mirrored at no cost, as FFCV and DALI pipelines do.
+that the decoders can write the crop mirrored at no cost, as FFCV and DALI pipelines do; so is the resize filter
+of timm's ``--train-interpolation random`` (``bilinear_flags``: bilinear or bicubic, one each half the time).
 
 Val geometry follows timm's eval transform: resize the shorter side to ``floor(image_size / crop_pct)``
 (bicubic), then center-crop ``image_size``.
@@ -19,12 +20,15 @@ from typing import Tuple
 
 import numpy as np
 
-__all__ = ["DEFAULT_SCALE", "DEFAULT_RATIO", "hash_uniform", "rrc_windows", "flip_flags", "eval_resize_geometry"]
+__all__ = ["DEFAULT_SCALE", "DEFAULT_RATIO", "INTERPOLATIONS", "hash_uniform", "rrc_windows", "flip_flags",
+           "bilinear_flags", "eval_resize_geometry"]
 
 DEFAULT_SCALE = (0.08, 1.0)
 DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 _NUM_TRIES = 10
 _FLIP_DRAW = _NUM_TRIES * 4  # the first draw number after the crop's
+_INTERPOLATION_DRAW = _FLIP_DRAW + 1
+INTERPOLATIONS = ("bicubic", "bilinear", "random")  # timm's --train-interpolation values the loaders implement
 _U64 = np.uint64
 
 
@@ -85,6 +89,18 @@ def flip_flags(indices, seed: int, epoch: int, p: float) -> np.ndarray:
     """Whether sample ``indices[k]`` is flipped horizontally in ``epoch`` (bool, shape (n,)), with probability ``p``."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     return hash_uniform(seed, epoch, indices, _FLIP_DRAW) < p
+
+
+def bilinear_flags(indices, seed: int, epoch: int, interpolation: str) -> np.ndarray:
+    """Whether sample ``indices[k]``'s crop is resized bilinearly rather than bicubically in ``epoch`` (bool, shape
+    (n,)): never for ``'bicubic'``, always for ``'bilinear'``, half the time for ``'random'`` (timm's
+    ``RandomResizedCropAndInterpolation`` picks one of the two per image)."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation={interpolation!r} must be one of {INTERPOLATIONS}")
+    if interpolation != "random":
+        return np.full(len(indices), interpolation == "bilinear")
+    return hash_uniform(seed, epoch, indices, _INTERPOLATION_DRAW) < 0.5
 
 
 def eval_resize_geometry(height: int, width: int, image_size: int, crop_pct: float):

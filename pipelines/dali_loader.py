@@ -4,8 +4,8 @@ The JPEG bytes are read from the webdataset shards through their index (``pipeli
 with ``fn.external_source`` in the order ``pipelines.sharding`` gives, together with each sample's window from
 ``pipelines.crop``: DALI's own readers and random-crop decoders shuffle and draw crops on their own, which
 would break the shared order and exact resume. The window is applied as the ROI of ``fn.resize``
-(``INTERP_CUBIC``, antialiased): train the random-resized-crop window, val the center crop of timm's eval
-resize expressed in source pixels.
+(``INTERP_CUBIC``, or per sample ``INTERP_LINEAR`` for ``--train-interpolation bilinear/random``, antialiased):
+train the random-resized-crop window, val the center crop of timm's eval resize expressed in source pixels.
 
 ``device='cuda'``: ``fn.decoders.image(device='mixed')`` (nvJPEG) and the resize run on the GPU.
 ``device='cpu'``: the same graph with CPU operators and ``device_id=None``, so no CUDA call is ever made.
@@ -23,10 +23,12 @@ from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
 from .base import Loader
-from .crop import eval_resize_geometry, flip_flags, rrc_windows
+from .crop import bilinear_flags, eval_resize_geometry, flip_flags, rrc_windows
 from .shard_reader import ShardReader
 
 __all__ = ["DaliLoader"]
+
+_CUBIC, _LINEAR = np.array([int(types.INTERP_CUBIC), int(types.INTERP_LINEAR)], np.int32)  # per-sample filters
 
 
 class DaliLoader(Loader):
@@ -63,8 +65,9 @@ class DaliLoader(Loader):
             jpegs = [self.reader.jpeg(int(i)) for i in idx]
             roi_start, roi_end = self._windows(key, epoch, jpegs)
             flips = flip_flags(key, self.seed, epoch, self.hflip).astype(np.int32)
+            filters = np.where(bilinear_flags(key, self.seed, epoch, self.interpolation), _LINEAR, _CUBIC)
             yield ([np.frombuffer(j, dtype=np.uint8) for j in jpegs], list(roi_start), list(roi_end),
-                   list(self.reader.labels[idx].reshape(-1, 1)), list(flips))
+                   list(self.reader.labels[idx].reshape(-1, 1)), list(flips), list(filters))
 
     def _pipeline(self, source) -> Pipeline:
         cuda = self.device.type == "cuda"
@@ -72,12 +75,13 @@ class DaliLoader(Loader):
                         device_id=(self.device.index or 0) if cuda else None, seed=self.seed,
                         prefetch_queue_depth=2)
         with pipe:
-            jpegs, roi_start, roi_end, labels, flips = fn.external_source(
-                source=source, num_outputs=5, batch=True,
-                dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64, types.INT32])
+            jpegs, roi_start, roi_end, labels, flips, filters = fn.external_source(
+                source=source, num_outputs=6, batch=True,
+                dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64, types.INT32, types.INT32])
+            filters = fn.cast(filters, dtype=types.INTERP_TYPE)  # external_source cannot be fed DALIInterpType
             images = fn.decoders.image(jpegs, device="mixed" if cuda else "cpu", output_type=types.RGB)
             images = fn.resize(images, size=[self.image_size, self.image_size], roi_start=roi_start,
-                               roi_end=roi_end, roi_relative=False, interp_type=types.INTERP_CUBIC,
+                               roi_end=roi_end, roi_relative=False, interp_type=filters,
                                antialias=True, dtype=types.UINT8)
             images = fn.flip(images, horizontal=flips, vertical=0)
             pipe.set_outputs(images, labels)

@@ -10,7 +10,8 @@ Two things differ from FFCV's stock ``RandomResizedCropRGBImageDecoder``, on pur
 * Interpolation. The stock decoders resize with OpenCV's ``INTER_AREA`` (checked: ``ffcv.libffcv.resize_crop``
   equals ``cv2.resize(..., INTER_AREA)`` exactly). Here the resize is Pillow's antialiased bicubic
   (``ImagingResample``: 22-bit fixed-point coefficients, two passes with 8-bit results, in Pillow's order;
-  rewritten for numba), which is what timm's torchvision transforms use. It equals Pillow's resize bit for bit.
+  rewritten for numba), which is what timm's torchvision transforms use (or its bilinear filter, for
+  ``--train-interpolation bilinear`` or ``random``). It equals Pillow's resize bit for bit.
   Exact is not slow here: the loops are ordered so that both passes vectorize, and the resize costs about a third
   of OpenCV's ``INTER_AREA`` at these scales (0.34 against 1.08 ms for a typical 224 px crop of a 400x350 photo).
 * Decoding. FFCV's ``imdecode`` decodes the whole JPEG with libjpeg-turbo's fast IDCT, a few levels off Pillow's
@@ -45,7 +46,7 @@ from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from .augment.cpu_kernels import pack_row
 from .base import Loader
-from .crop import eval_resize_geometry, flip_flags, rrc_windows
+from .crop import bilinear_flags, eval_resize_geometry, flip_flags, rrc_windows
 
 try:
     from . import _jpeg_window
@@ -54,7 +55,7 @@ except ImportError as e:
                       ".` in the repository) on a machine with libjpeg's headers (apt: libjpeg-dev)",
                       name="pipelines._jpeg_window") from e
 
-__all__ = ["FfcvLoader", "TableCropDecoder", "resample_bicubic"]
+__all__ = ["FfcvLoader", "TableCropDecoder", "resample"]
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
 _HALF = 1 << (_PRECISION_BITS - 1)  # rounds the fixed-point sums
@@ -94,13 +95,20 @@ def _bicubic(x):
     return 0.0
 
 
-@njit(types.Tuple((types.int64[:, ::1], types.int64[:, ::1]))(_I64, _I64, _I64, _I64), cache=True)
-def _coeffs(in_size, out_size, first, count):
+@njit(types.float64(types.float64), cache=True)
+def _triangle(x):
+    x = abs(x)
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+@njit(types.Tuple((types.int64[:, ::1], types.int64[:, ::1]))(_I64, _I64, _I64, _I64, _I64), cache=True)
+def _coeffs(in_size, out_size, first, count, bilinear):
     """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for output positions ``first .. first+count``
-    of an ``in_size -> out_size`` bicubic resize: (bounds (count, 2) = start, taps; int64 fixed-point weights)."""
+    of an ``in_size -> out_size`` bicubic (or, if ``bilinear``, bilinear: Pillow's triangle filter of support 1)
+    resize: (bounds (count, 2) = start, taps; int64 fixed-point weights)."""
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
-    support = 2.0 * filterscale
+    support = (1.0 if bilinear else 2.0) * filterscale
     ksize = int(math.ceil(support)) * 2 + 1
     bounds = np.zeros((count, 2), np.int64)
     kk = np.zeros((count, ksize), np.int64)
@@ -117,7 +125,8 @@ def _coeffs(in_size, out_size, first, count):
         xmax -= xmin
         ww = 0.0
         for x in range(xmax):
-            w[x] = _bicubic((x + xmin - center + 0.5) * ss)
+            arg = (x + xmin - center + 0.5) * ss
+            w[x] = _triangle(arg) if bilinear else _bicubic(arg)
             ww += w[x]
         for x in range(xmax):
             k = w[x] / ww if ww != 0.0 else w[x]
@@ -183,13 +192,13 @@ def _horizontal_pass(rows, first, cols, bounds, weights, col0, flip, out):
             out[r, xo], out[r, xo + 1], out[r, xo + 2] = pixels[4 * r], pixels[4 * r + 1], pixels[4 * r + 2]
 
 
-@njit([types.void(src, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _U8_HWC)
+@njit([types.void(src, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _U8_HWC)
        for src in (_U8_HWC, _U8_HWC_RO)], cache=True, nogil=True)
-def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
-    """Pillow's bicubic resize of ``src[y0:y0+h, x0:x0+w]`` (HWC uint8) to ``out_h x out_w``, writing the
-    ``dst.shape[:2]`` window at ``(oy, ox)`` of the result into ``dst``, mirrored left-right if ``flip``: train
-    passes the crop and ``out = dst size``; val passes the whole image, the resized size and the center-crop
-    offset.
+def resample(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, bilinear, dst):
+    """Pillow's bicubic (``bilinear``: bilinear) resize of ``src[y0:y0+h, x0:x0+w]`` (HWC uint8) to
+    ``out_h x out_w``, writing the ``dst.shape[:2]`` window at ``(oy, ox)`` of the result into ``dst``, mirrored
+    left-right if ``flip``: train passes the crop and ``out = dst size``; val passes the whole image, the resized
+    size and the center-crop offset.
 
     Pillow's arithmetic (int32 sums of 8-bit pixels times 22-bit weights, rounded and clipped to 8 bits after
     each pass), and Pillow's order of the two passes (``ImagingResampleInner`` since Pillow 13: vertical first when
@@ -198,8 +207,8 @@ def resample_bicubic(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, dst):
     order, so this is bit-exact.
     """
     oh, ow = dst.shape[0], dst.shape[1]
-    hb, hk64 = _coeffs(w, out_w, ox, ow)
-    vb, vk64 = _coeffs(h, out_h, oy, oh)
+    hb, hk64 = _coeffs(w, out_w, ox, ow, bilinear)
+    vb, vk64 = _coeffs(h, out_h, oy, oh, bilinear)
     hk, vk = hk64.astype(np.int32), vk64.astype(np.int32)
     row0 = vb[0, 0]  # the source rows and columns that the output window reads
     rows = vb[oh - 1, 0] + vb[oh - 1, 1] - row0
@@ -226,13 +235,13 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
     output_size : tuple of int
         (height, width) of the output.
     table : np.ndarray
-        int64 ``(num_samples, 9)``: ``y0, x0, h, w, out_h, out_w, oy, ox, flip`` per sample (see
-        ``resample_bicubic``). The loader rewrites it in place between epochs; it must outlive the loader.
+        int64 ``(num_samples, 10)``: ``y0, x0, h, w, out_h, out_w, oy, ox, flip, bilinear`` per sample (see
+        ``resample``). The loader rewrites it in place between epochs; it must outlive the loader.
     """
 
     def __init__(self, output_size, table: np.ndarray):
         super().__init__(output_size)
-        assert table.dtype == np.int64 and table.flags.c_contiguous and table.shape[1] == 9
+        assert table.dtype == np.int64 and table.flags.c_contiguous and table.shape[1] == 10
         self.table = table
 
     def generate_code(self):
@@ -243,7 +252,7 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
-            table = carray(_voidptr(address), (num_rows, 9), np.int64)
+            table = carray(_voidptr(address), (num_rows, 10), np.int64)
             # one image at a time to whichever thread is free: crops differ in cost, and numba's default even
             # split of a batch left a thread idle at its end (FFCV's own decoders keep that split)
             chunk_size = set_parallel_chunksize(1)
@@ -264,7 +273,7 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
                     image = image_data.reshape(np.int64(field["height"]), width, 3)
                     y0, x0 = t[0], t[1]
                 if x0 >= 0:
-                    resample_bicubic(image, y0, x0, t[2], t[3], t[4], t[5], t[6], t[7], t[8], destination[dst_ix])
+                    resample(image, y0, x0, t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], destination[dst_ix])
                 else:  # counted, raised after the loop: a raise inside it would stop numba running it in parallel
                     failures += 1
             set_parallel_chunksize(chunk_size)
@@ -316,7 +325,7 @@ class FfcvLoader(Loader):
     def __init__(self, data_dir: str, manifest: dict, **kwargs):
         super().__init__(data_dir, manifest, **kwargs)
         path = os.path.join(data_dir, manifest["formats"]["ffcv"][self.split]["file"])
-        self.table = np.zeros((self.num_samples, 9), np.int64)
+        self.table = np.zeros((self.num_samples, 10), np.int64)
         size = (self.image_size, self.image_size)
         cuda = self.device.type == "cuda"
         to_device = [ToDevice(self.device, non_blocking=True)] if cuda else []
@@ -340,7 +349,7 @@ class FfcvLoader(Loader):
             for i in range(self.num_samples):
                 rh, rw, top, left = eval_resize_geometry(self._heights[i], self._widths[i], self.image_size,
                                                          self.crop_pct)
-                self.table[i] = 0, 0, self._heights[i], self._widths[i], rh, rw, top, left, 0
+                self.table[i] = 0, 0, self._heights[i], self._widths[i], rh, rw, top, left, 0, 0
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         indices, keys = self.order.remaining_with_keys(epoch, start_batch)
@@ -356,6 +365,7 @@ class FfcvLoader(Loader):
             self.table[indices, 4:6] = self.image_size
             self.table[indices, 6:8] = 0
             self.table[indices, 8] = flip_flags(keys, self.seed, epoch, self.hflip)
+            self.table[indices, 9] = bilinear_flags(keys, self.seed, epoch, self.interpolation)
         order = _PlannedOrder(self._ffcv)
         order.indices = indices.astype(np.uint64)
         self._ffcv.traversal_order = order

@@ -2,7 +2,8 @@
 
 A plain ``torch.utils.data.DataLoader`` whose sampler is this rank's slice of the epoch order
 (``pipelines.sharding``, DistributedSampler semantics), decoding with PIL and transforming with torchvision:
-train ``resized_crop`` (bicubic) with the window from ``pipelines.crop.rrc_windows``, val timm's eval transform
+train ``resized_crop`` (bicubic, or bilinear per ``pipelines.crop.bilinear_flags``) with the window from
+``pipelines.crop.rrc_windows``, val timm's eval transform
 ``Resize(floor(image_size / crop_pct), bicubic)`` + ``CenterCrop(image_size)``. It reads the JPEG bytes of the
 DALI webdataset shards through their index (``pipelines.shard_reader``), so it works for every converted dataset.
 """
@@ -19,7 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from .base import Loader
-from .crop import flip_flags, rrc_windows
+from .crop import bilinear_flags, flip_flags, rrc_windows
 from .shard_reader import ShardReader
 
 __all__ = ["TorchLoader"]
@@ -27,14 +28,15 @@ __all__ = ["TorchLoader"]
 
 class _JpegDataset(Dataset):
     """Item ``(index, crop key, epoch, train size)`` -> (uint8 HWC crop, label); the crop key and epoch fix the
-    crop, the train size its side length (the items carry it: the persistent workers hold copies of this object)."""
+    crop and its resize filter, the train size its side length (the items carry it: the persistent workers hold
+    copies of this object)."""
 
     def __init__(self, reader: ShardReader, image_size: int, train: bool, crop_pct: float, seed: int,
-                 scale: Tuple[float, float], ratio: Tuple[float, float], hflip: float):
+                 scale: Tuple[float, float], ratio: Tuple[float, float], hflip: float, interpolation: str):
         self.reader = reader
         self.train = train
         self.seed = seed
-        self.scale, self.ratio, self.hflip = scale, ratio, hflip
+        self.scale, self.ratio, self.hflip, self.interpolation = scale, ratio, hflip, interpolation
         self.eval_transform = transforms.Compose([
             transforms.Resize(math.floor(image_size / crop_pct), interpolation=InterpolationMode.BICUBIC),
             transforms.CenterCrop(image_size),
@@ -49,8 +51,9 @@ class _JpegDataset(Dataset):
         if self.train:
             top, left, h, w = (int(v) for v in rrc_windows([img.height], [img.width], [key], self.seed, epoch,
                                                                 self.scale, self.ratio)[0])
+            bilinear = bilinear_flags([key], self.seed, epoch, self.interpolation)[0]
             img = F.resized_crop(img, top, left, h, w, [train_size, train_size],
-                                 interpolation=InterpolationMode.BICUBIC)
+                                 interpolation=InterpolationMode.BILINEAR if bilinear else InterpolationMode.BICUBIC)
             if flip_flags([key], self.seed, epoch, self.hflip)[0]:
                 img = F.hflip(img)
         else:
@@ -87,7 +90,7 @@ class TorchLoader(Loader):
             raise ValueError(f"{data_dir}: DALI shards of {self.split!r} hold {len(reader)} samples, manifest "
                              f"says {self.num_samples}; re-run tools/convert_datasets.py with --force")
         self.dataset = _JpegDataset(reader, self.image_size, self.train, self.crop_pct, self.seed, self.scale,
-                                    self.ratio, self.hflip)
+                                    self.ratio, self.hflip, self.interpolation)
         self._keys = _PassKeys()
         # The workers draw nothing random (crops come from the keys), but DataLoader still takes a base seed at
         # iter(): from its own generator here, so that reading data never moves torch's global RNG.

@@ -4,6 +4,7 @@ References are independent of pipelines/: labels and pixels in stored order from
 tests/datasets_builders.py (stock FFCV Loader, DALI's webdataset reader), torchvision/PIL for the transforms,
 and pipelines.sharding (tested in test_sharding.py) for which samples a rank reads.
 """
+import dataclasses
 import hashlib
 import io
 import json
@@ -284,6 +285,27 @@ def test_non_square_photos_same_geometry_in_every_backend(tmp_path):
                     assert torch.equal(xa, xb), split
                 else:
                     assert (xa.int() - xb.int()).abs().float().mean() < 4.0, (b, split)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "random"])
+def test_train_interpolation_is_the_same_in_every_backend(digits, interpolation):
+    """timm's --train-interpolation: FFCV's crops equal torchvision's bit for bit (Pillow's bilinear, or per image
+    bilinear or bicubic). In torchvision's and DALI's batches, every image is exactly that backend's bicubic or
+    bilinear crop, both pick the same filter for the same image, and with 'random' both filters occur."""
+    def epoch(backend, f):
+        return _uint8_epoch(_build(digits, backend, augment=dataclasses.replace(TRAIN_AUG, interpolation=f)), 2)
+
+    out = {b: epoch(b, interpolation) for b in BACKENDS}
+    _assert_same_batches(out["ffcv"], out["torch"])
+    picked = {}
+    for b in ("torch", "dali"):
+        got = torch.cat([x for x, _ in out[b]])
+        same = {f: (got == torch.cat([x for x, _ in epoch(b, f)])).flatten(1).all(1) for f in ("bicubic", "bilinear")}
+        assert (same["bicubic"] | same["bilinear"]).all(), b
+        picked[b] = same["bilinear"] & ~same["bicubic"]  # images a filter leaves unchanged count as both
+    assert torch.equal(picked["torch"], picked["dali"])
+    share = picked["torch"].float().mean()
+    assert share > 0.9 if interpolation == "bilinear" else 0.3 < share < 0.7
 
 
 # ----------------------------------------------------------------------------------------------- bad input

@@ -175,20 +175,21 @@ def test_aug_repeats_needs_as_many_processes(tmp_path):
 
 
 def test_train_loader_gets_the_aa_and_color_jitter_and_val_neither(tmp_path, monkeypatch):
-    """--aa 3a --color-jitter 0.3 (DeiT III) reach the train loader's augmentation; the val loader gets neither."""
+    """--aa 3a --color-jitter 0.3 (DeiT III) and --train-interpolation reach the train loader's augmentation; the
+    val loader gets none of them."""
     import neatt.train.build as build
     import pipelines.base
     from neatt.train.distributed import DistInfo
     seen = {}
     monkeypatch.setattr(pipelines.base, 'build_loader',
                         lambda data_dir, split, **kw: seen.setdefault(split, kw['augment']))
-    cfg = tiny_config(tmp_path, aa='3a', color_jitter=0.3)
+    cfg = tiny_config(tmp_path, aa='3a', color_jitter=0.3, train_interpolation='random')
     model = build.create_model(cfg.model)
     dist = DistInfo(0, 0, 1, torch.device('cpu'))
     build.build_loader_for(cfg, 'train', model, dist, 16, train=True)
     build.build_loader_for(cfg, 'val', model, dist, 16, train=False)
-    assert (seen['train'].aa, seen['train'].color_jitter) == ('3a', 0.3)
-    assert (seen['val'].aa, seen['val'].color_jitter) == (None, 0.0)
+    assert (seen['train'].aa, seen['train'].color_jitter, seen['train'].interpolation) == ('3a', 0.3, 'random')
+    assert (seen['val'].aa, seen['val'].color_jitter, seen['val'].interpolation) == (None, 0.0, 'bicubic')
 
 
 @pytest.mark.parametrize('sched,flags,factors', [

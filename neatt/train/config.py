@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from pipelines.base import BACKENDS as LOADER_BACKENDS
+from pipelines.crop import INTERPOLATIONS
 
 __all__ = [
     'Config', 'ModelConfig', 'DataConfig', 'AugConfig', 'OptimConfig', 'EmaConfig', 'RunConfig',
@@ -75,8 +76,9 @@ class DataConfig:
     workers: int = _opt(2, 'loader worker processes / threads per rank', '-j', '--workers')
     crop_pct: float = _opt(0.875, 'eval: resize to img_size / crop_pct, then center crop')
     train_interpolation: str = _opt(
-        'bicubic', 'resize interpolation; the loaders implement bicubic (the seed recipe) only',
-        choices=('bicubic',))
+        'bicubic', "train resize filter (timm's --train-interpolation), of the crops and of the aa's geometric ops: "
+                   "bicubic (the seed recipe, DeiT), bilinear, or random (one of the two per image, timm's default). "
+                   "Eval resizes bicubic", choices=INTERPOLATIONS)
     color_jitter: float = _opt(0.0, "color jitter strength x (timm's): brightness, contrast and saturation at "
                                     "factors U(1 - x, 1 + x) in random order, after the aa (torchvision's "
                                     "ColorJitter). timm applies it without --aa or with --aa 3a only (DeiT III: "
@@ -109,7 +111,7 @@ class DataConfig:
         if self.min_res and (self.end_ramp < self.start_ramp or not self.end_ramp):
             raise ValueError(f'--min-res needs --end-ramp, the first epoch at --max-res, at or after --start-ramp '
                              f'(got --start-ramp {self.start_ramp} --end-ramp {self.end_ramp})')
-        _check_choice('train_interpolation', self.train_interpolation, ('bicubic',))
+        _check_choice('train_interpolation', self.train_interpolation, INTERPOLATIONS)
         if self.color_jitter < 0:
             raise ValueError(f'--color-jitter must be >= 0, got {self.color_jitter}')
         if self.workers < 0:
