@@ -1,8 +1,8 @@
 """pipelines.crop and the FFCV backend's resampler, against torchvision/Pillow as the reference.
 
-The resampler is Pillow's bicubic (or bilinear) ``ImagingResample`` (two passes with 8-bit results, in Pillow 13's order: the
-vertical pass first when the height shrinks by more than twice the width's pixels). The reference is what
-torchvision calls, Pillow's one-call resize, bit for bit.
+The resampler is Pillow's bicubic (or bilinear) ``ImagingResample`` (two passes with 8-bit results, in Pillow 13's
+order: the vertical pass first when the height shrinks by more than twice the width's pixels). The reference is
+what torchvision calls, Pillow's one-call resize, bit for bit.
 """
 import math
 
