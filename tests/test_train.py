@@ -247,8 +247,8 @@ def test_model_ema_warmup_ramps_the_decay(tmp_path, digits, monkeypatch, warmup,
 
 def test_checkpoint_hist_keeps_the_best_epochs(tmp_path, digits, monkeypatch):
     """--checkpoint-hist 2 with val top-1 50, 70, 60, 80, 65 over five epochs: checkpoint-3 and checkpoint-1 stay
-    (epoch 0's and 2's were deleted when they fell out; epoch 4's never made it), each the checkpoint of its epoch,
-    and the last checkpoint records that ranking for a resume."""
+    (epoch 0's and 2's were deleted when they fell out; epoch 4's never made it), each the checkpoint of its epoch
+    with its top-1 as timm's 'metric', and the last checkpoint records that ranking for a resume."""
     scores = iter([50.0, 70.0, 60.0, 80.0, 65.0])
     monkeypatch.setattr(Trainer, 'evaluate', lambda self, model: {'top1': next(scores), 'top5': 100.0, 'loss': 1.0,
                                                                   'count': 1})
@@ -256,9 +256,10 @@ def test_checkpoint_hist_keeps_the_best_epochs(tmp_path, digits, monkeypatch):
     _train(cfg, digits)
     run_dir = tmp_path / 'runs' / 't'
     assert sorted(p.name for p in run_dir.glob('checkpoint-*')) == ['checkpoint-1.pth.tar', 'checkpoint-3.pth.tar']
-    for epoch in (1, 3):
-        assert torch.load(run_dir / f'checkpoint-{epoch}.pth.tar', map_location='cpu', weights_only=False)['epoch'] \
-            == epoch
+    for epoch, top1 in ((1, 70.0), (3, 80.0)):  # timm's keys: its avg_checkpoints.py ranks the files by 'metric'
+        ckpt = torch.load(run_dir / f'checkpoint-{epoch}.pth.tar', map_location='cpu', weights_only=False)
+        assert (ckpt['epoch'], ckpt['metric']) == (epoch, top1)
+    assert (_ckpt(cfg)['metric'], torch.load(run_dir / BEST, weights_only=False)['metric']) == (65.0, 80.0)
     assert _ckpt(cfg)['train_state']['history'] == [[80.0, 3], [70.0, 1]]
     resumed = Trainer(apply_overrides(cfg, {'resume': str(run_dir)}), loaders=_loaders(digits, 16),
                       log=lambda m: None)

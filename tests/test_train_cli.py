@@ -105,6 +105,29 @@ def test_sigterm_from_outside_checkpoints_and_exits_zero(digits_dir, tmp_path):
     assert ckpt['step'] >= 3 and _summary(tmp_path / 'p')['status'] == 'preempted'
 
 
+@pytest.mark.slow
+def test_torchrun_two_processes_through_ffcv_equal_one_process_with_the_same_global_batch(digits_dir, tmp_path):
+    """The README's torchrun command on CPU (gloo): 2 processes x 64 images through the FFCV loader train the
+    weights that 1 process x 128 trains, since each global batch holds the same samples with the same crops
+    (pipelines.sharding, pipelines.crop) and DDP averages the gradients; with SGD, no noise and no augmentation
+    the two runs differ only by float summation order. Rank 0 alone writes the run directory."""
+    flags = ['--data-dir', digits_dir, '--output', tmp_path, '--backend', 'ffcv', '--epochs', '1', '--opt', 'sgd',
+             '--lr', '0.05', '--no-model-ema', *tiny_flags(), '--model-kwargs', 'neatt_sigma=0.0']
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    two = subprocess.run([PYTHON, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                          str(REPO / 'train_fast.py'), *map(str, flags), '--experiment', 'two', '-b', '64'],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run_cli(*flags, '--experiment', 'one', '-b', '128', timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert '2 process(es) on cpu' in two.stdout + two.stderr and 'global batch 128' in two.stdout + two.stderr
+    a, b = (torch.load(tmp_path / name / LAST, map_location='cpu', weights_only=False) for name in ('two', 'one'))
+    assert a['step'] == b['step'] == 1437 // 128 and len(a['loader']) == 2 and len(b['loader']) == 1
+    for name, tensor in b['state_dict'].items():
+        torch.testing.assert_close(a['state_dict'][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert _summary(tmp_path / 'two')['best_top1'] == pytest.approx(_summary(tmp_path / 'one')['best_top1'], abs=0.3)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 def _assert_user_error(r, *fragments):

@@ -159,6 +159,7 @@ class Trainer:
 
         self.epoch, self.batches_done, self.step = 0, 0, 0
         self.best = {'top1': -1.0, 'epoch': -1, 'which': None}
+        self.epoch_metric = None  # val top-1 of the last evaluated epoch (the better of model and EMA)
         self.history = []  # [(top1, epoch)] of the checkpoint-<epoch>.pth.tar files kept, best first
         self._loader_state = None
         if resume_ckpt is not None:
@@ -304,6 +305,7 @@ class Trainer:
         ts = ckpt['train_state']
         self.best = ts['best']
         self.history = [tuple(h) for h in ts.get('history', [])]
+        self.epoch_metric = ckpt.get('metric')
         if self._saved_world_size != self.dist.world_size:
             self._resume_elastic(ts)
             return
@@ -348,7 +350,7 @@ class Trainer:
             'train_state': {'epoch': self.epoch, 'batches_done': self.batches_done, 'step': self.step,
                             'best': dict(self.best), 'history': [list(h) for h in self.history]},
             'config': config_to_dict(self.cfg),
-            'metric': self.best['top1'],
+            'metric': self.epoch_metric,  # timm's: the last evaluated epoch's top-1 (its avg_checkpoints ranks by it)
         }
 
     def save(self, *names: str) -> None:
@@ -506,6 +508,7 @@ class Trainer:
             values.update({f'{prefix}{k}': v for k, v in m.items() if k != 'count'})
         self.loggers.log('eval', self.step, values)
         which, m = max(metrics.items(), key=lambda kv: kv[1]['top1'])
+        self.epoch_metric = m['top1']
         improved = m['top1'] > self.best['top1']
         if improved:
             self.best = {'top1': m['top1'], 'top5': m['top5'], 'epoch': self.epoch, 'which': which}
