@@ -2,8 +2,9 @@
 # The GPU measurements still open (docs/benchmarks.md, "To measure on a GPU"), for a machine with one H100/H200
 # and torch, from the repo root. Figures and logs go to $OUT (default gpu-out/).
 #   measure_gpu.sh stash   keep the .gpu/dali/part.* this call carried in /tmp/dali (the parts come one per call)
-#   measure_gpu.sh model   the Ne-Att CUDA tests; bench_model (ViT-B/16, bf16, batch 64) of this tree, then of each
-#                          baseline tree .gpu/base* (git archive REV neatt tools) that the call carried
+#   measure_gpu.sh model   the Ne-Att CUDA tests; the augmentation at batch 64; bench_model (ViT-B/16, bf16, batch 64)
+#                          of this tree, then of each baseline tree .gpu/base* (git archive REV neatt tools) that the
+#                          call carried
 #   measure_gpu.sh kernel  the fused kernels alone (kernel_ab.py): this tree with its launch settings, with the
 #                          forward at 64 keys / 4 warps, with the backward at 32 keys / 4 warps / 2 programs per SM,
 #                          and each .gpu/base* tree; two rounds, alternating
@@ -30,6 +31,9 @@ model)
     # the CUDA tests only (the interpreted kernel run and the CPU tests are CI's)
     python3 -m pytest -q -p no:cacheprovider tests/test_mix_softmax_triton.py tests/test_augment.py \
         -k 'not interpreter and (cuda or not test_augment.py)' 2>&1 | log pytest_model.txt
+    # the recipe's augmentation (v0, erasing 0.5) at its per-GPU batch of 64: GPU time the train step spends on it
+    python3 tools/bench_augment.py --device cuda --batch-size 64 --images 512 --rounds 3 --reprob 0.5 \
+        --json "$OUT/bench_augment_b64.json" 2>&1 | log bench_augment_b64.txt
     for tree in . .gpu/base*; do
         [ -f "$tree/tools/bench_model.py" ] || continue
         name=$([ "$tree" = . ] && echo head || basename "$tree")
