@@ -14,7 +14,7 @@ from neatt.train.config import apply_overrides
 from neatt.train.loop import NonFiniteLossError, Trainer, UserInputError
 from neatt.train.metrics import topk_correct
 
-from _train_data import DigitsLoader, ResizingDigitsLoader, digits_tensors, tiny_config
+from _train_data import REPO, DigitsLoader, ResizingDigitsLoader, digits_tensors, tiny_config
 
 N_TRAIN, N_VAL = 64, 37  # 37 val samples: uneven shards under 2 ranks
 
@@ -265,6 +265,53 @@ def test_checkpoint_hist_keeps_the_best_epochs(tmp_path, digits, monkeypatch):
                       log=lambda m: None)
     assert resumed.history == [(80.0, 3), (70.0, 1)]
     resumed.close()
+
+
+def test_avg_checkpoints_averages_the_best_epochs_ema_weights(tmp_path, digits, monkeypatch, capsys):
+    """tools/avg_checkpoints.py on a --checkpoint-hist 3 run scored 50, 70, 60, 80: -n 2 averages the EMA weights
+    of epochs 3 and 1 (the mean written out in float64 here), into a checkpoint that timm's load_checkpoint and
+    Ne-Att's model read; user mistakes exit 2 and write nothing."""
+    import sys
+    import timm
+    sys.path.insert(0, str(REPO / 'tools'))
+    import avg_checkpoints
+    scores = [50.0, 70.0, 60.0, 80.0]  # per epoch, the model's and the EMA's
+    monkeypatch.setattr(Trainer, 'evaluate', lambda self, model: {'top1': scores[self.epoch], 'top5': 100.0,
+                                                                  'loss': 1.0, 'count': 1})
+    cfg = tiny_config(tmp_path, checkpoint_hist=3, epochs=4)
+    _train(cfg, digits)
+    run_dir = tmp_path / 'runs' / 't'
+    out = tmp_path / 'avg.pth.tar'
+    assert avg_checkpoints.main(['--input', str(run_dir), '-n', '2', '--output', str(out)]) == 0
+    emas = [torch.load(run_dir / f'checkpoint-{e}.pth.tar', weights_only=False)['state_dict_ema'] for e in (1, 3)]
+    avg = torch.load(out, weights_only=False)
+    assert avg['arch'] == cfg.model.model and avg['config']['model']['img_size'] == 32
+    for name, tensor in avg['state_dict'].items():
+        want = (emas[0][name].double() + emas[1][name].double()) / 2
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, want.float()), name
+    model = timm.create_model(cfg.model.model, num_classes=10, img_size=32, **cfg.model.model_kwargs)
+    timm.models.load_checkpoint(model, str(out))
+    _assert_same_tensors(model.state_dict(), avg['state_dict'])
+    assert '80.0' in capsys.readouterr().out
+    # --no-use-ema --no-sort: the trained weights of all three kept files
+    trained = [torch.load(run_dir / f'checkpoint-{e}.pth.tar', weights_only=False)['state_dict'] for e in (1, 2, 3)]
+    assert avg_checkpoints.main(['--input', str(run_dir), '--no-use-ema', '--no-sort', '--output',
+                                 str(tmp_path / 'all.pth.tar')]) == 0
+    name = 'blocks.0.attn.qkv.weight'
+    torch.testing.assert_close(torch.load(tmp_path / 'all.pth.tar', weights_only=False)['state_dict'][name],
+                               sum(t[name].double() for t in trained).float() / 3, rtol=0, atol=1e-7)
+    for argv, message in ((['--input', str(run_dir), '--output', str(out)], 'already exists'),
+                          (['--input', str(tmp_path), '--output', str(tmp_path / 'x.pth.tar')], 'no file matches'),
+                          (['--input', str(run_dir), '-n', '0', '--output', str(tmp_path / 'y.pth.tar')],
+                           '-n must be >= 1')):
+        assert avg_checkpoints.main(argv) == 2
+        assert message in capsys.readouterr().err
+    other = torch.load(run_dir / 'checkpoint-1.pth.tar', weights_only=False)
+    other['state_dict'] = {**other['state_dict'], 'extra.weight': torch.zeros(2)}
+    other['state_dict_ema'] = None
+    torch.save(other, run_dir / 'checkpoint-9.pth.tar')
+    assert avg_checkpoints.main(['--input', str(run_dir), '--output', str(tmp_path / 'z.pth.tar')]) == 2
+    assert 'hold different weights' in capsys.readouterr().err and not (tmp_path / 'z.pth.tar').exists()
 
 
 def test_drop_is_timms_drop_rate(tmp_path):
