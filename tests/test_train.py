@@ -200,19 +200,28 @@ def test_train_loader_gets_the_aa_and_color_jitter_and_val_neither(tmp_path, mon
     ('step', dict(decay_epochs=1, decay_rate=0.5, warmup_epochs=1, warmup_prefix=True),
      [None, 1, 0.5, 0.25, 0.125, 0.0625]),
     ('step', dict(decay_epochs=1, decay_rate=0.5, warmup_epochs=1), [None, 0.5, 0.25, 0.125, 0.0625, 0.03125]),
+    # warmup-stable-decay: the lr holds, then falls as 1 - sqrt(progress) over the last --decay-epochs (a fraction
+    # of the 6 epochs: 3 here), or by default over 0.2 of them (2 of 10)
+    ('wsd', dict(decay_epochs=0.5, min_lr=0.0), [1, 1, 1, 1, 1 - math.sqrt(1 / 3), 1 - math.sqrt(2 / 3)]),
+    ('wsd', dict(min_lr=0.0, epochs=10), [1] * 9 + [1 - math.sqrt(1 / 2)]),
 ])
 def test_step_schedules_decay_as_the_flags_say(tmp_path, digits, sched, flags, factors):
     """--decay-epochs/--decay-milestones/--decay-rate/--warmup-prefix reach timm's scheduler: the lr at each epoch
     (per-epoch schedule) is lr * the factor written here by hand (None: a warmup epoch)."""
     lr = 0.04
-    cfg = tiny_config(tmp_path, sched=sched, lr=lr, sched_on_updates=False, epochs=6, max_steps=1,
-                      **{'warmup_epochs': 0, **flags})
+    cfg = tiny_config(tmp_path, sched=sched, lr=lr, sched_on_updates=False, max_steps=1,
+                      **{'warmup_epochs': 0, 'epochs': 6, **flags})
     _, trainer = _train(cfg, digits)
     for epoch, factor in enumerate(factors):
         trainer.scheduler.step(epoch)
         got = trainer.optimizer.param_groups[0]['lr']
         if factor is not None:
             assert got == pytest.approx(lr * factor, rel=1e-9), (epoch, got)
+
+
+def test_a_wsd_decay_longer_than_the_run_is_a_user_error(tmp_path, digits):
+    with pytest.raises(UserInputError, match='--sched wsd: wsd schedule requires 0 < decay_epochs <= epochs'):
+        _train(tiny_config(tmp_path, sched='wsd', decay_epochs=90, epochs=4), digits)
 
 
 def test_mixup_off_epoch_mode_and_cutmix_minmax_reach_timms_mixup(tmp_path, digits, monkeypatch):

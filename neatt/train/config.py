@@ -201,8 +201,11 @@ class OptimConfig:
               'default, 0.9 0.999 for adamw)')
     clip_grad: Optional[float] = _opt(None, 'clip gradients to this norm/value (None: no clipping)')
     clip_mode: str = _opt('norm', 'gradient clipping mode', choices=('norm', 'value', 'agc'))
-    sched: str = _opt('cosine', 'timm scheduler name (cosine, step, multistep, poly, constant, ...)')
-    decay_epochs: float = _opt(90, '--sched step: epochs between lr decays')
+    sched: str = _opt('cosine', 'timm scheduler name (cosine, step, multistep, poly, wsd, rsqrt, constant, ...)')
+    decay_epochs: Optional[float] = _opt(
+        None, "--sched step: epochs between lr decays (None: 90); --sched wsd/rsqrt (warmup-stable-decay): the length "
+              "of the final decay, in epochs, or as a fraction of the schedule when below 1 (None: 0.2); timm's "
+              "defaults")
     decay_milestones: tuple[int, ...] = _opt(
         (90, 180, 270), "--sched multistep: epochs at which the lr decays (timm's convention: milestone m takes "
                         "effect at epoch m - 1)")
@@ -236,7 +239,8 @@ class OptimConfig:
             if len(self.opt_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.opt_betas):
                 raise ValueError(f'--opt-betas must be two numbers B1 B2 in [0, 1), got {self.opt_betas}')
         self.decay_milestones = tuple(self.decay_milestones)  # config.json stores a list
-        if self.decay_epochs <= 0 or self.decay_rate <= 0 or not self.decay_milestones or \
+        if (self.decay_epochs is not None and self.decay_epochs <= 0) or self.decay_rate <= 0 or \
+                not self.decay_milestones or \
                 any(m < 0 for m in self.decay_milestones):
             raise ValueError(f'--decay-epochs and --decay-rate must be > 0 and --decay-milestones epochs >= 0, got '
                              f'{self.decay_epochs}, {self.decay_rate}, {list(self.decay_milestones)}')

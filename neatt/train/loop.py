@@ -127,13 +127,16 @@ class Trainer:
             raise UserInputError(f'the train split gives {len(self.train_loader)} batches per rank, fewer than '
                                  f'--grad-accum-steps {cfg.optim.grad_accum_steps}: lower -b/--batch-size or it')
         from timm.scheduler import create_scheduler_v2
-        self.scheduler, self.num_epochs = create_scheduler_v2(  # num_epochs: --epochs + --cooldown-epochs
-            self.optimizer, sched=cfg.optim.sched, num_epochs=cfg.optim.epochs, warmup_epochs=cfg.optim.warmup_epochs,
-            cooldown_epochs=cfg.optim.cooldown_epochs, decay_epochs=cfg.optim.decay_epochs,
-            decay_milestones=list(cfg.optim.decay_milestones), decay_rate=cfg.optim.decay_rate,
-            warmup_prefix=cfg.optim.warmup_prefix,
-            warmup_lr=cfg.optim.warmup_lr, min_lr=cfg.optim.min_lr, step_on_epochs=not cfg.optim.sched_on_updates,
-            updates_per_epoch=self.updates_per_epoch)
+        try:
+            self.scheduler, self.num_epochs = create_scheduler_v2(  # num_epochs: --epochs + --cooldown-epochs
+                self.optimizer, sched=cfg.optim.sched, num_epochs=cfg.optim.epochs,
+                warmup_epochs=cfg.optim.warmup_epochs, cooldown_epochs=cfg.optim.cooldown_epochs,
+                decay_epochs=cfg.optim.decay_epochs, decay_milestones=list(cfg.optim.decay_milestones),
+                decay_rate=cfg.optim.decay_rate, warmup_prefix=cfg.optim.warmup_prefix, warmup_lr=cfg.optim.warmup_lr,
+                min_lr=cfg.optim.min_lr, step_on_epochs=not cfg.optim.sched_on_updates,
+                updates_per_epoch=self.updates_per_epoch)
+        except ValueError as e:  # timm's check of the schedule's lengths (wsd: the decay within the epochs)
+            raise UserInputError(f'--sched {cfg.optim.sched}: {e}') from None
 
         device = self.dist.device
         self.amp, self.amp_dtype = autocast_settings(cfg.run, device)
