@@ -221,8 +221,8 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         torchvision's defaults (timm's ``--scale``, ``--ratio``).
     aug_repeats : int
         Train: repeated augmentation (timm's ``--aug-repeats``, DeiT's recipe): each sample read this many times
-        per epoch, on different ranks, each copy with its own crop (``pipelines.sharding``); 0 or 1: off. Needs
-        ``world_size >= aug_repeats``.
+        per epoch, each copy with its own crop, on different ranks while there are enough (``pipelines.sharding``);
+        0 or 1: off.
     """
     from .augment import AugmentConfig, DeviceAugment
     from neatt.datasets.manifest import ManifestError, read_manifest
@@ -243,10 +243,8 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
     if world_size < 1 or not 0 <= rank < world_size:
         raise LoaderError(f"rank={rank} world_size={world_size}: need 0 <= rank < world_size")
     repeats = max(1, aug_repeats) if train else 1
-    if aug_repeats < 0 or repeats > world_size:
-        raise LoaderError(f"aug_repeats={aug_repeats} needs as many processes (world_size is {world_size}): each "
-                          f"copy of a sample goes to another rank, as timm's RepeatAugSampler does; use "
-                          f"--aug-repeats 0 here")
+    if aug_repeats < 0:
+        raise LoaderError(f"aug_repeats={aug_repeats} must be >= 0")
     if not os.path.isdir(data_dir):
         raise LoaderError(f"dataset dir {data_dir} does not exist; convert a dataset first, e.g. "
                           f"`python tools/convert_datasets.py digits --out data` and pass data/digits")

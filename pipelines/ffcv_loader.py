@@ -228,31 +228,41 @@ def resample(src, y0, x0, h, w, out_h, out_w, oy, ox, flip, bilinear, dst):
 
 
 class TableCropDecoder(ResizedCropRGBImageDecoder):
-    """FFCV ``RGBImageField`` decoder: decode, then resize the window that ``table[sample]`` names.
+    """FFCV ``RGBImageField`` decoder: decode, then resize the window that the table names for each sample.
 
     Parameters
     ----------
     output_size : tuple of int
         (height, width) of the output.
     table : np.ndarray
-        int64 ``(num_samples, 10)``: ``y0, x0, h, w, out_h, out_w, oy, ox, flip, bilinear`` per sample (see
-        ``resample``). The loader rewrites it in place between epochs; it must outlive the loader.
+        int64 ``(copies * num_samples, 10)``: ``y0, x0, h, w, out_h, out_w, oy, ox, flip, bilinear`` (see
+        ``resample``) for the ``j``-th read of sample ``i`` in a pass at row ``j * num_samples + i``: under
+        repeated augmentation on fewer ranks than copies, a rank reads a sample up to ``copies`` times per epoch,
+        each time with its own crop.
+    seen : np.ndarray
+        int64 ``(num_samples,)``: how often each sample was read so far in the pass (the loader sets it before
+        a pass, the decoder counts on: FFCV decodes a pass's batches one after another).
+    The loader rewrites both in place between passes; they must outlive the loader.
     """
 
-    def __init__(self, output_size, table: np.ndarray):
+    def __init__(self, output_size, table: np.ndarray, seen: np.ndarray):
         super().__init__(output_size)
         assert table.dtype == np.int64 and table.flags.c_contiguous and table.shape[1] == 10
-        self.table = table
+        assert seen.dtype == np.int64 and seen.flags.c_contiguous and table.shape[0] % len(seen) == 0
+        self.table, self.seen = table, seen
 
     def generate_code(self):
         jpg = IMAGE_MODES["jpg"]
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
         address, num_rows = self.table.ctypes.data, self.table.shape[0]
+        seen_address, num_samples = self.seen.ctypes.data, len(self.seen)
+        repeated = num_rows > num_samples  # a constant of the compiled code
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
             table = carray(_voidptr(address), (num_rows, 10), np.int64)
+            seen = carray(_voidptr(seen_address), (num_samples,), np.int64)
             # one image at a time to whichever thread is free: crops differ in cost, and numba's default even
             # split of a batch left a thread idle at its end (FFCV's own decoders keep that split)
             chunk_size = set_parallel_chunksize(1)
@@ -262,7 +272,13 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
                 width = np.int64(field["width"])
-                t = table[source_ix]
+                row = source_ix
+                if repeated:  # the how-manieth read of this sample: before this batch, then earlier in it
+                    copy = seen[source_ix]
+                    for k in range(dst_ix):
+                        copy += batch_indices[k] == source_ix
+                    row = copy * num_samples + source_ix
+                t = table[row]
                 if field["mode"] == jpg:  # decode the window's rows, from an iMCU edge at or left of its columns
                     temp_buffer = temp_storage[dst_ix]
                     left = decode_window(image_data.ctypes.data, image_data.size, t[0], t[1], t[2], t[3],
@@ -277,6 +293,9 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
                 else:  # counted, raised after the loop: a raise inside it would stop numba running it in parallel
                     failures += 1
             set_parallel_chunksize(chunk_size)
+            if repeated:
+                for k in range(len(batch_indices)):
+                    seen[batch_indices[k]] += 1
             if failures:
                 raise ValueError("a JPEG record of this .beton does not decode: it is damaged; re-run "
                                  "tools/convert_datasets.py with --force")
@@ -288,6 +307,16 @@ class TableCropDecoder(ResizedCropRGBImageDecoder):
     @property
     def get_crop_generator(self):  # required by the abstract base; the crop comes from the table
         return None
+
+
+def _read_numbers(indices: np.ndarray) -> np.ndarray:
+    """For each position of ``indices``, how many earlier positions hold the same sample (0 for a first read)."""
+    order = np.argsort(indices, kind="stable")
+    ordered = indices[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # where each sample's run begins
+    numbers = np.empty(len(indices), np.int64)
+    numbers[order] = np.arange(len(indices)) - np.repeat(starts, np.diff(np.r_[starts, len(indices)]))
+    return numbers
 
 
 class _PlannedOrder(TraversalOrder):
@@ -325,11 +354,13 @@ class FfcvLoader(Loader):
     def __init__(self, data_dir: str, manifest: dict, **kwargs):
         super().__init__(data_dir, manifest, **kwargs)
         path = os.path.join(data_dir, manifest["formats"]["ffcv"][self.split]["file"])
-        self.table = np.zeros((self.num_samples, 10), np.int64)
+        # a rank reads a sample at most ceil(repeats / world_size) times per epoch (pipelines.sharding)
+        self.table = np.zeros((-(-self.repeats // self.world_size) * self.num_samples, 10), np.int64)
+        self._seen = np.zeros(self.num_samples, np.int64)
         size = (self.image_size, self.image_size)
         cuda = self.device.type == "cuda"
         to_device = [ToDevice(self.device, non_blocking=True)] if cuda else []
-        self._decoder = TableCropDecoder(size, self.table)
+        self._decoder = TableCropDecoder(size, self.table, self._seen)
         pipelines = {
             "image": [self._decoder, ToTensor(), *to_device,
                       ToTorchImage(channels_last=True, convert_back_int16=False)],
@@ -358,14 +389,19 @@ class FfcvLoader(Loader):
         # FFCV sizes its batch buffers from the decoder's output size at every pass, as ffcv-imagenet's
         # progressive resizing relies on (set_image_size); the compiled code reads the sizes from the buffers
         self._decoder.output_size = (self.image_size, self.image_size)
-        if self.train:  # one row per sample: a rank reads a sample at most once per epoch (pipelines.sharding)
+        if self.train:
+            whole = self.order.indices(epoch)  # the pass from its start: which read of its sample each one is
+            copies = _read_numbers(whole)
+            done = len(whole) - len(indices)
+            self._seen[:] = np.bincount(whole[:done], minlength=self.num_samples)
+            rows = copies[done:] * self.num_samples + indices
             win = rrc_windows(self._heights[indices], self._widths[indices], keys, self.seed, epoch, self.scale,
                               self.ratio)
-            self.table[indices, 0:4] = win
-            self.table[indices, 4:6] = self.image_size
-            self.table[indices, 6:8] = 0
-            self.table[indices, 8] = flip_flags(keys, self.seed, epoch, self.hflip)
-            self.table[indices, 9] = bilinear_flags(keys, self.seed, epoch, self.interpolation)
+            self.table[rows, 0:4] = win
+            self.table[rows, 4:6] = self.image_size
+            self.table[rows, 6:8] = 0
+            self.table[rows, 8] = flip_flags(keys, self.seed, epoch, self.hflip)
+            self.table[rows, 9] = bilinear_flags(keys, self.seed, epoch, self.interpolation)
         order = _PlannedOrder(self._ffcv)
         order.indices = indices.astype(np.uint64)
         self._ffcv.traversal_order = order

@@ -15,10 +15,10 @@ Remainder handling (stated because every sample must be seen exactly once across
   the evaluation code must sum counts, not average per-rank means.
 * ``repeats=r > 1`` (train, repeated augmentation as DeiT trains, timm's ``RepeatAugSampler``): the permutation
   with each sample written ``r`` times in a row is cut to the same length as without repeats (``world_size``
-  times the samples per rank), so an epoch takes as long but holds about ``1/r`` of the samples, each ``r``
   times. Ranks take every ``world_size``-th entry, so with ``r <= world_size`` a sample's copies go to
-  different ranks, never twice to one rank in an epoch. Each copy has its own crop key
-  (``remaining_with_keys``), hence its own crop and flip.
+  different ranks, never twice to one rank in an epoch; with fewer ranks, a rank reads some samples up to
+  ``ceil(r / world_size)`` times, one after another (on one process, all ``r`` copies), as timm's sampler does.
+  Each copy has its own crop key (``remaining_with_keys``), hence its own crop and flip.
 """
 from dataclasses import dataclass
 
@@ -77,9 +77,8 @@ class ShardedOrder:
                              f"world_size={self.world_size}")
         if self.batch_size < 1:
             raise ValueError(f"ShardedOrder: batch_size must be >= 1, got {self.batch_size}")
-        if self.repeats < 1 or (self.repeats > 1 and not (self.pad and self.repeats <= self.world_size)):
-            raise ValueError(f"ShardedOrder: repeats={self.repeats} needs 1 <= repeats <= world_size "
-                             f"({self.world_size}), so that a sample's copies go to different ranks, and pad=True")
+        if self.repeats < 1 or (self.repeats > 1 and not self.pad):
+            raise ValueError(f"ShardedOrder: repeats={self.repeats} needs repeats >= 1, and pad=True when > 1")
 
     @property
     def samples_per_rank(self) -> int:

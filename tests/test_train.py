@@ -163,17 +163,6 @@ def test_train_loss_is_the_one_timm_train_py_picks(tmp_path, flags, formula):
     torch.testing.assert_close(train_loss(cfg)(x, target), want, rtol=1e-6, atol=1e-7)
 
 
-def test_aug_repeats_needs_as_many_processes(tmp_path):
-    """Repeated augmentation sends a sample's copies to different ranks: more copies than ranks is a user error
-    that names the flag, before any data is read."""
-    from neatt.train.build import build_loader_for, create_model
-    from neatt.train.distributed import DistInfo
-    cfg = tiny_config(tmp_path, aug_repeats=3)
-    model = create_model(cfg.model)
-    with pytest.raises(UserInputError, match=r'--aug-repeats 3 .* needs at least 3; this run has 2'):
-        build_loader_for(cfg, 'train', model, DistInfo(0, 0, 2, torch.device('cpu')), 16, train=True)
-
-
 def test_train_loader_gets_the_aa_and_color_jitter_and_val_neither(tmp_path, monkeypatch):
     """--aa 3a --color-jitter 0.3 (DeiT III) and --train-interpolation reach the train loader's augmentation; the
     val loader gets none of them."""

@@ -76,10 +76,6 @@ def build_loader_for(cfg: Config, split: str, model: nn.Module, dist: DistInfo, 
     from pipelines.base import LoaderError, build_loader
 
     mean, std = model.pretrained_cfg.get('mean'), model.pretrained_cfg.get('std')
-    if train and cfg.aug.aug_repeats > dist.world_size:
-        raise UserInputError(f'--aug-repeats {cfg.aug.aug_repeats} puts the copies of a sample on different '
-                             f'processes, so it needs at least {cfg.aug.aug_repeats}; this run has '
-                             f'{dist.world_size}. Use --aug-repeats 0 (off) or more processes')
     if train:
         a = cfg.aug
         augment = AugmentConfig(aa=a.aa, reprob=a.reprob, remode=a.remode, recount=a.recount, hflip=a.hflip,

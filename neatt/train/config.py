@@ -130,8 +130,8 @@ class AugConfig:
     scale: tuple[float, float] = _opt((0.08, 1.0), 'random-resized-crop area range, as fractions of the image')
     ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), 'random-resized-crop aspect ratio range')
     aug_repeats: int = _opt(0, "repeated augmentation (timm's RepeatAugSampler, DeiT's recipe: 3): each epoch "
-                               "reads about 1/N of the samples N times each, every copy on another process with its "
-                               "own crop; needs at least N processes. 0: off")
+                               "reads about 1/N of the samples N times each, every copy with its own crop, on "
+                               "another process while there are N or more. 0: off")
     smoothing: float = _opt(0.1, 'label smoothing')
     mixup: float = _opt(0.0, 'mixup alpha; mixup is on when > 0')
     cutmix: float = _opt(0.0, 'cutmix alpha; cutmix is on when > 0')
