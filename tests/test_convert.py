@@ -515,11 +515,18 @@ def test_verify_checks_every_file_against_the_manifest(small_tree):
     rc, err = run_convert_cli(verify)
     assert rc == 1 and f"dali/train: {shard} has another sha256 than the manifest lists" in err
     assert f"ffcv/val: {beton} holds" in err and f"{n} files checked, 2 problem(s)" in err
-    index = os.path.join(d, "dali", "val-00000.idx")              # index files are checked by size
+    index = os.path.join(d, "dali", "val-00000.idx")              # index files too: an offset changed in place
+    with open(index, "r+b") as f:
+        text = f.read()
+        f.seek(0)
+        f.write(text.replace(b"jpg 512 ", b"jpg 513 ", 1))  # the first member starts after its 512-byte header
+    assert os.path.getsize(index) == len(text)
+    rc, err = run_convert_cli(verify)
+    assert rc == 1 and f"dali/val: {index} has another sha256" in err and f"{n} files checked, 3 problem(s)" in err
     with open(index, "a") as f:
         f.write("\n")
     rc, err = run_convert_cli(verify)
-    assert rc == 1 and f"dali/val: {index} holds" in err and f"{n} files checked, 3 problem(s)" in err
+    assert rc == 1 and f"dali/val: {index} holds" in err
     rc, err = run_convert_cli(["imagenet", "--out", os.path.join(d, "nowhere"), "--verify"])
     assert rc == 1 and "manifest.json" in err and "Traceback" not in err
 

@@ -253,7 +253,8 @@ def _run_split(source: DatasetSource, split: str, out_dir: str, todo: list, opts
         t1 = time.perf_counter()
         shards = dali.commit()
         for s in shards:
-            s.update(_file_entry(out_dir, s["tar"]), index_bytes=os.path.getsize(os.path.join(out_dir, s["index"])))
+            index = _file_entry(out_dir, s["index"])
+            s.update(_file_entry(out_dir, s["tar"]), index_bytes=index["bytes"], index_sha256=index["sha256"])
         out["dali"] = {"shards": shards}
         out["seconds"]["dali_finish"] = time.perf_counter() - t1
     return out

@@ -106,11 +106,12 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
 
 def entry_files(entry: dict) -> list:
     """``[(path relative to the dataset dir, size in bytes, sha256)]`` of one ``formats[fmt][split]`` entry: the
-    .beton, or the DALI shards and their index files (size only; None in manifests written before it was kept)."""
+    .beton, or the DALI shards and their index files (whose size and sha256 are None in manifests written before
+    they were kept)."""
     if "file" in entry:
         return [(entry["file"], entry["bytes"], entry["sha256"])]
     return [(sh["tar"], sh["bytes"], sh["sha256"]) for sh in entry["shards"]] + \
-        [(sh["index"], sh.get("index_bytes"), None) for sh in entry["shards"]]
+        [(sh["index"], sh.get("index_bytes"), sh.get("index_sha256")) for sh in entry["shards"]]
 
 
 def file_problems(data_dir: str, entry: dict, hashes: bool = False) -> list:
