@@ -58,8 +58,9 @@ def _images(digits_dir, split):
 
 
 @torch.no_grad()
-def _reference(model, digits_dir, crop_pct, split='val'):
-    """top1 %, top5 %, mean CE and count, as timm's validate.py computes them, with torchvision's eval transform."""
+def _reference(model, digits_dir, crop_pct, split='val', flip_tta=False):
+    """top1 %, top5 %, mean CE and count, as timm's validate.py computes them, with torchvision's eval transform;
+    `flip_tta`: of the mean logits of each crop and of the crop mirrored by torchvision's hflip."""
     cfg = model.pretrained_cfg
     tf = transforms.Compose([
         transforms.Resize(math.floor(SIZE / crop_pct), interpolation=InterpolationMode.BICUBIC),
@@ -68,6 +69,11 @@ def _reference(model, digits_dir, crop_pct, split='val'):
     x = torch.stack([tf(img) for img, _ in samples])
     y = torch.tensor([label for _, label in samples])
     logits = model.eval()(x)
+    if flip_tta:
+        crop = transforms.Compose(tf.transforms[:2])
+        mirrored = torch.stack([tf.transforms[3](tf.transforms[2](transforms.functional.hflip(crop(img))))
+                                for img, _ in samples])
+        logits = (logits + model(mirrored)) / 2
     top5 = logits.topk(5, dim=1).indices
     return {'top1': 100.0 * (top5[:, 0] == y).sum().item() / len(y),
             'top5': 100.0 * (top5 == y[:, None]).any(1).sum().item() / len(y),
@@ -120,6 +126,19 @@ def test_the_train_split_is_evaluated_with_the_eval_transform(digits_dir, run_di
     _assert_same(got, _reference(_tiny_neatt(_best(run_dir)['state_dict']), digits_dir, crop_pct=0.875,
                                  split='train'))
     assert got['count'] == 1437
+
+
+def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(digits_dir, run_dir, tmp_path):
+    out = tmp_path / 'val.json'
+    args = ['--data-dir', str(digits_dir), '--checkpoint', str(run_dir), '--weights', 'model', '--flip-tta',
+            '--json', str(out)]
+    assert validate.main(args) == 0
+    report = json.loads(out.read_text())
+    state_dict = _best(run_dir)['state_dict']
+    assert report['flip_tta'] is True
+    _assert_same(report['results']['model'], _reference(_tiny_neatt(state_dict), digits_dir, 0.875, flip_tta=True))
+    plain = _reference(_tiny_neatt(state_dict), digits_dir, 0.875)
+    assert report['results']['model']['loss'] != pytest.approx(plain['loss'], rel=1e-4)  # the mirror counted
 
 
 def test_a_timm_vanilla_checkpoint_takes_timm_crop_pct(digits_dir, run_dir, tmp_path):

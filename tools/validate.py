@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
                    help='autocast (default: on with a GPU, off on CPU)')
     p.add_argument('--amp-dtype', choices=AMP_DTYPES, default='bfloat16', help='autocast dtype')
+    p.add_argument('--flip-tta', action='store_true',
+                   help='score the mean of the logits of each image and of its mirror image (ffcv-imagenet\'s '
+                        'lr_tta: twice the compute)')
     p.add_argument('--json', metavar='PATH', help='also write the results as JSON (atomically)')
     return p
 
@@ -151,12 +154,13 @@ def validate(args, log) -> dict:
     if dist.is_main:
         log(f'{path} (arch {ckpt.get("arch", "?")}, epoch {ckpt.get("epoch", "?")}): {cfg.model.model} at '
             f'{cfg.model.img_size} px, crop_pct {cfg.data.crop_pct}, {cfg.data.backend} loader, '
-            f'{dist.world_size} process(es) on {dist.device.type}, amp {cfg.run.amp_dtype if amp else "off"}')
+            f'{dist.world_size} process(es) on {dist.device.type}, amp {cfg.run.amp_dtype if amp else "off"}'
+            + (', flip test-time augmentation' if args.flip_tta else ''))
     results = {}
     for i, (name, state_dict) in enumerate(entries):
         if i:  # the first set is still loaded from the check above
             load_weights(model, state_dict, name, path, cfg.model.model)
-        results[name] = evaluate(model, loader, dist.device, amp=amp, amp_dtype=amp_dtype)
+        results[name] = evaluate(model, loader, dist.device, amp=amp, amp_dtype=amp_dtype, flip_tta=args.flip_tta)
         r = results[name]
         if dist.is_main:
             log(f'{name:>5}: top-1 {r["top1"]:.3f}%  top-5 {r["top5"]:.3f}%  loss {r["loss"]:.4f}  '
@@ -165,7 +169,8 @@ def validate(args, log) -> dict:
         loader.close()
     out = {'checkpoint': str(path), 'arch': ckpt.get('arch'), 'epoch': ckpt.get('epoch'),
            'model': cfg.model.model, 'img_size': cfg.model.img_size, 'crop_pct': cfg.data.crop_pct,
-           'backend': cfg.data.backend, 'split': args.split, 'world_size': dist.world_size, 'results': results}
+           'backend': cfg.data.backend, 'split': args.split, 'world_size': dist.world_size,
+           'flip_tta': args.flip_tta, 'results': results}
     if args.json and dist.is_main:
         write_json_atomic(out, args.json)
     return out

@@ -51,9 +51,11 @@ class EvalAccumulator:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool, amp_dtype: torch.dtype) -> dict:
+def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool, amp_dtype: torch.dtype,
+             flip_tta: bool = False) -> dict:
     """Top-1, top-5 and mean cross-entropy of `model` over one pass of `loader` (epoch 0), summed across ranks.
-    The model is put in eval mode and given back in the mode it came in."""
+    `flip_tta`: of the mean of the logits of each image and of its mirror image (ffcv-imagenet's lr_tta). The model
+    is put in eval mode and given back in the mode it came in."""
     was_training = model.training
     model.eval()
     acc = EvalAccumulator(device)
@@ -61,6 +63,8 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool, am
     for images, labels in loader:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             logits = model(images)
+            if flip_tta:
+                logits = (logits.float() + model(images.flip(3)).float()) / 2
         acc.update(logits, labels, F.cross_entropy(logits.float(), labels, reduction='sum'))
     model.train(was_training)
     return acc.compute()
