@@ -89,7 +89,7 @@ class DaliLoader(Loader):
         return pipe
 
     def _iter_uint8(self, epoch: int, start_batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        if len(self.order.remaining(epoch, start_batch)) == 0:
+        if start_batch >= len(self):  # nothing left (_batches computes the epoch's order)
             return
         pipe = self._pipeline(self._batches(epoch, start_batch))
         try:

@@ -390,11 +390,12 @@ class FfcvLoader(Loader):
         # progressive resizing relies on (set_image_size); the compiled code reads the sizes from the buffers
         self._decoder.output_size = (self.image_size, self.image_size)
         if self.train:
-            whole = self.order.indices(epoch)  # the pass from its start: which read of its sample each one is
-            copies = _read_numbers(whole)
-            done = len(whole) - len(indices)
-            self._seen[:] = np.bincount(whole[:done], minlength=self.num_samples)
-            rows = copies[done:] * self.num_samples + indices
+            rows = indices
+            if len(self.table) > self.num_samples:  # a rank reads some samples more than once: a row per read
+                whole = self.order.indices(epoch)  # the pass from its start: which read of its sample each one is
+                done = len(whole) - len(indices)
+                self._seen[:] = np.bincount(whole[:done], minlength=self.num_samples)
+                rows = _read_numbers(whole)[done:] * self.num_samples + indices
             win = rrc_windows(self._heights[indices], self._widths[indices], keys, self.seed, epoch, self.scale,
                               self.ratio)
             self.table[rows, 0:4] = win

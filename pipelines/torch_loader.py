@@ -45,7 +45,7 @@ class _JpegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, item: Tuple[int, int, int]):
+    def __getitem__(self, item: Tuple[int, int, int, int]):
         index, key, epoch, train_size = item
         img = Image.open(io.BytesIO(self.reader.jpeg(index))).convert("RGB")
         if self.train:
