@@ -46,32 +46,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def select(paths: list, n: int, sort: bool) -> list:
-    """[(metric, path, checkpoint)] to average: the `n` with the highest metric (timm's order), or all of them."""
+def _load(path: str) -> dict:
     import torch
-    loaded = []
-    for path in sorted(paths):
-        try:
-            ckpt = torch.load(path, map_location='cpu', weights_only=False)
-        except Exception as e:  # torch raises several types for a damaged file
-            raise AveragingError(f'{path}: cannot be read ({type(e).__name__}: {e})') from None
-        if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
-            raise AveragingError(f'{path}: not a train_fast.py/timm checkpoint (no state_dict)')
-        loaded.append((ckpt.get('metric'), path, ckpt))
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # torch raises several types for a damaged file
+        raise AveragingError(f'{path}: cannot be read ({type(e).__name__}: {e})') from None
+    if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
+        raise AveragingError(f'{path}: not a train_fast.py/timm checkpoint (no state_dict)')
+    return ckpt
+
+
+def select(paths: list, n: int, sort: bool) -> list:
+    """[(metric, path)] to average: the `n` with the highest metric (timm's order), or all of them. Each file is
+    read and dropped in turn (a ViT-B checkpoint with its optimizer state is about 1 GB)."""
+    listed = [(_load(path).get('metric'), path) for path in sorted(paths)]
     if not sort:
-        return loaded
-    ranked = sorted((c for c in loaded if c[0] is not None), key=lambda c: (c[0], c[1]))
+        return listed
+    ranked = sorted((c for c in listed if c[0] is not None), key=lambda c: (c[0], c[1]))
     if not ranked:
-        raise AveragingError(f'none of {len(loaded)} checkpoints has a metric to rank by; pass --no-sort to average '
+        raise AveragingError(f'none of {len(listed)} checkpoints has a metric to rank by; pass --no-sort to average '
                              f'them all')
     return ranked[-n:]
 
 
-def average(chosen: list, use_ema: bool) -> dict:
-    """Mean of the chosen checkpoints' weights (float64 sums, float32 result; integer tensors from the first)."""
+def average(chosen: list, use_ema: bool) -> tuple:
+    """(mean of the chosen checkpoints' weights, the last one's checkpoint without them): float64 sums, float32
+    result, integer tensors from the first; one checkpoint in memory at a time."""
     import torch
     total, names = None, None
-    for _, path, ckpt in chosen:
+    for _, path in chosen:
+        ckpt = _load(path)
         weights = ckpt.get('state_dict_ema') if use_ema and ckpt.get('state_dict_ema') else ckpt['state_dict']
         if total is None:
             total = {k: v.to(torch.float64) if v.is_floating_point() else v.clone() for k, v in weights.items()}
@@ -85,7 +90,8 @@ def average(chosen: list, use_ema: bool) -> dict:
                 raise AveragingError(f'{path}: {k} has shape {tuple(v.shape)}, {first} {tuple(total[k].shape)}')
             if v.is_floating_point():
                 total[k] += v.to(torch.float64)
-    return {k: (v / len(chosen)).to(torch.float32) if v.is_floating_point() else v for k, v in total.items()}
+    mean = {k: (v / len(chosen)).to(torch.float32) if v.is_floating_point() else v for k, v in total.items()}
+    return mean, {k: ckpt.get(k) for k in ('arch', 'config', 'epoch')}
 
 
 def main(argv=None) -> int:
@@ -101,15 +107,13 @@ def main(argv=None) -> int:
             raise AveragingError(f'no file matches {os.path.join(args.input, args.filter)}; train with '
                                  f'--checkpoint-hist N to keep the N best epochs, or pass --filter')
         chosen = select(paths, args.n, args.sort)
-        state_dict = average(chosen, args.use_ema)
+        state_dict, best = average(chosen, args.use_ema)
     except AveragingError as e:
         print(f'avg_checkpoints.py: error: {e}', file=sys.stderr)
         return EXIT_USER_ERROR
-    for metric, path, _ in chosen:
+    for metric, path in chosen:
         print(f'{metric if metric is not None else "-"}\t{path}')
-    best = chosen[-1][2]
-    save_checkpoint({'state_dict': state_dict, 'arch': best.get('arch'), 'config': best.get('config'),
-                     'epoch': best.get('epoch'), 'averaged': [str(path) for _, path, _ in chosen]}, args.output)
+    save_checkpoint({'state_dict': state_dict, **best, 'averaged': [str(path) for _, path in chosen]}, args.output)
     which = 'EMA' if args.use_ema else 'trained'
     print(f'averaged the {which} weights of {len(chosen)} checkpoint(s) into {args.output}')
     return 0
