@@ -243,13 +243,17 @@ def test_model_ema_warmup_ramps_the_decay(tmp_path, digits, monkeypatch, warmup,
     assert seen == pytest.approx(decays, rel=1e-12)
 
 
+def _script_val_top1(monkeypatch, scores: list) -> None:
+    """The trainer's evaluation gives val top-1 `scores[epoch]`, to the model and the EMA alike."""
+    monkeypatch.setattr(Trainer, 'evaluate', lambda self, model: {'top1': scores[self.epoch], 'top5': 100.0,
+                                                                  'loss': 1.0, 'count': 1})
+
+
 def test_checkpoint_hist_keeps_the_best_epochs(tmp_path, digits, monkeypatch):
     """--checkpoint-hist 2 with val top-1 50, 70, 60, 80, 65 over five epochs: checkpoint-3 and checkpoint-1 stay
     (epoch 0's and 2's were deleted when they fell out; epoch 4's never made it), each the checkpoint of its epoch
     with its top-1 as timm's 'metric', and the last checkpoint records that ranking for a resume."""
-    scores = iter([50.0, 70.0, 60.0, 80.0, 65.0])
-    monkeypatch.setattr(Trainer, 'evaluate', lambda self, model: {'top1': next(scores), 'top5': 100.0, 'loss': 1.0,
-                                                                  'count': 1})
+    _script_val_top1(monkeypatch, [50.0, 70.0, 60.0, 80.0, 65.0])
     cfg = tiny_config(tmp_path, checkpoint_hist=2, epochs=5, model_ema=False)
     _train(cfg, digits)
     run_dir = tmp_path / 'runs' / 't'
@@ -273,9 +277,7 @@ def test_avg_checkpoints_averages_the_best_epochs_ema_weights(tmp_path, digits, 
     import timm
     sys.path.insert(0, str(REPO / 'tools'))
     import avg_checkpoints
-    scores = [50.0, 70.0, 60.0, 80.0]  # per epoch, the model's and the EMA's
-    monkeypatch.setattr(Trainer, 'evaluate', lambda self, model: {'top1': scores[self.epoch], 'top5': 100.0,
-                                                                  'loss': 1.0, 'count': 1})
+    _script_val_top1(monkeypatch, [50.0, 70.0, 60.0, 80.0])
     cfg = tiny_config(tmp_path, checkpoint_hist=3, epochs=4)
     _train(cfg, digits)
     run_dir = tmp_path / 'runs' / 't'

@@ -285,7 +285,7 @@ class RunConfig:
                            '(-b and --grad-accum-steps may then change, e.g. to keep the global batch)')
     checkpoint_interval: int = _opt(0, 'also checkpoint (last.pth.tar) every N optimizer steps; 0: epoch ends only')
     checkpoint_hist: int = _opt(0, "also keep the N best epochs' checkpoints, checkpoint-<epoch>.pth.tar by val "
-                                   "top-1 (timm's --checkpoint-hist, whose default is 10; its avg_checkpoints.py "
+                                   "top-1 (timm's --checkpoint-hist, whose default is 10; tools/avg_checkpoints.py "
                                    "averages them); 0: last and best only")
     log_interval: int = _opt(50, 'log train metrics every N optimizer steps')
     max_steps: int = _opt(0, 'stop after this many optimizer steps in total, checkpointing first (0: no limit)')
