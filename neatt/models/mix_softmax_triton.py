@@ -85,24 +85,33 @@ def _box_muller(w_radius, w_angle):
     return r * c, r * s
 
 
+def _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, H, F, HP: tl.constexpr, FP: tl.constexpr, cdt: tl.constexpr):
+    """The head MLP's weights zero-padded to (FP, HP), (FP, FP), (HP, FP) in the matmul dtype `cdt`, and its first
+    two biases to FP in float32 (zero padding keeps the padded heads and features at 0 through the MLP)."""
+    hs = tl.arange(0, HP)
+    fs = tl.arange(0, FP)
+    h_ok = hs < H
+    f_ok = fs < F
+    w1 = tl.load(w1_ptr + fs[:, None] * H + hs[None, :], mask=f_ok[:, None] & h_ok[None, :], other=0.).to(cdt)
+    w2 = tl.load(w2_ptr + fs[:, None] * F + fs[None, :], mask=f_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
+    w3 = tl.load(w3_ptr + hs[:, None] * F + fs[None, :], mask=h_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
+    b1 = tl.load(b1_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
+    b2 = tl.load(b2_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
+    return w1, b1, w2, b2, w3
+
+
 def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
          R, N, K, H, F, seed, sigma, slope,
          HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr,
          MIX: tl.constexpr, NOISE: tl.constexpr, PREC: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     hs = tl.arange(0, HP)
-    fs = tl.arange(0, FP)
     js = tl.arange(0, BLOCK_J)
     h_ok = hs < H
     base = hs.to(tl.int64)[:, None] * R * N + r * N  # (HP, 1): where row r of each head starts
     cdt = s_ptr.dtype.element_ty  # matmul operand dtype
     if MIX:
-        f_ok = fs < F
-        w1 = tl.load(w1_ptr + fs[:, None] * H + hs[None, :], mask=f_ok[:, None] & h_ok[None, :], other=0.).to(cdt)
-        w2 = tl.load(w2_ptr + fs[:, None] * F + fs[None, :], mask=f_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
-        w3 = tl.load(w3_ptr + hs[:, None] * F + fs[None, :], mask=h_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
-        b1 = tl.load(b1_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
-        b2 = tl.load(b2_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
+        w1, b1, w2, b2, w3 = _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, H, F, HP, FP, cdt)
         b3 = tl.load(b3_ptr + hs, mask=h_ok, other=0.).to(tl.float32)
 
     m = tl.full([HP], float('-inf'), tl.float32)
@@ -156,12 +165,7 @@ def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_p
     h_ok = hs < H
     cdt = s_ptr.dtype.element_ty
     if MIX:
-        f_ok = fs < F
-        w1 = tl.load(w1_ptr + fs[:, None] * H + hs[None, :], mask=f_ok[:, None] & h_ok[None, :], other=0.).to(cdt)
-        w2 = tl.load(w2_ptr + fs[:, None] * F + fs[None, :], mask=f_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
-        w3 = tl.load(w3_ptr + hs[:, None] * F + fs[None, :], mask=h_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
-        b1 = tl.load(b1_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
-        b2 = tl.load(b2_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
+        w1, b1, w2, b2, w3 = _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, H, F, HP, FP, cdt)
         w1t, w2t, w3t = tl.trans(w1), tl.trans(w2), tl.trans(w3)
         dw1 = tl.zeros([FP, HP], tl.float32)
         dw2 = tl.zeros([FP, FP], tl.float32)
@@ -232,7 +236,7 @@ def _kernels():
     the same way."""
     if triton is None:
         return None
-    for helper in ('_leaky_relu', '_box_muller'):  # called by name from the kernels
+    for helper in ('_leaky_relu', '_box_muller', '_load_mlp'):  # called by name from the kernels
         fn = globals()[helper]
         globals()[helper] = triton.jit(getattr(fn, 'fn', fn))  # `.fn`: the Python function, if jitted already
     return triton.jit(_fwd), triton.jit(_bwd)
