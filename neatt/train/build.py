@@ -77,11 +77,8 @@ def build_loader_for(cfg: Config, split: str, model: nn.Module, dist: DistInfo, 
 
     mean, std = model.pretrained_cfg.get('mean'), model.pretrained_cfg.get('std')
     if train:
-        a = cfg.aug
-        augment = AugmentConfig(aa=a.aa, reprob=a.reprob, remode=a.remode, recount=a.recount, hflip=a.hflip,
-                                mean=mean, std=std, interpolation=cfg.data.train_interpolation,
-                                color_jitter=cfg.data.color_jitter)
-        crop = dict(drop_last=True, scale=a.scale, ratio=a.ratio, aug_repeats=a.aug_repeats)
+        augment = cfg.train_augment(mean, std)
+        crop = dict(drop_last=True, scale=cfg.aug.scale, ratio=cfg.aug.ratio, aug_repeats=cfg.aug.aug_repeats)
     else:
         augment = AugmentConfig(aa=None, reprob=0.0, hflip=0.0, mean=mean, std=std)
         crop = dict(drop_last=False)

@@ -14,6 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from pipelines.augment import AugmentConfig
 from pipelines.base import BACKENDS as LOADER_BACKENDS
 from pipelines.crop import INTERPOLATIONS
 
@@ -112,8 +115,6 @@ class DataConfig:
             raise ValueError(f'--min-res needs --end-ramp, the first epoch at --max-res, at or after --start-ramp '
                              f'(got --start-ramp {self.start_ramp} --end-ramp {self.end_ramp})')
         _check_choice('train_interpolation', self.train_interpolation, INTERPOLATIONS)
-        if self.color_jitter < 0:
-            raise ValueError(f'--color-jitter must be >= 0, got {self.color_jitter}')
         if self.workers < 0:
             raise ValueError(f'-j/--workers must be >= 0, got {self.workers}')
         if not 0.0 < self.crop_pct <= 1.0:
@@ -153,8 +154,8 @@ class AugConfig:
                                                  "--bce-pos-weight, torch's pos_weight)")
 
     def __post_init__(self):
-        _check_choice('remode', self.remode, ('const', 'rand', 'pixel'))
-        for name in ('reprob', 'hflip', 'mixup_prob', 'mixup_switch_prob'):
+        # --reprob, --remode, --recount, --hflip: checked by Config.train_augment (pipelines.augment.AugmentConfig)
+        for name in ('mixup_prob', 'mixup_switch_prob'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f'{flag_name(name)} must be in [0, 1], got {getattr(self, name)}')
         if not 0.0 <= self.smoothing < 1.0:
@@ -314,15 +315,19 @@ class Config:
         mixing = self.aug.mixup > 0 or self.aug.cutmix > 0
         if mixing and self.optim.batch_size % 2:
             raise ValueError(f'--mixup/--cutmix need an even -b/--batch-size (timm Mixup), got {self.optim.batch_size}')
-        if self.data.color_jitter > 0 and self.aug.aa and '3a' not in self.aug.aa:
-            raise ValueError(f'--color-jitter does nothing with --aa {self.aug.aa}: timm keeps color jitter only '
-                             f'without --aa or with 3a; drop one of the two')
+        self.train_augment()  # the augmentation flags' checks (--aa, --reprob, --color-jitter, ...), made now
         if self.data.min_res > (self.data.max_res or self.model.img_size):
             raise ValueError(f'--min-res {self.data.min_res} is above the last train resolution '
                              f'{self.data.max_res or self.model.img_size} (--max-res, else --img-size)')
         if self.run.resume and self.model.initial_checkpoint not in ('', REQUIRED):
             raise ValueError('--resume and --initial-checkpoint clash: --initial-checkpoint only starts a fresh run; '
                              'drop one of them')
+
+    def train_augment(self, mean: tuple = IMAGENET_DEFAULT_MEAN, std: tuple = IMAGENET_DEFAULT_STD) -> AugmentConfig:
+        """The loader's on-device train augmentation, normalized with the model's `mean` and `std`."""
+        a = self.aug
+        return AugmentConfig(aa=a.aa, reprob=a.reprob, remode=a.remode, recount=a.recount, hflip=a.hflip, mean=mean,
+                             std=std, interpolation=self.data.train_interpolation, color_jitter=self.data.color_jitter)
 
     def effective_lr(self, world_size: int) -> tuple[float, str]:
         """(lr the optimizer gets, how it was derived). Linear scaling when --lr-base-size > 0."""

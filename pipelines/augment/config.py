@@ -4,6 +4,8 @@ from typing import Literal, Optional, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .policy import parse_aa
+
 __all__ = ['AugmentConfig']
 
 
@@ -60,6 +62,13 @@ class AugmentConfig:
                 f"--train-interpolation must be 'bicubic', 'bilinear' or 'random', got {self.interpolation!r}")
         if self.img_size < 1:
             raise ValueError(f'img_size must be >= 1, got {self.img_size}')
+        if self.aa:
+            parse_aa(self.aa, self.aa_hparams)  # a bad --aa string is a ValueError here, before any loader exists
+
+    @property
+    def aa_hparams(self) -> dict:
+        """timm's auto-augment hparams, as its `create_transform` derives them from the image size and mean."""
+        return dict(translate_const=int(self.img_size * 0.45), img_mean=self.fill)
 
     @property
     def fill(self) -> Tuple[int, ...]:

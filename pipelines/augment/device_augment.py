@@ -78,8 +78,7 @@ class DeviceAugment:
         self.compiled_cpu = compiled_cpu
         self.policy = None
         if cfg.aa:
-            hparams = dict(translate_const=int(cfg.img_size * 0.45), img_mean=cfg.fill)
-            self.policy = BatchPolicy(cfg.aa, hparams, random_interpolation=cfg.interpolation == 'random',
+            self.policy = BatchPolicy(cfg.aa, cfg.aa_hparams, random_interpolation=cfg.interpolation == 'random',
                                       bicubic_default=cfg.interpolation == 'bicubic')
         # the ops a plan can hold: the policy's, then color jitter's (its slots follow the aa's, as in timm)
         self.op_names = (self.policy.op_names if self.policy else []) + (list(JITTER_OPS) if cfg.color_jitter else [])
