@@ -195,6 +195,15 @@ def test_folder_tree(tmp_path):
         np.testing.assert_array_equal(labels, [lab for _, lab, _ in exp.splits[split]])
         for (path, _, ref), img in zip(exp.splits[split], images):
             _assert_close(img, ref, path)
+    # --name: the same source beside it under another name, byte for byte, and --verify finds it by that name
+    rc, err = run_convert_cli(["folder", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--formats",
+                               "ffcv", "--name", "flowers"] + COMMON)
+    assert rc == 0, err
+    named = str(tmp_path / "out" / "flowers")
+    assert _manifest(named)["dataset"] == "flowers" and _manifest(d)["dataset"] == "folder"
+    assert _data_files(named) == _data_files(d)
+    rc, err = run_convert_cli(["folder", "--out", str(tmp_path / "out"), "--name", "flowers", "--verify"])
+    assert rc == 0 and f"{named}: 2 files checked, no problem(s)" in err, err
 
 
 def test_same_input_same_bytes_whatever_the_workers(imagenet, tmp_path):
@@ -549,7 +558,9 @@ def test_missing_source_names_the_layout_exit_2(tmp_path):
     for args, needle in ((["cifar100", "--src", str(tmp_path)], "cifar-100-python.tar.gz"),
                          (["cifar10", "--src", str(tmp_path)], "data_batch_1, data_batch_2"),
                          (["folder", "--src", str(tmp_path / "nowhere")], "<split>/<class>/<image>"),
-                         (["imagenet"], "needs --src")):
+                         (["imagenet"], "needs --src"),
+                         (["digits", "--name", "a/b"], "--name 'a/b': a folder name under --out"),
+                         (["digits", "--name", ".."], "--name '..': a folder name under --out")):
         rc, err = run_convert_cli(args + ["--out", str(tmp_path / "out")])
         assert rc == 2 and needle in err, err
 

@@ -6,11 +6,11 @@ Usage:
     python tools/convert_datasets.py cifar100 --src ~/cifar-100-python.tar.gz --out /data/neatt
     python tools/convert_datasets.py cifar10 --src ~/cifar-10-python.tar.gz --out /data/neatt
     python tools/convert_datasets.py imagenet --src /data/ILSVRC2012 --out /data/neatt --workers 32
-    python tools/convert_datasets.py folder --src /data/flowers --out /data/neatt --splits train,val
+    python tools/convert_datasets.py folder --src /data/flowers --out /data/neatt --name flowers
     python tools/convert_datasets.py imagenet --out /data/neatt --verify    # files vs the manifest's sha256
 
-Writes <out>/<dataset>/: train.beton, val.beton, dali/<split>-NNNNN.{tar,idx}, manifest.json
-(docs/architecture.md, section 1). Rerunning skips what is complete and continues an interrupted split from its
+Writes <out>/<name>/ (--name, default the source kind): train.beton, val.beton, dali/<split>-NNNNN.{tar,idx},
+manifest.json (docs/architecture.md, section 1). Rerunning skips what is complete and continues an interrupted split from its
 last checkpoint (saved every --shard-size images).
 Exit codes: 0 done, 1 conversion error (--strict skips, conflicting existing output, a failed write), 2 bad
 arguments or source, 130 interrupted.
@@ -18,6 +18,7 @@ arguments or source, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -67,7 +68,10 @@ def parse_args(argv=None):
     p.add_argument("--src", help="source path (not for digits): ImageNet root (extracted, or the folder holding "
                                  "image-net.org's ILSVRC2012_img_{train,val}.tar and devkit), CIFAR-10/100 tar.gz or "
                                  "folder, ImageFolder root")
-    p.add_argument("--out", required=True, help="output root; the dataset goes to <out>/<dataset>/")
+    p.add_argument("--out", required=True, help="output root; the dataset goes to <out>/<name>/")
+    p.add_argument("--name", help="the dataset's folder under --out, also its name in manifest.json (default: the "
+                                  "source kind, e.g. imagenet); e.g. two folder datasets, or ImageNet stored at "
+                                  "two --max-resolution values, side by side")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of %(default)s")
     p.add_argument("--splits", default="train,val", help="comma list of split folders/names (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
@@ -89,13 +93,16 @@ def parse_args(argv=None):
     g.add_argument("--strict", action="store_true", help="fail if any input has to be skipped")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--verify", action="store_true",
-                   help="convert nothing: check <out>/<dataset>/'s files against the sizes and sha256 sums in its "
+                   help="convert nothing: check <out>/<name>/'s files against the sizes and sha256 sums in its "
                         "manifest (e.g. after copying it to another node; reads every file)")
     args = p.parse_args(argv)
     if args.dataset == "digits" and args.src:
         p.error("digits is embedded: drop --src")
     if args.dataset != "digits" and not args.src and not args.verify:
         p.error(f"{args.dataset} needs --src (see the layouts in --help)")
+    args.name = args.name or args.dataset
+    if args.name in (".", "..") or not args.name.strip() or any(c in args.name for c in "/\\"):
+        p.error(f"--name {args.name!r}: a folder name under --out, without / or \\")
     if args.workers is not None and args.workers < 1:
         p.error("--workers must be >= 1")
     args.formats = tuple(f for f in args.formats.split(",") if f)
@@ -121,12 +128,14 @@ def parse_args(argv=None):
 
 def load_source(args) -> sources.DatasetSource:
     if args.dataset == "imagenet":
-        return sources.imagenet_source(args.src, args.splits, args.val_labels, args.devkit, args.wnid_order)
-    if args.dataset in sources.CIFAR_RELEASES:
-        return sources.cifar_source(args.dataset, args.src, args.splits)
-    if args.dataset == "folder":
-        return sources.folder_source(args.src, args.splits)
-    return sources.digits_source(args.splits)
+        src = sources.imagenet_source(args.src, args.splits, args.val_labels, args.devkit, args.wnid_order)
+    elif args.dataset in sources.CIFAR_RELEASES:
+        src = sources.cifar_source(args.dataset, args.src, args.splits)
+    elif args.dataset == "folder":
+        src = sources.folder_source(args.src, args.splits)
+    else:
+        src = sources.digits_source(args.splits)
+    return dataclasses.replace(src, name=args.name)
 
 
 def print_summary(result: dict, wall: float) -> None:
@@ -174,7 +183,7 @@ def verify(data_dir: str) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.verify:
-        return verify(os.path.join(args.out, args.dataset))
+        return verify(os.path.join(args.out, args.name))
     t0 = time.perf_counter()
     try:
         src = load_source(args)
