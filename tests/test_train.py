@@ -213,6 +213,13 @@ def test_a_wsd_decay_longer_than_the_run_is_a_user_error(tmp_path, digits):
         _train(tiny_config(tmp_path, sched='wsd', decay_epochs=90, epochs=4), digits)
 
 
+@pytest.mark.parametrize('opt,message', [('nonexistent_opt', 'not found in registry'),
+                                         ('adamw_bogus', 'not found in registry')])
+def test_an_unknown_optimizer_is_a_user_error(tmp_path, digits, opt, message):
+    with pytest.raises(UserInputError, match=f'--opt {opt}: .*{message}.*; timm has .*adamw.*sgd'):
+        _train(tiny_config(tmp_path, opt=opt), digits)
+
+
 def test_mixup_off_epoch_mode_and_cutmix_minmax_reach_timms_mixup(tmp_path, digits, monkeypatch):
     """--mixup-off-epoch 1: epoch 0 mixes, epoch 1 does not (timm's train.py switches Mixup.mixup_enabled off);
     --mixup-mode elem and --cutmix-minmax go to timm's Mixup."""

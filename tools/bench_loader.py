@@ -117,9 +117,13 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     augment = AugmentConfig(aa=None, reprob=0.0, hflip=0.5)  # flip (in the backend) + normalize (on the device)
-    loaders = {b: build_loader(data, split="train", backend=b,
-                               batch_size=args.batch_size, image_size=args.image_size, train=True, seed=0,
-                               device=device, num_workers=args.workers, augment=augment) for b in backends}
+    try:
+        AugmentConfig(aa=args.aa, img_size=args.image_size)  # checked now, not after the loaders' timing
+        loaders = {b: build_loader(data, split="train", backend=b,
+                                   batch_size=args.batch_size, image_size=args.image_size, train=True, seed=0,
+                                   device=device, num_workers=args.workers, augment=augment) for b in backends}
+    except ValueError as e:  # LoaderError is one: no dataset there, a backend missing, ...
+        p.error(str(e))
     results = time_epochs(loaders, args.rounds, device, args.workers)
 
     sys.path.insert(0, os.path.join(ROOT, "tools"))

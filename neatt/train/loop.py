@@ -111,11 +111,15 @@ class Trainer:
             self.model_ema = ModelEmaV3(self.model, decay=cfg.ema.model_ema_decay, use_warmup=cfg.ema.model_ema_warmup)
         self.global_batch = cfg.optim.batch_size * self.dist.world_size * cfg.optim.grad_accum_steps
         self.lr, self._lr_note = cfg.effective_lr(self.dist.world_size)
-        from timm.optim import create_optimizer_v2
+        from timm.optim import create_optimizer_v2, list_optimizers
         opt_kwargs = {k: v for k, v in (('eps', cfg.optim.opt_eps), ('betas', cfg.optim.opt_betas)) if v is not None}
-        self.optimizer = create_optimizer_v2(self.model, opt=cfg.optim.opt, lr=self.lr,
-                                             weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
-                                             layer_decay=cfg.optim.layer_decay, **opt_kwargs)
+        try:
+            self.optimizer = create_optimizer_v2(self.model, opt=cfg.optim.opt, lr=self.lr,
+                                                 weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
+                                                 layer_decay=cfg.optim.layer_decay, **opt_kwargs)
+        except ValueError as e:  # timm's registry lookup (an unknown name) and torch's argument checks
+            raise UserInputError(f'--opt {cfg.optim.opt}: {e}; timm has {", ".join(list_optimizers())} (and '
+                                 f'lookahead_<name>)') from None
         if cfg.optim.opt_betas is not None and 'betas' not in self.optimizer.param_groups[0]:
             # timm drops betas for optimizers without them; a flag that silently does nothing is a trap
             raise UserInputError(f'--opt-betas: --opt {cfg.optim.opt} has no betas (the Adam family has: adamw, '
