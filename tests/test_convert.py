@@ -560,9 +560,15 @@ def test_missing_source_names_the_layout_exit_2(tmp_path):
                          (["folder", "--src", str(tmp_path / "nowhere")], "<split>/<class>/<image>"),
                          (["imagenet"], "needs --src"),
                          (["digits", "--name", "a/b"], "--name 'a/b': a folder name under --out"),
-                         (["digits", "--name", ".."], "--name '..': a folder name under --out")):
+                         (["digits", "--name", ".."], "--name '..': a folder name under --out"),
+                         (["digits", "--shard-size", "0"], "--shard-size must be >= 1, got 0"),
+                         (["digits", "--max-resolution", "0"], "--max-resolution must be >= 1, got 0"),
+                         (["digits", "--jpeg-quality", "0"], "--jpeg-quality must be in 1..100, got 0")):
         rc, err = run_convert_cli(args + ["--out", str(tmp_path / "out")])
         assert rc == 2 and needle in err, err
+    (tmp_path / "a_file").write_text("x")
+    rc, err = run_convert_cli(["digits", "--out", str(tmp_path / "a_file")])
+    assert rc == 2 and f"--out {tmp_path / 'a_file'} is a file; pass a folder" in err, err
 
 
 def test_misstructured_imagenet(tmp_path):

@@ -105,6 +105,10 @@ def parse_args(argv=None):
         p.error(f"--name {args.name!r}: a folder name under --out, without / or \\")
     if args.workers is not None and args.workers < 1:
         p.error("--workers must be >= 1")
+    if args.shard_size < 1:
+        p.error(f"--shard-size must be >= 1, got {args.shard_size}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out} is a file; pass a folder (the dataset goes to <out>/{args.name}/)")
     args.formats = tuple(f for f in args.formats.split(",") if f)
     args.splits = tuple(s for s in args.splits.split(",") if s)
     bad = [f for f in args.formats if f not in FORMATS]
@@ -115,8 +119,8 @@ def parse_args(argv=None):
     d = DEFAULTS[args.dataset]
     try:
         args.policy = ImagePolicy(
-            max_resolution=args.max_resolution or d["max_resolution"],
-            jpeg_quality=args.jpeg_quality or d["jpeg_quality"],
+            max_resolution=d["max_resolution"] if args.max_resolution is None else args.max_resolution,
+            jpeg_quality=d["jpeg_quality"] if args.jpeg_quality is None else args.jpeg_quality,
             write_mode=args.write_mode or d["write_mode"],
             compress_probability=d["compress_probability"] if args.compress_probability is None
             else args.compress_probability,
