@@ -188,6 +188,7 @@ def test_folder_tree(tmp_path):
     rc, err = run_convert_cli(["folder", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
                                "--formats", "ffcv"] + COMMON)
     assert rc == 0, err
+    assert "warning:" not in err
     d = str(tmp_path / "out" / "folder")
     assert _manifest(d)["classes"] == ["daisy", "rose", "tulip"] and not os.path.exists(os.path.join(d, "dali"))
     for split in ("train", "val"):
@@ -204,6 +205,23 @@ def test_folder_tree(tmp_path):
     assert _data_files(named) == _data_files(d)
     rc, err = run_convert_cli(["folder", "--out", str(tmp_path / "out"), "--name", "flowers", "--verify"])
     assert rc == 0 and f"{named}: 2 files checked, no problem(s)" in err, err
+
+
+def test_a_class_without_images_is_a_warning(tmp_path):
+    """A class folder with no image (an interrupted extraction, say) stays a class, as its name sorts, and the
+    summary names it per split; so does a class whose every image was skipped."""
+    make_folder_tree(str(tmp_path / "src"), classes=("daisy", "rose"), per_class=1, size=SIZE)
+    os.makedirs(tmp_path / "src" / "train" / "iris")
+    os.remove(tmp_path / "src" / "val" / "rose" / "000.png")
+    (tmp_path / "src" / "val" / "rose" / "000.png").write_bytes(b"not an image")
+    rc, err = run_convert_cli(["folder", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                               "--formats", "ffcv"] + COMMON)
+    assert rc == 0, err
+    m = _manifest(str(tmp_path / "out" / "folder"))
+    assert m["classes"] == ["daisy", "iris", "rose"]
+    assert m["splits"]["train"]["label_counts"] == [1, 0, 1] and m["splits"]["val"]["label_counts"] == [1, 0, 0]
+    assert "warning: train has no image of 1 class(es): iris;" in err
+    assert "warning: val has no image of 2 class(es): iris, rose;" in err
 
 
 def test_same_input_same_bytes_whatever_the_workers(imagenet, tmp_path):

@@ -157,6 +157,11 @@ def print_summary(result: dict, wall: float) -> None:
             size = e["bytes"] if fmt == "ffcv" else sum(sh["bytes"] for sh in e["shards"])
             n = 1 if fmt == "ffcv" else len(e["shards"])
             print(f"  {fmt}/{split}: {n} file(s), {size / 2**20:.1f} MiB", file=err)
+    for split, info in m["splits"].items():  # e.g. an empty class folder, or one whose every image was skipped
+        empty = [c for c, n in zip(m["classes"], info["label_counts"]) if n == 0]
+        if empty:
+            print(f"  warning: {split} has no image of {len(empty)} class(es): {', '.join(empty[:20])}"
+                  f"{', ...' if len(empty) > 20 else ''}; check the source if that is not meant", file=err)
     if m["skipped"]:
         print(f"  skipped {len(m['skipped'])} input(s) (all listed in manifest.json):", file=err)
         for s in m["skipped"][:50]:
