@@ -10,8 +10,8 @@ Usage:
     python tools/convert_datasets.py imagenet --out /data/neatt --verify    # files vs the manifest's sha256
 
 Writes <out>/<name>/ (--name, default the source kind): train.beton, val.beton, dali/<split>-NNNNN.{tar,idx},
-manifest.json (docs/architecture.md, section 1). Rerunning skips what is complete and continues an interrupted split from its
-last checkpoint (saved every --shard-size images).
+manifest.json (docs/architecture.md, section 1). Rerunning skips what is complete and continues an interrupted
+split from its last checkpoint (saved every --shard-size images).
 Exit codes: 0 done, 1 conversion error (--strict skips, conflicting existing output, a failed write), 2 bad
 arguments or source, 130 interrupted.
 """
