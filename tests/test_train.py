@@ -499,6 +499,21 @@ def test_fresh_run_into_an_existing_run_dir_needs_overwrite(tmp_path, digits):
         Trainer(cfg, loaders=_loaders(digits, 16), log=lambda m: None)
 
 
+def test_overwrite_replaces_the_old_run_only_once_the_new_one_is_built(tmp_path, digits):
+    """--overwrite (the demo preset's default): a new run that stops on a mistake (here an unknown --opt) leaves
+    the old run as it was; one that starts deletes every file of the old run, its --checkpoint-hist ones too,
+    after reading its --initial-checkpoint, which may be one of the old run's files."""
+    run_dir = tmp_path / 'runs' / 't'
+    _train(tiny_config(tmp_path, checkpoint_hist=2, epochs=1, overwrite=False), digits)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert {LAST, 'checkpoint-0.pth.tar', 'metrics.jsonl'} <= set(before)
+    with pytest.raises(UserInputError, match='--opt bogus'):
+        _train(tiny_config(tmp_path, opt='bogus', overwrite=True), digits)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    _train(tiny_config(tmp_path, max_steps=1, overwrite=True, initial_checkpoint=str(run_dir / LAST)), digits)
+    assert not list(run_dir.glob('checkpoint-*')) and (run_dir / LAST).read_bytes() != before[LAST]
+
+
 def test_transfer_from_a_checkpoint_with_another_class_count_and_image_size(tmp_path, digits):
     from timm.layers import resample_abs_pos_embed
     (xt, yt), val = digits

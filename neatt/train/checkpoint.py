@@ -22,9 +22,12 @@ LAST = 'last.pth.tar'
 BEST = 'model_best.pth.tar'
 
 
+HISTORY_GLOB = 'checkpoint-*.pth.tar'  # every history_name
+
+
 def history_name(epoch: int) -> str:
     """File name of an epoch's checkpoint kept by --checkpoint-hist (timm's CheckpointSaver names them so)."""
-    return f'checkpoint-{epoch}.pth.tar'
+    return HISTORY_GLOB.replace('*', str(epoch))
 
 
 class CheckpointError(ValueError):

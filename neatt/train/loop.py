@@ -27,7 +27,7 @@ from neatt.runtime import configure_cpu_allocator
 
 from .build import (UserInputError, autocast_settings, build_loader_for, check_num_classes, create_model, to_device,
                     train_loss)
-from .checkpoint import (BEST, LAST, CheckpointError, capture_rng_state, history_name, load_checkpoint,
+from .checkpoint import (BEST, HISTORY_GLOB, LAST, CheckpointError, capture_rng_state, history_name, load_checkpoint,
                          load_initial_checkpoint, resolve_checkpoint_path, restore_rng_state, save_checkpoint)
 from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
 from .distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed,
@@ -101,7 +101,7 @@ class Trainer:
         self._old_handlers: dict = {}
 
         resume_ckpt = self._read_resume_checkpoint() if cfg.run.resume else None
-        self._prepare_run_dir(fresh=resume_ckpt is None)
+        self._check_run_dir(fresh=resume_ckpt is None)
         self._seed(cfg.run.seed)
 
         self.model = self._build_model()
@@ -173,6 +173,7 @@ class Trainer:
             self._load_state(resume_ckpt)
         self._set_lr()
 
+        self._prepare_run_dir(fresh=resume_ckpt is None)
         self.loggers = MetricLoggers(self.run_dir, enabled=self.dist.is_main, fresh=resume_ckpt is None)
         if self.dist.is_main:
             write_json_atomic(config_to_dict(cfg), self.run_dir / 'config.json')
@@ -265,18 +266,27 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ run dir, resume
 
+    def _holds_run(self) -> bool:
+        return (self.run_dir / LAST).exists() or (self.run_dir / 'metrics.jsonl').exists()
+
+    def _check_run_dir(self, fresh: bool) -> None:
+        """A fresh run into a run dir that holds one needs --overwrite; checked before anything is built."""
+        if self.dist.is_main and fresh and self._holds_run() and not self.cfg.run.overwrite:
+            raise UserInputError(
+                f'{self.run_dir} already holds a run. Continue it with --resume {self.run_dir}, pick another '
+                f'--experiment, or pass --overwrite to replace it.')
+
     def _prepare_run_dir(self, fresh: bool) -> None:
+        """Create the run dir; with --overwrite, delete the old run's files. Called once everything that can
+        refuse the run (the flags, the model, --initial-checkpoint, the dataset) is built, so that a mistake in
+        the new command loses nothing of the old run."""
         if not self.dist.is_main:
             return
-        holds_run = (self.run_dir / LAST).exists() or (self.run_dir / 'metrics.jsonl').exists()
-        if fresh and holds_run:
-            if not self.cfg.run.overwrite:
-                raise UserInputError(
-                    f'{self.run_dir} already holds a run. Continue it with --resume {self.run_dir}, pick another '
-                    f'--experiment, or pass --overwrite to replace it.')
+        if fresh and self._holds_run():
             self._log(f'--overwrite: replacing the run in {self.run_dir}')
-            for name in (LAST, BEST, 'metrics.jsonl', 'summary.json', 'config.json'):
-                (self.run_dir / name).unlink(missing_ok=True)
+            for path in [self.run_dir / name for name in (LAST, BEST, 'metrics.jsonl', 'summary.json', 'config.json')
+                         ] + list(self.run_dir.glob(HISTORY_GLOB)):
+                path.unlink(missing_ok=True)
             shutil.rmtree(self.run_dir / 'tb', ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
