@@ -256,8 +256,10 @@ def build_loader(data_dir: str, split: str = "train", backend: str = "ffcv", bat
         raise LoaderError(f"{data_dir}: the manifest has no split {split!r} (it has {sorted(manifest['splits'])})")
     module_name, class_name, fmt, package = BACKENDS[backend]
     if split not in manifest.get("formats", {}).get(fmt, {}):
+        usable = [b for b, spec in BACKENDS.items() if split in manifest.get("formats", {}).get(spec[2], {})]
         raise LoaderError(f"{data_dir}: backend {backend!r} reads the {fmt!r} format, which was not converted "
-                          f"for split {split!r}; run tools/convert_datasets.py with that format for this dataset")
+                          f"for split {split!r}; run tools/convert_datasets.py with --formats {fmt} for this "
+                          f"dataset" + (f", or use --backend {' or '.join(usable)}" if usable else ""))
     _check_files(data_dir, manifest["formats"][fmt][split])
     _warn_if_upsampled(data_dir, manifest, image_size)
     device = _resolve_device(device)

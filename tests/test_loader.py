@@ -347,6 +347,22 @@ def test_a_partly_copied_dataset_names_the_file(tmp_path, digits):
             build_loader(copy, backend=backend)
 
 
+def test_a_format_not_converted_names_the_backends_that_can_read(tmp_path, digits):
+    """A dataset converted with --formats ffcv only: dali and torch (which read the DALI shards) are refused,
+    and the message names the backend that can read it."""
+    import json
+    import shutil
+    copy = tmp_path / "digits"
+    shutil.copytree(digits, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["formats"]["dali"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    for backend in ("dali", "torch"):
+        with pytest.raises(LoaderError, match=f"backend '{backend}' reads the 'dali' format, which was not "
+                                              f"converted for split 'train'.*--formats dali.*or use --backend ffcv$"):
+            build_loader(str(copy), backend=backend)
+
+
 def test_unknown_backend_split_and_bad_numbers(digits):
     with pytest.raises(LoaderError, match="'ffcv', 'torch'|\\['dali', 'ffcv', 'torch'\\]"):
         build_loader(digits, backend="tfrecord")
