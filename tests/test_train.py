@@ -411,6 +411,12 @@ def test_progressive_resizing_resumes_bitwise_identical(tmp_path, digits):
         _assert_same_tensors(a[key], b[key])
 
 
+def test_an_image_size_of_partial_patches_is_a_user_error(tmp_path, digits):
+    with pytest.raises(UserInputError, match=r'--img-size 30 is not a multiple of the patch size 4 of --model '
+                                             r'neatt_vit_tiny_patch4_32; use 28 or 32'):
+        _train(tiny_config(tmp_path, img_size=30), digits)
+
+
 def test_progressive_resizing_needs_whole_patches(tmp_path, digits):
     cfg = tiny_config(tmp_path, **dict(PROGRESSIVE, res_step=5))  # epoch 2: 24 px rounded to 25
     with pytest.raises(UserInputError, match=r'trains at 25 px in epoch 2, not a multiple of the patch size 4'):

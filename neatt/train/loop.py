@@ -212,6 +212,10 @@ class Trainer:
 
     def _build_model(self) -> nn.Module:
         model = create_model(self.cfg.model, dynamic_img_size=self.cfg.data.progressive)
+        patch, size = model.patch_embed.patch_size[0], self.cfg.model.img_size  # the trainer takes ViTs only
+        if size % patch:  # timm would cut the last size % patch pixels of every row and column, unseen
+            raise UserInputError(f'--img-size {size} is not a multiple of the patch size {patch} of --model '
+                                 f'{self.cfg.model.model}; use {size - size % patch} or {size - size % patch + patch}')
         if self.cfg.data.progressive:
             self._check_train_resolutions(model)
         if self.cfg.model.initial_checkpoint and not self.cfg.run.resume:
