@@ -1,6 +1,7 @@
 """tools/validate.py against an independent evaluation: the val shard read with tarfile and PIL, torchvision's
 resize + center crop, the weights loaded with plain `load_state_dict`, top-k and cross-entropy computed here.
-Also: the figures the trainer logged for the same checkpoint, a timm (vanilla ViT) checkpoint, bad input."""
+Also: the figures the trainer logged for the same checkpoint, a timm (vanilla ViT) checkpoint, bad input; and
+tools/export_model.py, whose folder timm reads alone, checked against the same evaluation."""
 import io
 import json
 import math
@@ -23,6 +24,7 @@ from neatt.train.loop import Trainer
 from _train_data import REPO, convert_digits
 
 sys.path.insert(0, str(REPO / 'tools'))
+import export_model  # noqa: E402
 import validate  # noqa: E402
 
 KWARGS = {'depth': 2, 'embed_dim': 48, 'num_heads': 3}
@@ -185,3 +187,60 @@ def test_bad_input_is_a_message_and_exit_2(digits_dir, run_dir, tmp_path, capsys
 def test_a_dataset_without_a_manifest(tmp_path, capsys):
     assert validate.main(['--data-dir', str(tmp_path), '--checkpoint', str(tmp_path)]) == 2
     assert 'manifest.json not found' in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------- tools/export_model.py
+def test_an_exported_folder_is_read_by_timm_alone(digits_dir, run_dir, tmp_path):
+    """timm.create_model('local-dir:...', pretrained=True) rebuilds the model with the weights that scored best,
+    bit for bit; timm's own eval transform from the folder's config (image size, crop_pct, mean/std, bicubic)
+    scores them as the independent evaluation does; the class names are the manifest's."""
+    out = tmp_path / 'exported'
+    assert export_model.main(['--checkpoint', str(run_dir), '--output', str(out)]) == 0
+    ckpt = _best(run_dir)
+    which = ckpt['train_state']['best']['which']
+    want = ckpt['state_dict_ema' if which == 'ema' else 'state_dict']
+    model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    got = model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert json.loads((out / 'config.json').read_text())['label_names'] == [str(c) for c in range(10)]
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    assert data_cfg['input_size'] == (3, SIZE, SIZE) and data_cfg['crop_pct'] == 0.875
+    transform = timm.data.create_transform(**data_cfg)
+    samples = _images(digits_dir, 'val')
+    with torch.no_grad():
+        pred = model(torch.stack([transform(img) for img, _ in samples])).argmax(1)
+    top1 = 100.0 * (pred == torch.tensor([label for _, label in samples])).sum().item() / len(samples)
+    assert top1 == pytest.approx(_reference(_tiny_neatt(want), digits_dir, crop_pct=0.875)['top1'], abs=1e-9)
+    assert export_model.main(['--checkpoint', str(run_dir), '--output', str(tmp_path / 'model'),
+                              '--weights', 'model']) == 0
+    got = timm.create_model(f'local-dir:{tmp_path / "model"}', pretrained=True).state_dict()
+    assert all(torch.equal(got[k], ckpt['state_dict'][k]) for k in got)
+
+
+def test_vanilla_vit_weights_start_ne_att_through_timms_pretrained_path(digits_dir, run_dir, tmp_path):
+    """A vanilla ViT's .safetensors as the pretrained file of a Ne-Att model (timm's pretrained_cfg_overlay, as
+    for a hub id): every weight loaded, the head-mixing MLPs left at their init. Exporting a timm checkpoint
+    whose `arch` does not fit its weights is a message, not a folder."""
+    from safetensors.torch import save_file
+    vanilla = to_vanilla_state_dict(_best(run_dir)['state_dict'])
+    save_file(vanilla, tmp_path / 'vanilla.safetensors')
+    overlay = {'file': str(tmp_path / 'vanilla.safetensors'), 'num_classes': 10}
+    ne_att = timm.create_model('neatt_vit_tiny_patch4_32', pretrained=True, pretrained_cfg_overlay=overlay,
+                               num_classes=10, img_size=SIZE, **KWARGS, global_pool='avg')
+    got = ne_att.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in vanilla.items())
+    assert {k for k in got if k not in vanilla} == {k for k in got if 'head_mix' in k} != set()
+    torch.save({'arch': 'vit_tiny_patch16_224', 'state_dict': vanilla}, tmp_path / 'timm.pth.tar')
+    args = ['--checkpoint', str(tmp_path / 'timm.pth.tar'), '--output', str(tmp_path / 'out')]
+    assert export_model.main(args) == 2 and not (tmp_path / 'out').exists()
+
+
+def test_export_mistakes_are_exit_2(run_dir, tmp_path, capsys):
+    (tmp_path / 'taken').mkdir()
+    for args, message in ((['--checkpoint', str(tmp_path / 'none.pth.tar')], 'no checkpoint at'),
+                          (['--checkpoint', str(run_dir), '--output', str(tmp_path / 'taken')], 'exists; remove it')):
+        argv = ['--output', str(tmp_path / 'out')] + args
+        assert export_model.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('export_model.py: error: ') and message in err
+    assert not (tmp_path / 'out').exists() and not list(tmp_path.glob('.out.*'))

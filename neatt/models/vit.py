@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import Attention
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filter_fn
@@ -311,15 +311,27 @@ def create_model(model_name: str, **kwargs) -> NeAttVisionTransformer:
     return timm.create_model(model_name, **kwargs)
 
 
+def _has_weight_source(variant: str, kwargs: dict) -> bool:
+    """Whether `pretrained=True` has weights to read: a file, url or hub id in the pretrained cfg that
+    timm.create_model resolved (e.g. from `local-dir:PATH`, `hf-hub:ID` or `pretrained_cfg_overlay`)."""
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    return cfg.source in ('local-dir', 'hf-hub') or any((cfg.file, cfg.url, cfg.hf_hub_id, cfg.state_dict))
+
+
 def _create_neatt_vit(variant: str, pretrained: bool = False, **kwargs) -> NeAttVisionTransformer:
-    if pretrained:
+    """timm's builder; `pretrained=True` reads what the pretrained cfg points to, through timm's ViT filter (a
+    vanilla ViT's weights load too: the head-mixing MLPs keep their initialisation, `_allow_missing_head_mix`)."""
+    if pretrained and not _has_weight_source(variant, kwargs):
         raise ValueError(
             f'{variant} has no released weights: start from a vanilla timm ViT with '
-            f'timm.create_model({variant!r}, checkpoint_path=...) or neatt.models.load_checkpoint(model, path)')
+            f'timm.create_model({variant!r}, checkpoint_path=...) or neatt.models.load_checkpoint(model, path), or '
+            f'load a folder written by tools/export_model.py with timm.create_model("local-dir:PATH", '
+            f'pretrained=True)')
     return build_model_with_cfg(
         NeAttVisionTransformer,
         variant,
-        pretrained=False,
+        pretrained=pretrained,
+        pretrained_filter_fn=timm_vit_filter_fn,
         feature_cfg=dict(out_indices=3, feature_cls='getter'),
         **kwargs,
     )
