@@ -217,6 +217,27 @@ def test_an_exported_folder_is_read_by_timm_alone(digits_dir, run_dir, tmp_path)
     assert all(torch.equal(got[k], ckpt['state_dict'][k]) for k in got)
 
 
+def test_validate_pretrained_reads_an_exported_folder(digits_dir, run_dir, tmp_path, capsys):
+    """validate.py --model local-dir:PATH --pretrained: the folder's weights at its image size and crop_pct, scored
+    as the independent evaluation scores the checkpoint's weights."""
+    out = tmp_path / 'exported'
+    assert export_model.main(['--checkpoint', str(run_dir), '--output', str(out), '--weights', 'ema']) == 0
+    report = tmp_path / 'val.json'
+    args = ['--data-dir', str(digits_dir), '--model', f'local-dir:{out}', '--pretrained', '--json', str(report)]
+    assert validate.main(args) == 0
+    got = json.loads(report.read_text())
+    assert (got['img_size'], got['crop_pct'], got['model']) == (SIZE, 0.875, 'neatt_vit_tiny_patch4_32')
+    _assert_same(got['results']['model'], _reference(_tiny_neatt(_best(run_dir)['state_dict_ema']), digits_dir,
+                                                     crop_pct=0.875))
+    for argv, message in ((['--pretrained'], '--pretrained needs --model'),
+                          (['--pretrained', '--model', f'local-dir:{tmp_path / "nowhere"}'], 'Config file not found')):
+        assert validate.main(['--data-dir', str(digits_dir), *argv]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: one source of weights
+        validate.main(['--data-dir', str(digits_dir), '--checkpoint', str(run_dir), '--pretrained'])
+    assert 'not allowed with argument' in capsys.readouterr().err
+
+
 def test_vanilla_vit_weights_start_ne_att_through_timms_pretrained_path(digits_dir, run_dir, tmp_path):
     """A vanilla ViT's .safetensors as the pretrained file of a Ne-Att model (timm's pretrained_cfg_overlay, as
     for a hub id): every weight loaded, the head-mixing MLPs left at their init. Exporting a timm checkpoint

@@ -4,11 +4,13 @@
     python tools/validate.py --data-dir /data/neatt/imagenet --checkpoint runs/vitb16_300ep
     torchrun --nproc_per_node 8 tools/validate.py --data-dir /data/neatt/imagenet --checkpoint model_best.pth.tar
     python tools/validate.py --data-dir /data/neatt/imagenet --checkpoint vit_b16.pth.tar --model vit_base_patch16_224
+    python tools/validate.py --data-dir /data/neatt/imagenet --model local-dir:exported/neatt-vitb16 --pretrained
 
 It reads the val split as the trainer's epoch-end evaluation does (same loaders, resize + center crop), so a
 train_fast.py checkpoint gives the figures its run logged. A train_fast.py checkpoint brings its own settings
 (model, image size, crop_pct, backend); a timm train.py checkpoint needs only --model when it has no `arch`, and
-takes timm's crop_pct for that model. timm's validate.py is the reference for what this does; it is rewritten here
+takes timm's crop_pct for that model. --pretrained evaluates the weights timm's pretrained config names instead,
+with its image size and crop_pct: a folder written by tools/export_model.py (`local-dir:PATH`), or a hub model. timm's validate.py is the reference for what this does; it is rewritten here
 because it reads images through timm's loaders, not the converted FFCV/DALI files.
 
 Exit codes: 0 done, 2 a user mistake (missing file, weights that do not fit the model, bad flag), printed without
@@ -32,9 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='Settings not given come from the checkpoint\'s saved config (train_fast.py checkpoints), else from '
                'the model\'s timm defaults.')
     p.add_argument('--data-dir', required=True, help='dataset directory written by tools/convert_datasets.py')
-    p.add_argument('--checkpoint', required=True,
-                   help='a .pth.tar from train_fast.py or timm train.py, a raw state dict, or a train_fast.py run '
-                        'directory (its model_best.pth.tar)')
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument('--checkpoint',
+                         help='a .pth.tar from train_fast.py or timm train.py, a raw state dict, or a train_fast.py '
+                              'run directory (its model_best.pth.tar)')
+    weights.add_argument('--pretrained', action='store_true',
+                         help="--model's own pretrained weights (timm's flag): e.g. --model local-dir:PATH, a "
+                              "folder written by tools/export_model.py, or hf-hub:ID; with their image size and "
+                              "crop_pct unless given")
     p.add_argument('--split', default='val', help='split of the dataset to evaluate, with the eval transform '
                                                   '(default: val)')
     p.add_argument('--weights', choices=('auto', 'model', 'ema'), default='auto',
@@ -127,6 +134,37 @@ def load_weights(model, state_dict: dict, name: str, path: Path, model_name: str
                               f'it with its timm model, e.g. --model {model_name.replace("neatt_", "")}')
 
 
+def pretrained_model(args, num_classes: int):
+    """(config, model with its pretrained weights) for --pretrained: timm.create_model(--model, pretrained=True),
+    at its own image size unless --img-size; the classifier must have the dataset's classes."""
+    import timm
+
+    import neatt  # noqa: F401  (registers the neatt_vit_* models, also for local-dir: and hf-hub: folders)
+    from neatt.train.build import UserInputError
+    from neatt.train.config import Config, DataConfig, ModelConfig, RunConfig
+
+    if not args.model:
+        raise UserInputError('--pretrained needs --model: a timm name, local-dir:PATH or hf-hub:ID')
+    kwargs = dict(args.model_kwargs or {}, **({'img_size': args.img_size} if args.img_size else {}))
+    try:
+        model = timm.create_model(args.model, pretrained=True, **kwargs)
+    except (RuntimeError, ValueError, OSError, TypeError) as e:  # unknown name, no weights, missing folder, kwarg
+        raise UserInputError(f'--model {args.model} --pretrained: {e}') from None
+    if model.num_classes != num_classes:
+        raise UserInputError(f'--model {args.model}: its classifier has {model.num_classes} classes, the dataset has '
+                             f'{num_classes}; evaluate it on the dataset it was trained for')
+    pretrained = model.pretrained_cfg
+    try:
+        cfg = Config(model=ModelConfig(model=pretrained.get('architecture', args.model), num_classes=num_classes,
+                                       img_size=args.img_size or pretrained['input_size'][-1]),
+                     data=DataConfig(data_dir=args.data_dir, crop_pct=args.crop_pct or pretrained.get('crop_pct'),
+                                     backend=args.backend or 'ffcv', workers=2 if args.workers is None else args.workers),
+                     run=RunConfig(device=args.device, amp=args.amp, amp_dtype=args.amp_dtype))
+    except ValueError as e:  # the config's own checks (e.g. --crop-pct out of range)
+        raise UserInputError(str(e)) from None
+    return cfg, model
+
+
 def validate(args, log) -> dict:
     from neatt.datasets.manifest import read_manifest
     from neatt.fileio import write_json_atomic
@@ -137,18 +175,23 @@ def validate(args, log) -> dict:
     from neatt.train.metrics import evaluate
 
     num_classes = read_manifest(args.data_dir)['num_classes']
-    path = resolve_checkpoint_path(args.checkpoint, in_run_dir=BEST, what='--checkpoint')
-    ckpt = load_checkpoint(path, what='--checkpoint')
-    entries = weight_entries(ckpt, args.weights, path)
-    cfg = resolve_config(args, ckpt, num_classes)
-    dist = init_distributed(cfg.run.device)
-    model = create_model(cfg.model)
-    # every set of weights must fit before any data is read; the first is loaded last, so it stays for the loop
-    for name, state_dict in reversed(entries):
-        load_weights(model, state_dict, name, path, cfg.model.model)
+    if args.pretrained:
+        cfg, model = pretrained_model(args, num_classes)
+        path, ckpt, entries = args.model, {}, [('model', None)]
+        dist = init_distributed(cfg.run.device)
+    else:
+        path = resolve_checkpoint_path(args.checkpoint, in_run_dir=BEST, what='--checkpoint')
+        ckpt = load_checkpoint(path, what='--checkpoint')
+        entries = weight_entries(ckpt, args.weights, path)
+        cfg = resolve_config(args, ckpt, num_classes)
+        dist = init_distributed(cfg.run.device)
+        model = create_model(cfg.model)
+        # every set of weights must fit before any data is read; the first is loaded last, so it stays for the loop
+        for name, state_dict in reversed(entries):
+            load_weights(model, state_dict, name, path, cfg.model.model)
+        if args.crop_pct is None and not isinstance(ckpt.get('config'), dict):  # timm's choice for its checkpoints
+            cfg = apply_overrides(cfg, {'crop_pct': model.pretrained_cfg.get('crop_pct', cfg.data.crop_pct)})
     to_device(model, cfg.model, dist.device)
-    if args.crop_pct is None and not isinstance(ckpt.get('config'), dict):  # timm's choice for its checkpoints
-        cfg = apply_overrides(cfg, {'crop_pct': model.pretrained_cfg.get('crop_pct', cfg.data.crop_pct)})
     loader = build_loader_for(cfg, args.split, model, dist, args.batch_size, train=False)
     amp, amp_dtype = autocast_settings(cfg.run, dist.device)
     if dist.is_main:
