@@ -10,8 +10,9 @@ It reads the val split as the trainer's epoch-end evaluation does (same loaders,
 train_fast.py checkpoint gives the figures its run logged. A train_fast.py checkpoint brings its own settings
 (model, image size, crop_pct, backend); a timm train.py checkpoint needs only --model when it has no `arch`, and
 takes timm's crop_pct for that model. --pretrained evaluates the weights timm's pretrained config names instead,
-with its image size and crop_pct: a folder written by tools/export_model.py (`local-dir:PATH`), or a hub model. timm's validate.py is the reference for what this does; it is rewritten here
-because it reads images through timm's loaders, not the converted FFCV/DALI files.
+with its image size and crop_pct: a folder written by tools/export_model.py (`local-dir:PATH`), or a hub model.
+timm's validate.py is the reference for what this does; it is rewritten here because it reads images through
+timm's loaders, not the converted FFCV/DALI files.
 
 Exit codes: 0 done, 2 a user mistake (missing file, weights that do not fit the model, bad flag), printed without
 a traceback.
@@ -158,7 +159,8 @@ def pretrained_model(args, num_classes: int):
         cfg = Config(model=ModelConfig(model=pretrained.get('architecture', args.model), num_classes=num_classes,
                                        img_size=args.img_size or pretrained['input_size'][-1]),
                      data=DataConfig(data_dir=args.data_dir, crop_pct=args.crop_pct or pretrained.get('crop_pct'),
-                                     backend=args.backend or 'ffcv', workers=2 if args.workers is None else args.workers),
+                                     backend=args.backend or 'ffcv',
+                                     workers=2 if args.workers is None else args.workers),
                      run=RunConfig(device=args.device, amp=args.amp, amp_dtype=args.amp_dtype))
     except ValueError as e:  # the config's own checks (e.g. --crop-pct out of range)
         raise UserInputError(str(e)) from None
