@@ -256,6 +256,20 @@ def test_vanilla_vit_weights_start_ne_att_through_timms_pretrained_path(digits_d
     assert export_model.main(args) == 2 and not (tmp_path / 'out').exists()
 
 
+def test_a_timm_train_checkpoint_exports_at_its_architectures_size(tmp_path):
+    """A timm train.py checkpoint (arch, state_dict; no config): exported at the architecture's image size and
+    crop_pct, its weights bit for bit; an unknown arch is a message."""
+    model = timm.create_model('vit_tiny_patch16_224', num_classes=5)
+    torch.save({'arch': 'vit_tiny_patch16_224', 'epoch': 7, 'state_dict': model.state_dict()}, tmp_path / 'a.pth.tar')
+    assert export_model.main(['--checkpoint', str(tmp_path / 'a.pth.tar'), '--output', str(tmp_path / 'out')]) == 0
+    back = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())['pretrained_cfg']
+    assert (cfg['input_size'], cfg['crop_pct'], cfg['num_classes']) == ([3, 224, 224], 0.9, 5)
+    torch.save({'arch': 'vit_nothing_like_it', 'state_dict': model.state_dict()}, tmp_path / 'b.pth.tar')
+    assert export_model.main(['--checkpoint', str(tmp_path / 'b.pth.tar'), '--output', str(tmp_path / 'b')]) == 2
+
+
 def test_export_mistakes_are_exit_2(run_dir, tmp_path, capsys):
     (tmp_path / 'taken').mkdir()
     for args, message in ((['--checkpoint', str(tmp_path / 'none.pth.tar')], 'no checkpoint at'),

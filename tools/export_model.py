@@ -69,7 +69,7 @@ def class_names(data_dir, num_classes: int):
 
 def export(args, log) -> Path:
     import torch
-    from timm.models import save_for_hf
+    from timm.models import get_pretrained_cfg_value, save_for_hf
 
     from neatt.train.build import UserInputError, create_model
     from neatt.train.checkpoint import BEST, load_checkpoint, resolve_checkpoint_path
@@ -92,7 +92,12 @@ def export(args, log) -> Path:
         if not model_name or not isinstance(head, torch.Tensor):
             raise UserInputError(f'--checkpoint {path} names no model (no config, no arch) or has no classifier '
                                  f'(head.weight): pass --model')
-        cfg = Config(model=ModelConfig(model=model_name, num_classes=head.shape[0]), data=DataConfig())
+        try:  # a timm checkpoint exports at its architecture's image size
+            img_size = get_pretrained_cfg_value(model_name, 'input_size')[-1]
+        except RuntimeError as e:  # not a registered architecture
+            raise UserInputError(f'--model {model_name}: {e}') from None
+        cfg = Config(model=ModelConfig(model=model_name, num_classes=head.shape[0], img_size=img_size),
+                     data=DataConfig())
     # training-only settings stay out of the exported constructor arguments
     cfg = apply_overrides(cfg, {'drop': 0.0, 'drop_path': 0.0, 'grad_checkpointing': False})
     model = create_model(cfg.model).eval()
