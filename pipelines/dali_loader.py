@@ -30,6 +30,11 @@ __all__ = ["DaliLoader"]
 
 _CUBIC, _LINEAR = np.array([int(types.INTERP_CUBIC), int(types.INTERP_LINEAR)], np.int32)  # per-sample filters
 
+# nvJPEG's settings on a GPU ("mixed" decoding): libjpeg's fancy chroma upsampling, as DALI's CPU decoder and
+# Pillow decode (nvJPEG's default differs), and the buffer preallocations of NVIDIA's ImageNet example
+# (docs/examples/use_cases/pytorch/resnet50), so that larger images met later in a pass need no reallocation
+MIXED_DECODER_ARGS = dict(jpeg_fancy_upsampling=True, device_memory_padding=211025920, host_memory_padding=140544512)
+
 
 class DaliLoader(Loader):
     """``num_workers`` is DALI's CPU thread count; a fresh pipeline is built per epoch pass (cheap next to an
@@ -79,7 +84,8 @@ class DaliLoader(Loader):
                 source=source, num_outputs=6, batch=True,
                 dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64, types.INT32, types.INT32])
             filters = fn.cast(filters, dtype=types.INTERP_TYPE)  # external_source cannot be fed DALIInterpType
-            images = fn.decoders.image(jpegs, device="mixed" if cuda else "cpu", output_type=types.RGB)
+            images = fn.decoders.image(jpegs, device="mixed" if cuda else "cpu", output_type=types.RGB,
+                                       **(MIXED_DECODER_ARGS if cuda else {}))
             images = fn.resize(images, size=[self.image_size, self.image_size], roi_start=roi_start,
                                roi_end=roi_end, roi_relative=False, interp_type=filters,
                                antialias=True, dtype=types.UINT8)

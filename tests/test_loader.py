@@ -429,6 +429,15 @@ def test_cuda_device_without_gpu(digits):
         build_loader(digits, backend="dali", image_size=SIZE, device="cuda")
 
 
+def test_dali_gpu_decoder_arguments_are_dalis():
+    """The GPU path's decoder arguments, which only a GPU runs, are arguments of DALI's decoder, not deprecated."""
+    from nvidia.dali import backend
+    from pipelines.dali_loader import MIXED_DECODER_ARGS
+    schema = backend.GetSchema("decoders__Image")
+    for name in MIXED_DECODER_ARGS:
+        assert schema.HasArgument(name) and not schema.IsDeprecatedArg(name), name
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="DALI's GPU path (nvJPEG decode, GPU resize) needs a GPU")
 def test_dali_on_the_gpu_matches_its_cpu_path(tmp_path):
     """device='cuda' takes DALI's other operators ('mixed' nvJPEG decode, GPU crop + cubic resize, GPU flip):
