@@ -570,6 +570,33 @@ def test_initial_checkpoint_from_a_timm_safetensors_file(tmp_path, digits):
                 log=lambda m: None)
 
 
+def test_initial_checkpoint_from_an_exported_folder_or_a_run_directory(tmp_path, digits):
+    """--initial-checkpoint takes a folder: one written by tools/export_model.py (its model.safetensors, also as
+    local-dir:PATH) or a run directory (its model_best.pth.tar, EMA weights first); a folder with neither is
+    named."""
+    import sys
+    sys.path.insert(0, str(REPO / 'tools'))
+    import export_model
+    src = tiny_config(tmp_path / 'src', epochs=1)
+    _train(src, digits)
+    run_dir = tmp_path / 'src' / 'runs' / 't'
+    best = torch.load(run_dir / BEST, map_location='cpu', weights_only=False)
+    assert export_model.main(['--checkpoint', str(run_dir), '--output', str(tmp_path / 'shared'),
+                              '--weights', 'model']) == 0
+    for start, want in ((tmp_path / 'shared', best['state_dict']), (f'local-dir:{tmp_path / "shared"}',
+                        best['state_dict']), (run_dir, best['state_dict_ema'])):
+        trainer = Trainer(tiny_config(tmp_path / 'dst', initial_checkpoint=str(start), overwrite=True),
+                          loaders=_loaders(digits, 16), log=lambda m: None)
+        trainer.close()
+        got = trainer.model.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), start
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(CheckpointError, match='empty holds none of model.safetensors, pytorch_model.bin, '
+                                              'model_best.pth.tar'):
+        Trainer(tiny_config(tmp_path / 'e', initial_checkpoint=str(tmp_path / 'empty')),
+                loaders=_loaders(digits, 16), log=lambda m: None)
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, digits):
     src = tiny_config(tmp_path / 'src', max_steps=1)
     _train(src, digits)

@@ -109,6 +109,22 @@ def _head_keys(model: nn.Module) -> set[str]:
     return {names[id(p)] for p in head.parameters() if id(p) in names}
 
 
+WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')  # a timm model folder (tools/export_model.py, the hub)
+
+
+def initial_checkpoint_file(path: os.PathLike) -> Path:
+    """The file --initial-checkpoint reads: the file given; in a folder, a timm model folder's weights
+    (`local-dir:` prefix allowed) or a run directory's model_best.pth.tar."""
+    path = Path(str(path).removeprefix('local-dir:'))
+    if not path.is_dir():
+        return path
+    for name in (*WEIGHT_FILES, BEST):
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(f'--initial-checkpoint: {path} holds none of {", ".join((*WEIGHT_FILES, BEST))}; pass a '
+                          f'checkpoint file, a folder written by tools/export_model.py, or a run directory')
+
+
 def load_initial_checkpoint(model: nn.Module, path: os.PathLike, log=print):
     """Load starting weights from a neatt or timm checkpoint into `model` (before DDP/compile).
 
@@ -120,6 +136,7 @@ def load_initial_checkpoint(model: nn.Module, path: os.PathLike, log=print):
     """
     from neatt.models import load_checkpoint as load_into_model
 
+    path = initial_checkpoint_file(path)
     ckpt = load_checkpoint(path, what='--initial-checkpoint')
     arch = ckpt.get('arch', 'unknown')
     try:

@@ -55,9 +55,10 @@ class ModelConfig:
         help='extra keyword args for timm.create_model, as key=value (e.g. depth=6 neatt_sigma=1.0)',
         factory=dict)
     initial_checkpoint: str = _opt(
-        '', 'weights to start from: a neatt or timm checkpoint (state_dict_ema, state_dict or raw), or timm\'s '
-            'model.safetensors from the Hugging Face hub; position embedding resampled and head re-initialised '
-            'when image size / class count differ')
+        '', 'weights to start from: a neatt or timm checkpoint (state_dict_ema, state_dict or raw), timm\'s '
+            'model.safetensors from the Hugging Face hub, a folder written by tools/export_model.py, or a run '
+            'directory (its model_best.pth.tar); position embedding resampled and head re-initialised when image '
+            'size / class count differ')
     channels_last: bool = _opt(False, 'use channels-last memory format for the model and the batches')
     compile: bool = _opt(False, 'torch.compile the model (falls back to eager with a warning if it cannot)')
     grad_checkpointing: bool = _opt(
