@@ -230,7 +230,9 @@ def test_validate_pretrained_reads_an_exported_folder(digits_dir, run_dir, tmp_p
     _assert_same(got['results']['model'], _reference(_tiny_neatt(_best(run_dir)['state_dict_ema']), digits_dir,
                                                      crop_pct=0.875))
     for argv, message in ((['--pretrained'], '--pretrained needs --model'),
-                          (['--pretrained', '--model', f'local-dir:{tmp_path / "nowhere"}'], 'Config file not found')):
+                          (['--pretrained', '--model', f'local-dir:{tmp_path / "nowhere"}'], 'Config file not found'),
+                          (['--pretrained', '--model', f'local-dir:{out}', '--weights', 'ema'],
+                           '--pretrained has one')):
         assert validate.main(['--data-dir', str(digits_dir), *argv]) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: one source of weights

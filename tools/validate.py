@@ -146,6 +146,8 @@ def pretrained_model(args, num_classes: int):
 
     if not args.model:
         raise UserInputError('--pretrained needs --model: a timm name, local-dir:PATH or hf-hub:ID')
+    if args.weights != 'auto':
+        raise UserInputError(f'--weights {args.weights} picks among a checkpoint\'s weights; --pretrained has one set')
     kwargs = dict(args.model_kwargs or {}, **({'img_size': args.img_size} if args.img_size else {}))
     try:
         model = timm.create_model(args.model, pretrained=True, **kwargs)
