@@ -585,11 +585,13 @@ def test_initial_checkpoint_from_an_exported_folder_or_a_run_directory(tmp_path,
                               '--weights', 'model']) == 0
     for start, want in ((tmp_path / 'shared', best['state_dict']), (f'local-dir:{tmp_path / "shared"}',
                         best['state_dict']), (run_dir, best['state_dict_ema'])):
+        lines = []
         trainer = Trainer(tiny_config(tmp_path / 'dst', initial_checkpoint=str(start), overwrite=True),
-                          loaders=_loaders(digits, 16), log=lambda m: None)
+                          loaders=_loaders(digits, 16), log=lines.append)
         trainer.close()
         got = trainer.model.state_dict()
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), start
+        assert any('(arch neatt_vit_tiny_patch4_32)' in line for line in lines), lines  # the folder's config.json
     (tmp_path / 'empty').mkdir()
     with pytest.raises(CheckpointError, match='empty holds none of model.safetensors, pytorch_model.bin, '
                                               'model_best.pth.tar'):

@@ -6,6 +6,7 @@ and the seed's transfer recipe read it, and `--resume` restores a run exactly. F
 name and renamed (`os.replace`), so an interrupted write (Ctrl-C, preemption) never leaves a half-written
 checkpoint behind: the previous one stays intact.
 """
+import json
 import os
 import random
 from pathlib import Path
@@ -125,6 +126,17 @@ def initial_checkpoint_file(path: os.PathLike) -> Path:
                           f'checkpoint file, a folder written by tools/export_model.py, or a run directory')
 
 
+def _folder_architecture(weights: Path) -> Optional[str]:
+    """The architecture a timm model folder's config.json names, for the weights file in it."""
+    config = weights.parent / 'config.json'
+    if weights.name not in WEIGHT_FILES or not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get('architecture')
+    except (ValueError, OSError):
+        return None
+
+
 def load_initial_checkpoint(model: nn.Module, path: os.PathLike, log=print):
     """Load starting weights from a neatt or timm checkpoint into `model` (before DDP/compile).
 
@@ -138,7 +150,7 @@ def load_initial_checkpoint(model: nn.Module, path: os.PathLike, log=print):
 
     path = initial_checkpoint_file(path)
     ckpt = load_checkpoint(path, what='--initial-checkpoint')
-    arch = ckpt.get('arch', 'unknown')
+    arch = ckpt.get('arch') or _folder_architecture(path) or 'unknown'
     try:
         report = load_into_model(model, ckpt, use_ema=True, strict=False)
     except Exception as e:  # a foreign layout fails inside the filter's shape arithmetic
