@@ -15,6 +15,7 @@ Remainder handling (stated because every sample must be seen exactly once across
   the evaluation code must sum counts, not average per-rank means.
 * ``repeats=r > 1`` (train, repeated augmentation as DeiT trains, timm's ``RepeatAugSampler``): the permutation
   with each sample written ``r`` times in a row is cut to the same length as without repeats (``world_size``
+  times the samples per rank), so an epoch takes as long but holds about ``1/r`` of the samples, each ``r``
   times. Ranks take every ``world_size``-th entry, so with ``r <= world_size`` a sample's copies go to
   different ranks, never twice to one rank in an epoch; with fewer ranks, a rank reads some samples up to
   ``ceil(r / world_size)`` times, one after another (on one process, all ``r`` copies), as timm's sampler does.
