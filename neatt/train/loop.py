@@ -217,15 +217,15 @@ class Trainer:
             raise UserInputError(f'--img-size {size} is not a multiple of the patch size {patch} of --model '
                                  f'{self.cfg.model.model}; use {size - size % patch} or {size - size % patch + patch}')
         if self.cfg.data.progressive:
-            self._check_train_resolutions(model)
+            self._check_train_resolutions(patch)
         if self.cfg.model.initial_checkpoint and not self.cfg.run.resume:
             load_initial_checkpoint(model, self.cfg.model.initial_checkpoint, log=self.log)
         torch.manual_seed(self._rank_seed)
         return to_device(model, self.cfg.model, self.dist.device)
 
-    def _check_train_resolutions(self, model: nn.Module) -> None:
-        """Every train resolution of the schedule must cut into whole patches; torch.compile gets a graph each."""
-        patch = model.patch_embed.patch_size[0]
+    def _check_train_resolutions(self, patch: int) -> None:
+        """Every train resolution of the schedule must cut into whole patches of side `patch`; torch.compile gets
+        a graph each."""
         resolutions = train_resolutions(self.cfg.data, self.cfg.model.img_size,
                                         self.cfg.optim.epochs + self.cfg.optim.cooldown_epochs)
         bad = {res: epochs for res, epochs in resolutions.items() if res % patch}
