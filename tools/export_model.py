@@ -92,18 +92,19 @@ def export(args, log) -> Path:
         if not model_name or not isinstance(head, torch.Tensor):
             raise UserInputError(f'--checkpoint {path} names no model (no config, no arch) or has no classifier '
                                  f'(head.weight): pass --model')
-        try:  # a timm checkpoint exports at its architecture's image size
+        try:  # a timm checkpoint exports at its architecture's image size and crop_pct
             img_size = get_pretrained_cfg_value(model_name, 'input_size')[-1]
+            crop_pct = get_pretrained_cfg_value(model_name, 'crop_pct')
         except RuntimeError as e:  # not a registered architecture
             raise UserInputError(f'--model {model_name}: {e}') from None
         cfg = Config(model=ModelConfig(model=model_name, num_classes=head.shape[0], img_size=img_size),
-                     data=DataConfig())
+                     data=DataConfig(crop_pct=crop_pct))
     # training-only settings stay out of the exported constructor arguments
     cfg = apply_overrides(cfg, {'drop': 0.0, 'drop_path': 0.0, 'grad_checkpointing': False})
     model = create_model(cfg.model).eval()
     load_weights(model, state_dict, name, path, cfg.model.model)
     labels = class_names(args.data_dir or cfg.data.data_dir, model.num_classes)
-    crop_pct = cfg.data.crop_pct if isinstance(ckpt.get('config'), dict) else model.pretrained_cfg.get('crop_pct')
+    crop_pct = cfg.data.crop_pct
     # written next to --output, then renamed: no half-written folder under the name asked for
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
