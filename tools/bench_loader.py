@@ -54,8 +54,8 @@ def make_photos(root: str, n: int, formats: str, seed: int = 0) -> str:
         y, x = rng.integers(0, p.shape[0] - ch + 1), rng.integers(0, p.shape[1] - cw + 1)
         size = (int(rng.integers(360, 441)), int(rng.integers(315, 386)))  # (w, h) around 400x350
         img = Image.fromarray(p[y:y + ch, x:x + cw]).resize(size, Image.BICUBIC)
-        split = "val" if i % 10 == 9 else "train"
-        path = os.path.join(src, split, f"class_{i % 10}", f"{i:06d}.jpg")
+        split = "val" if i % 10 == 9 else "train"  # runs of 10 images per class: each class in both splits
+        path = os.path.join(src, split, f"class_{i // 10 % 10}", f"{i:06d}.jpg")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         img.save(path, quality=90)
     out = os.path.join(root, "out")
@@ -67,9 +67,12 @@ def make_photos(root: str, n: int, formats: str, seed: int = 0) -> str:
 def time_epochs(loaders: dict, rounds: int, device: torch.device, workers: int) -> dict:
     """Best full-epoch images/s per backend, rounds alternating between backends: ``img_per_s`` for the backend
     alone (decode + crop + resize + flip to uint8 batches on the device, the loader's ``_iter_uint8``),
-    ``normalized_img_per_s`` for what the trainer gets (the loader's normalized float batches)."""
+    ``normalized_img_per_s`` for what the trainer gets (the loader's normalized float batches). The uint8 epochs
+    are also split at their first batch: ``first_batch_s``, the pipeline's start-up (a DALI pipeline is built per
+    pass, FFCV's and torch's workers fill their queues), and ``steady_img_per_s``, the rest of the epoch, which is
+    what a long ImageNet epoch sees."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {name: {"normalized": [], "uint8": []} for name in loaders}
+    times = {name: {"normalized": [], "uint8": [], "first": [], "steady": []} for name in loaders}
     counts = {}
     for r in range(rounds + 1):
         for name, loader in loaders.items():
@@ -78,14 +81,22 @@ def time_epochs(loaders: dict, rounds: int, device: torch.device, workers: int) 
                 loader.set_epoch(r)
                 sync()
                 t0 = time.perf_counter()
-                n = 0
+                n = n_first = 0
                 for images, _ in (loader if kind == "normalized" else loader._iter_uint8(r, 0)):
+                    if not n_first:
+                        sync()
+                        t_first, n_first = time.perf_counter(), images.shape[0]
                     n += images.shape[0]
                 sync()
+                t_end = time.perf_counter()
                 if r > 0:
-                    times[name][kind].append(time.perf_counter() - t0)
+                    times[name][kind].append(t_end - t0)
+                    if kind == "uint8":
+                        times[name]["first"].append(t_first - t0)
+                        times[name]["steady"].append((n - n_first) / (t_end - t_first) if n > n_first else 0.0)
                 counts[name] = n
     return {name: {"img_per_s": counts[name] / min(t["uint8"]), "epoch_s": t["uint8"],
+                   "first_batch_s": t["first"], "steady_img_per_s": max(t["steady"]),
                    "normalized_img_per_s": counts[name] / min(t["normalized"]), "normalized_epoch_s": t["normalized"],
                    "images_per_epoch": counts[name]}
             for name, t in times.items()}
@@ -136,12 +147,16 @@ def main(argv=None) -> int:
     print(f"loaders: {data} train, batch {args.batch_size}, {args.image_size} px, {args.workers} workers, "
           f"device {device}, best of {args.rounds} epochs")
     base_norm = results.get("torch", {}).get("normalized_img_per_s")
-    print(f"{'backend':10s} {'img/s':>10s} {'x torch':>8s} {'normalized':>12s} {'x torch':>8s}   "
-          "(img/s: decode + crop + flip, uint8; normalized: + normalize into float batches)")
+    print(f"{'backend':10s} {'img/s':>10s} {'x torch':>8s} {'normalized':>12s} {'x torch':>8s} "
+          f"{'1st batch s':>12s} {'steady img/s':>12s}")
+    print("  (img/s: decode + crop + flip to uint8 batches, whole epochs; normalized: + normalize into float "
+          "batches; 1st batch s: from the epoch's start to its first uint8 batch, the pipeline's start-up; steady "
+          "img/s: the uint8 epoch after its first batch)")
     for name, r in results.items():
         ratio = f"{r['img_per_s'] / base:8.2f}" if base else "       -"
         ratio_norm = f"{r['normalized_img_per_s'] / base_norm:8.2f}" if base_norm else "       -"
-        print(f"{name:10s} {r['img_per_s']:10.1f} {ratio} {r['normalized_img_per_s']:12.1f} {ratio_norm}")
+        print(f"{name:10s} {r['img_per_s']:10.1f} {ratio} {r['normalized_img_per_s']:12.1f} {ratio_norm} "
+              f"{min(r['first_batch_s']):12.3f} {r['steady_img_per_s']:12.1f}")
     print(f"augmentation --aa {args.aa} (bench_augment.run): timm PIL {aug['timm_pil']['img_per_s']:.1f} img/s, "
           f"DeviceAugment {aug['device_augment']['img_per_s']:.1f} img/s, ratio {aug['ratio']:.2f}")
 

@@ -9,7 +9,7 @@
 #                          forward at 64 keys / 4 warps, with the backward at 32 keys / 4 warps / 2 programs per SM,
 #                          and each .gpu/base* tree; two rounds, alternating
 #   measure_gpu.sh dali    unpack the stashed DALI (docs/device/pack_dali.sh) beside torch, install its wheels;
-#                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU
+#                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU; dali_probe.py
 #   measure_gpu.sh train [BACKEND]   the trainer on the GPU: torchrun (NCCL), bf16, torch.compile, the demo preset
 #                          for 3 epochs on the digits (converted for DALI, which the torch backend reads too)
 set -uo pipefail
@@ -63,6 +63,9 @@ dali)
     python3 -m pytest -q -p no:cacheprovider tests/test_loader.py -k dali_on_the_gpu 2>&1 | log pytest_dali.txt
     python3 tools/bench_loader.py --make-photos 4000 --data /tmp/photos --backends torch,dali --device cuda \
         --workers 8 --batch-size 128 --rounds 2 --json "$OUT/bench_loader_gpu.json" 2>&1 | log bench_loader.txt
+    # where a DALI pass spends its time: feed, build, first batch, steady batches; nvJPEG's hardware decoder or not
+    python3 docs/device/dali_probe.py --data /tmp/photos/out/folder --json "$OUT/dali_probe.json" 2>&1 \
+        | log dali_probe.txt
     ;;
 train)
     backend=${2:-torch}
