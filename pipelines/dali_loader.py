@@ -25,6 +25,7 @@ from nvidia.dali.pipeline import Pipeline
 from .base import Loader
 from .crop import bilinear_flags, eval_resize_geometry, flip_flags, rrc_windows
 from .shard_reader import ShardReader
+from .transfer import to_device
 
 __all__ = ["DaliLoader"]
 
@@ -110,6 +111,7 @@ class DaliLoader(Loader):
 
     def _to_torch(self, tensor_list) -> torch.Tensor:
         """A DALI batch (HWC per sample) as a torch tensor on ``self.device``, copied (DALI reuses its buffers).
-        On a GPU pipeline the images come from the GPU and the labels, which no operator touches, from the CPU."""
-        out = torch.from_dlpack(tensor_list.as_tensor()).clone().to(self.device)
+        On a GPU pipeline the images come from the GPU and the labels, which no operator touches, from the CPU
+        (moved without a host-device sync, pipelines.transfer)."""
+        out = to_device(torch.from_dlpack(tensor_list.as_tensor()).clone(), self.device)
         return out.permute(0, 3, 1, 2) if out.dim() == 4 else out

@@ -255,3 +255,24 @@ def test_cuda_matches_cpu(aa, color_jitter):
     assert np.quantile(diff, 0.99) < 1.5
     with pytest.raises(ValueError, match='CPU torch.Generator'):
         aug(x.cuda(), torch.Generator(device='cuda'))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('aa,color_jitter,remode', [('v0', 0.0, 'pixel'), ('rand-m9-mstd0.5-inc1', 0.0, 'rand'),
+                                                    ('3a', 0.3, 'const'), ('original', 0.4, 'pixel')])
+def test_cuda_augment_never_waits_for_the_gpu(aa, color_jitter, remode):
+    """A GPU batch's augmentation makes no host-device synchronization (torch's sync debug mode raises on one).
+    In a train step a sync would drain the GPU's queue, the previous step, before the augmentation is launched,
+    and the trainer would log that wait as data stall. The first call may sync (it caches constants)."""
+    x = _batch(16).cuda()
+    aug = DeviceAugment(AugmentConfig(aa=aa, color_jitter=color_jitter, reprob=1.0, recount=2, remode=remode,
+                                      interpolation='random'))
+    aug(x, torch.Generator().manual_seed(0))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for seed in range(1, 9):
+            aug(x, torch.Generator().manual_seed(seed))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -5,9 +5,11 @@ import warnings
 
 import pytest
 import timm
+import torch
 from timm.data import resolve_data_config
 
 import neatt  # noqa: F401  (registers the neatt_vit_* models)
+from neatt.train.build import autocast_settings
 from neatt.train.config import (PRESETS, REQUIRED, SECTIONS, Config, apply_overrides, build_parser, config_diff,
                                 config_from_args, config_from_dict, config_to_dict)
 
@@ -17,7 +19,7 @@ from _train_data import run_cli
 # `--model` is the Ne-Att twin of the seed's vit_base_patch16_224_in21k; the seed's 8 processes x -b 64 give the
 # global batch 512 that --lr 5e-3 is quoted for (--lr-base-size). timm's SGD momentum default is 0.9.
 SEED_SCRATCH = {
-    '-b': 64, '--img-size': 224, '--epochs': 300, '--color-jitter': 0.0, '--amp': True, '--sched': 'cosine',
+    '-b': 64, '--img-size': 224, '--epochs': 300, '--color-jitter': 0.0, '--sched': 'cosine',
     '--model-ema': True, '--model-ema-decay': 0.995, '--reprob': 0.5, '--smoothing': 0.1, '--min-lr': 1e-7,
     '--warmup-epochs': 3, '--train-interpolation': 'bicubic', '--aa': 'v0', '--lr': 5e-3,
     '--model': 'neatt_vit_base_patch16_224', '--opt': 'sgd', '--weight-decay': 1e-4, '--num-classes': 1000,
@@ -46,6 +48,17 @@ def test_presets_match_the_seed_recipe(preset, table):
     cfg = PRESETS[preset]()
     for flag, expected in table.items():
         assert _value_of_flag(cfg, flag) == expected, flag
+
+
+@pytest.mark.parametrize('preset', ['vitb16_300ep', 'cifar100_transfer'])
+def test_presets_autocast_on_a_gpu_as_the_seed_did_and_not_on_a_cpu(preset):
+    """The seed passed --amp, on GPUs. On an AVX2 CPU bf16 matmuls are emulated (a step 10x slower), so the
+    presets leave autocast to the device; --amp still forces it."""
+    cfg = PRESETS[preset]()
+    assert autocast_settings(cfg.run, torch.device('cuda')) == (True, torch.bfloat16)
+    assert autocast_settings(cfg.run, torch.device('cpu'))[0] is False
+    forced = config_from_args(['--preset', preset, '--data-dir', 'd', '--initial-checkpoint', 'x', '--amp'])[0]
+    assert autocast_settings(forced.run, torch.device('cpu'))[0] is True
 
 
 @pytest.mark.parametrize('preset', ['vitb16_300ep', 'cifar100_transfer'])

@@ -458,10 +458,18 @@ def test_dali_on_the_gpu_matches_its_cpu_path(tmp_path):
             assert xg.is_cuda and xg.dtype == torch.uint8 and xg.shape == xc.shape
             assert torch.equal(yg.cpu(), yc)
             assert (xg.cpu().int() - xc.int()).abs().float().mean() < 1.5, split
-        images, labels = next(iter(gpu_loader))
+        batches = iter(gpu_loader)
+        images, labels = next(batches)
         assert images.is_cuda and images.dtype == torch.float32
         assert images.is_contiguous(memory_format=torch.channels_last)
         assert labels.is_cuda and labels.dtype == torch.int64
+        # after its first batch a pass never makes the host wait for the GPU (torch's sync debug mode raises):
+        # the labels' copy and the augmentation are queued (pipelines.transfer)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            assert len(list(batches)) == 3
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
 
 
 def test_image_size_above_stored_resolution_warns_and_works(digits):

@@ -12,6 +12,8 @@
 #                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU; dali_probe.py
 #   measure_gpu.sh train [BACKEND]   the trainer on the GPU: torchrun (NCCL), bf16, torch.compile, the demo preset
 #                          for 3 epochs on the digits (converted for DALI, which the torch backend reads too)
+#   measure_gpu.sh train-photos [BACKEND]   the vitb16_300ep recipe for 2 short epochs on the photos that
+#                          `dali` made (or makes them): the step's img/s and data stall with --aa v0 and erasing
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -78,8 +80,21 @@ train)
     python3 tools/validate.py --data-dir /tmp/gpu-data/digits --checkpoint /tmp/gpu-runs/demo --backend "$backend" \
         --json "$OUT/validate_$backend.json" 2>&1 | log train_$backend.txt
     ;;
+train-photos)
+    # the paper's recipe (ViT-B/16 Ne-Att, --aa v0, erasing, bf16, compile) on the ImageNet-like photos: step
+    # throughput and data stall per window of 10 steps, two epochs of 56 steps
+    backend=${2:-torch}
+    [ "$backend" = dali ] && dali_libs "$(torch_site)"
+    [ -f /tmp/photos/out/folder/manifest.json ] || python3 -c 'import sys; sys.path[:0] = ["tools", "."]
+import bench_loader; bench_loader.make_photos("/tmp/photos", 4000, "dali")' 2>&1 | log train_photos_$backend.txt
+    torchrun --standalone --nproc_per_node 1 train_fast.py --preset vitb16_300ep --data-dir /tmp/photos/out/folder \
+        --num-classes 10 --backend "$backend" --epochs 2 --warmup-epochs 1 --cooldown-epochs 0 --workers 12 \
+        --log-interval 10 --output /tmp/gpu-runs --experiment "photos-$backend" --overwrite 2>&1 \
+        | log train_photos_$backend.txt
+    cp "/tmp/gpu-runs/photos-$backend/metrics.jsonl" "$OUT/train_photos_${backend}_metrics.jsonl"
+    ;;
 *)
-    echo "usage: $0 stash|model|dali|train [BACKEND]" >&2
+    echo "usage: $0 stash|model|kernel|dali|train [BACKEND]|train-photos [BACKEND]" >&2
     exit 2
     ;;
 esac

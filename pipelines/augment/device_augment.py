@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
+from ..transfer import to_device
 from . import cpu_kernels
 from .config import AugmentConfig
 from .erasing import BatchRandomErasing
@@ -46,7 +47,7 @@ def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x[index] for a channels_last batch, as one row gather on its (B, H*W*C) memory (stays channels_last)."""
     b, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(b, h * w * c)
-    return rows.index_select(0, index.to(x.device)).view(-1, h, w, c).permute(0, 3, 1, 2)
+    return rows.index_select(0, to_device(index, x.device)).view(-1, h, w, c).permute(0, 3, 1, 2)
 
 
 class _OpPlan(NamedTuple):
@@ -204,11 +205,11 @@ class DeviceAugment:
         geometric = len(self.op_names)
         if key >= geometric:
             kind, bicubic = divmod(key - geometric, 2)
-            mats = mats.to(dev, non_blocking=True)
+            mats = to_device(mats, dev)
             if kind == 0:
                 return warp_affine(x, mats, self.cfg.fill, bicubic=bool(bicubic))
             return warp_axis(x, mats, self.cfg.fill, bicubic=bool(bicubic), axis='xy'[kind - 1])
-        return COLOR_OPS[self.op_names[key]](x, args.to(dev, non_blocking=True))
+        return COLOR_OPS[self.op_names[key]](x, to_device(args, dev))
 
     def _draw_ops(self, batch_size: int, height: int, width: int, generator: Optional[torch.Generator]) -> _OpPlan:
         """Draw the batch's ops and turn them into group keys, arguments and warp matrices (CPU tensors): every

@@ -29,6 +29,7 @@ from numba import njit, parallel_chunksize, prange
 
 from neatt.models.logit_noise import GROUP, LANES, normal_group, philox_key
 from neatt.runtime import numba_threads_like_torch, use_threadsafe_numba
+from ..transfer import to_device
 
 __all__ = ['BatchRandomErasing', 'EraseDraw', 'NoiseBoxes', 'box_noise', 'erase_row']
 
@@ -229,12 +230,15 @@ class BatchRandomErasing:
         top, left, h, w = (t[rows, k] for t in (draw.top, draw.left, draw.h, draw.w))
         area = h * w
         total = int(area.sum())  # known on the host: no device sync
-        box = torch.repeat_interleave(torch.arange(rows.numel(), device=dev), area.to(dev), output_size=total)
-        top, left, w, first = (t.to(dev, non_blocking=True) for t in (top, left, w, area.cumsum(0) - area))
+        colors = draw.colors[rows, k] if draw.colors is not None else None
+        # the boxes' host-drawn geometry to the device, queued without waiting for it (pipelines.transfer)
+        first = area.cumsum(0) - area
+        rows, top, left, w, area, first = (to_device(t, dev) for t in (rows, top, left, w, area, first))
+        box = torch.repeat_interleave(torch.arange(rows.numel(), device=dev), area, output_size=total)
         offset = torch.arange(total, device=dev) - first[box]
         bw = w[box]
-        index = (rows.to(dev)[box] * H + top[box] + offset // bw) * W + left[box] + offset % bw
-        colors = draw.colors[rows, k].to(dev, images.dtype)[box] if draw.colors is not None else None
+        index = (rows[box] * H + top[box] + offset // bw) * W + left[box] + offset % bw
+        colors = to_device(colors, dev).to(images.dtype)[box] if colors is not None else None
         if self.mode == 'rand':
             pixels.index_put_((index,), colors)
         else:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..transfer import to_device
+
 __all__ = [
     'GEOMETRIC_OPS', 'AXIS_OPS', 'COLOR_OPS', 'identity_range', 'is_identity', 'affine_matrix', 'warp_affine',
     'warp_axis', 'blend', 'grayscale', 'invert', 'posterize', 'solarize', 'solarize_add', 'color', 'contrast',
@@ -44,7 +46,7 @@ def grayscale(img: torch.Tensor) -> torch.Tensor:
     a (pixels, 3) @ (3,) product on the channels_last memory (a reduction over a size-3 inner dim is slow).
     """
     n, c, h, w = img.shape
-    weights = torch.tensor(_GRAY_WEIGHTS, device=img.device)
+    weights = to_device(torch.tensor(_GRAY_WEIGHTS), img.device)
     pixels = img.permute(0, 2, 3, 1).reshape(n * h * w, c).float()
     gray = torch.mv(pixels, weights).add_(32768.0).div_(65536.0).floor_()
     return gray.view(n, h, w, 1).permute(0, 3, 1, 2)
@@ -130,7 +132,8 @@ def box_blur_weights(box_radius: torch.Tensor):
     """Pillow's fixed-point weights of one extended box pass: (integer radius r, weight ww of the 2r+1 inner
     pixels, weight fw of the two outer ones), with ww (2r+1) + 2 fw <= 2**24. int64 tensors."""
     r = box_radius.to(torch.int64)  # C's (int) truncation; the radius is >= 0
-    ww = (torch.tensor(2.0 ** 24, dtype=torch.float32, device=box_radius.device) / (box_radius * 2 + 1)).to(torch.int64)
+    two24 = torch.full((), 2.0 ** 24, dtype=torch.float32, device=box_radius.device)  # a fill: no host copy
+    ww = (two24 / (box_radius * 2 + 1)).to(torch.int64)
     fw = (2 ** 24 - (2 * r + 1) * ww) // 2
     return r, ww, fw
 
@@ -266,9 +269,10 @@ def warp_affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], bi
     xs = torch.arange(w, device=dev, dtype=torch.float64).add_(0.5)
     ys = torch.arange(h, device=dev, dtype=torch.float64).add_(0.5)
     m = matrix.view(n, 6, 1)
-    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64, device=dev).view(1, 2, 1)
-    along_x = ((m[:, [0, 3]] * xs + m[:, [2, 5]]) * scale - 1).float()  # (n, 2, w)
-    along_y = (m[:, [1, 4]] * ys * scale).float()  # (n, 2, h)
+    scale = to_device(torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64), dev).view(1, 2, 1)
+    # rows (0, 3), (1, 4), (2, 5) of the matrices as strided views: a list index would be a blocking copy
+    along_x = ((m[:, 0::3] * xs + m[:, 2::3]) * scale - 1).float()  # (n, 2, w)
+    along_y = (m[:, 1::3] * ys * scale).float()  # (n, 2, h)
     grid = torch.empty(n, h, w, 2, device=dev)
     torch.add(along_y.transpose(1, 2).unsqueeze(2), along_x.transpose(1, 2).unsqueeze(1), out=grid)
     u, v = grid.unbind(3)
@@ -277,7 +281,7 @@ def warp_affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], bi
     inside &= v < 1
     out = F.grid_sample(img.float(), grid, mode='bicubic' if bicubic else 'bilinear', padding_mode='border',
                         align_corners=False)
-    fill_t = torch.tensor(list(fill), dtype=out.dtype, device=dev).view(1, c, 1, 1)
+    fill_t = to_device(torch.tensor(list(fill), dtype=out.dtype), dev).view(1, c, 1, 1)
     out = torch.where(inside.unsqueeze(1), out.clamp_(0, 255), fill_t)
     return out.to(dtype=torch.uint8, memory_format=torch.channels_last)
 
@@ -332,7 +336,7 @@ def _resample_rows(img: torch.Tensor, s: torch.Tensor, t: torch.Tensor, fill: Se
         value = pixels.index_select(0, index.view(-1)).view(n, h, w, c).float()
         value.mul_(wk.view(n, h, 1, 1))
         out = value if out is None else out.add_(value)
-    fill_t = torch.tensor(list(fill), dtype=out.dtype, device=dev)
+    fill_t = to_device(torch.tensor(list(fill), dtype=out.dtype), dev)
     out = torch.where(inside.unsqueeze(3), out.clamp_(0, 255), fill_t)  # (n, h, w, c)
     return out.to(torch.uint8).permute(0, 3, 1, 2)
 
