@@ -8,11 +8,12 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from neatt.train.checkpoint import BEST, LAST, CheckpointError
 from neatt.train.config import apply_overrides
 from neatt.train.loop import NonFiniteLossError, Trainer, UserInputError
-from neatt.train.metrics import topk_correct
+from neatt.train.metrics import EvalAccumulator, topk_correct
 
 from _train_data import REPO, DigitsLoader, ResizingDigitsLoader, digits_tensors, tiny_config
 
@@ -71,6 +72,34 @@ def test_topk_correct_matches_timm_accuracy():
     counts = topk_correct(logits, target)
     assert counts[0].item() / 50 * 100 == pytest.approx(top1.item())
     assert counts[1].item() / 50 * 100 == pytest.approx(top5.item())
+
+
+def test_eval_accumulator_sums_match_a_hand_count():
+    g = torch.Generator().manual_seed(1)
+    acc = EvalAccumulator(torch.device('cpu'))
+    logits, target = torch.randn(30, 7, generator=g), torch.randint(0, 7, (30,), generator=g)
+    for part in (slice(0, 12), slice(12, 30)):
+        acc.update(logits[part], target[part], F.cross_entropy(logits[part], target[part], reduction='sum'))
+    top1 = sum(int(logits[i].argmax() == target[i]) for i in range(30))
+    top5 = sum(int(target[i] in logits[i].topk(5).indices) for i in range(30))
+    got = acc.compute()
+    assert got['count'] == 30 and got['top1'] == pytest.approx(100 * top1 / 30)
+    assert got['top5'] == pytest.approx(100 * top5 / 30)
+    assert got['loss'] == pytest.approx(float(F.cross_entropy(logits, target)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_eval_accumulator_never_waits_for_the_gpu():
+    """A sync per val batch would leave the GPU idle while the host fetches the next one."""
+    acc = EvalAccumulator(torch.device('cuda'))
+    logits, target = torch.randn(8, 10, device='cuda'), torch.randint(0, 10, (8,), device='cuda')
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        acc.update(logits, target, F.cross_entropy(logits, target, reduction='sum'))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert acc.compute()['count'] == 8
 
 
 def test_run_trains_evaluates_and_writes_its_files(tmp_path, digits):

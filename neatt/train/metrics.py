@@ -39,8 +39,8 @@ class EvalAccumulator:
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss_sum: torch.Tensor) -> None:
         correct = topk_correct(logits, target)
-        self.sums += torch.stack([loss_sum.double(), correct[0].double(), correct[1].double(),
-                                  torch.tensor(float(target.numel()), dtype=torch.float64, device=self.sums.device)])
+        count = self.sums.new_full((), float(target.numel()))  # a fill: a host tensor's copy would sync a GPU
+        self.sums += torch.stack([loss_sum.double(), correct[0].double(), correct[1].double(), count])
 
     def compute(self) -> dict:
         sums = all_reduce_sum(self.sums.clone())
