@@ -32,7 +32,7 @@ model)
     python3 -c 'import torch, triton, timm; print(torch.__version__, triton.__version__, timm.__version__)' | log device.txt
     # the CUDA tests only (the interpreted kernel run and the CPU tests are CI's)
     python3 -m pytest -q -p no:cacheprovider tests/test_mix_softmax_triton.py tests/test_augment.py \
-        -k 'not interpreter and (cuda or not test_augment.py)' 2>&1 | log pytest_model.txt
+        tests/test_train.py -k 'not interpreter and (cuda or test_mix_softmax_triton.py)' 2>&1 | log pytest_model.txt
     # the recipe's augmentation (v0, erasing 0.5) at its per-GPU batch of 64: GPU time the train step spends on it
     python3 tools/bench_augment.py --device cuda --batch-size 64 --images 512 --rounds 3 --reprob 0.5 \
         --json "$OUT/bench_augment_b64.json" 2>&1 | log bench_augment_b64.txt
