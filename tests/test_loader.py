@@ -293,6 +293,12 @@ def test_non_square_photos_same_geometry_in_every_backend(tmp_path):
                     assert torch.equal(xa, xb), split
                 else:
                     assert (xa.int() - xb.int()).abs().float().mean() < 4.0, (b, split)
+    # DALI reads each image's size from its JPEG header once and keeps it: a second epoch is what a fresh loader
+    # gives (a size kept as (height, width) would misplace these non-square windows)
+    warm = _build(data, "dali", batch_size=4, image_size=24)
+    _uint8_epoch(warm, 0)
+    assert (warm._sizes == (52, 36)).all()
+    _assert_same_batches(_uint8_epoch(warm, 1), _uint8_epoch(_build(data, "dali", batch_size=4, image_size=24), 1))
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "random"])
