@@ -444,6 +444,28 @@ def test_dali_gpu_decoder_arguments_are_dalis():
         assert schema.HasArgument(name) and not schema.IsDeprecatedArg(name), name
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FFCV's ToDevice needs a GPU")
+def test_ffcv_to_the_gpu_gives_its_cpu_batches(digits):
+    """device='cuda' adds FFCV's ToDevice (non_blocking, from its pinned buffers) after the same CPU decode: the
+    same uint8 batches bit for bit, on the GPU; then the augmented float batches, and no host-device sync after a
+    pass's first batch (torch's sync debug mode raises on one)."""
+    cpu = _uint8_epoch(_build(digits, "ffcv"), 0)
+    gpu_loader = _build(digits, "ffcv", device="cuda")
+    gpu = _uint8_epoch(gpu_loader, 0)
+    assert len(gpu) == len(cpu) > 1
+    for (xg, yg), (xc, yc) in zip(gpu, cpu):
+        assert xg.is_cuda and yg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+    batches = iter(gpu_loader)
+    images, labels = next(batches)
+    assert images.is_cuda and images.dtype == torch.float32 and labels.is_cuda and labels.dtype == torch.int64
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        assert len(list(batches)) == len(cpu) - 1
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="DALI's GPU path (nvJPEG decode, GPU resize) needs a GPU")
 def test_dali_on_the_gpu_matches_its_cpu_path(tmp_path):
     """device='cuda' takes DALI's other operators ('mixed' nvJPEG decode, GPU crop + cubic resize, GPU flip):

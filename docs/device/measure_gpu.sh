@@ -12,8 +12,10 @@
 #                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU; dali_probe.py
 #   measure_gpu.sh train [BACKEND]   the trainer on the GPU: torchrun (NCCL), bf16, torch.compile, the demo preset
 #                          for 3 epochs on the digits (converted for DALI, which the torch backend reads too)
-#   measure_gpu.sh train-photos [BACKEND]   the vitb16_300ep recipe for 2 short epochs on the photos that
-#                          `dali` made (or makes them): the step's img/s and data stall with --aa v0 and erasing
+#   measure_gpu.sh ffcv    unpack docs/device/pack_ffcv.sh's FFCV; its loader tests; bench_loader, torch vs ffcv
+#                          decoding to the GPU
+#   measure_gpu.sh train-photos [BACKEND]   the vitb16_300ep recipe for 2 short epochs on 4,000 photos: the
+#                          step's img/s and data stall with --aa v0 and erasing (BACKEND ffcv: after `ffcv`)
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -22,6 +24,15 @@ log() { tee -a "$OUT/$1"; }
 torch_site() { python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))'; }
 # where the unpacked nvJPEG and nvImageCodec live, in case DALI's own search does not look there
 dali_libs() { export LD_LIBRARY_PATH="$1/nvidia/cu13/lib:$1/nvidia/nvimgcodec:${LD_LIBRARY_PATH:-}"; }
+# FFCV from docs/device/pack_ffcv.sh: unpacked into /tmp/ffcv once, then on the paths of this shell
+ffcv_env() {
+    if [ ! -d /tmp/ffcv/site ]; then
+        mkdir -p /tmp/ffcv && tar -xJf .gpu/ffcv/ffcv.tar.xz -C /tmp/ffcv || return 1
+    fi
+    cp /tmp/ffcv/ext/_jpeg_window.cpython-312-*.so pipelines/
+    export PYTHONPATH="/tmp/ffcv/site:${PYTHONPATH:-}" LD_LIBRARY_PATH="/tmp/ffcv/lib:${LD_LIBRARY_PATH:-}"
+    python3 -c 'import distutils.log' 2>/dev/null || export PYTHONPATH="/tmp/ffcv/distutils_stub:$PYTHONPATH"
+}
 
 case "${1:-}" in
 stash)
@@ -69,6 +80,17 @@ dali)
     python3 docs/device/dali_probe.py --data /tmp/photos/out/folder --json "$OUT/dali_probe.json" 2>&1 \
         | log dali_probe.txt
     ;;
+ffcv)
+    ffcv_env || exit 1
+    python3 -c 'import ffcv, pipelines.ffcv_loader; print("FFCV", ffcv.__file__)' 2>&1 | log device.txt
+    # FFCV's contract test on this machine's numba, numpy and torch, and its GPU test (ToDevice gives the CPU
+    # batches bit for bit, no sync); then FFCV against torchvision decoding to the GPU
+    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_loader.py -k 'ffcv and (contract or gpu)' 2>&1 \
+        | log pytest_ffcv.txt
+    python3 tools/bench_loader.py --make-photos 4000 --data /tmp/photos-ffcv --backends ffcv,torch --device cuda \
+        --workers 8 --batch-size 128 --rounds 2 --json "$OUT/bench_loader_ffcv_gpu.json" 2>&1 \
+        | log bench_loader_ffcv.txt
+    ;;
 train)
     backend=${2:-torch}
     [ "$backend" = dali ] && dali_libs "$(torch_site)"
@@ -85,16 +107,19 @@ train-photos)
     # throughput and data stall per window of 10 steps, two epochs of 56 steps
     backend=${2:-torch}
     [ "$backend" = dali ] && dali_libs "$(torch_site)"
-    [ -f /tmp/photos/out/folder/manifest.json ] || python3 -c 'import sys; sys.path[:0] = ["tools", "."]
-import bench_loader; bench_loader.make_photos("/tmp/photos", 4000, "dali")' 2>&1 | log train_photos_$backend.txt
-    torchrun --standalone --nproc_per_node 1 train_fast.py --preset vitb16_300ep --data-dir /tmp/photos/out/folder \
+    [ "$backend" = ffcv ] && { ffcv_env || exit 1; }
+    photos=/tmp/photos-train  # both formats, so that every backend reads the same photos
+    [ -f $photos/out/folder/manifest.json ] || python3 -c 'import sys; sys.path[:0] = ["tools", "."]
+import bench_loader; bench_loader.make_photos(sys.argv[1], 4000, sys.argv[2])' $photos \
+        "$([ -d /tmp/ffcv/site ] && echo ffcv,dali || echo dali)" 2>&1 | log train_photos_$backend.txt
+    torchrun --standalone --nproc_per_node 1 train_fast.py --preset vitb16_300ep --data-dir $photos/out/folder \
         --num-classes 10 --backend "$backend" --epochs 2 --warmup-epochs 1 --cooldown-epochs 0 --workers 12 \
         --log-interval 10 --output /tmp/gpu-runs --experiment "photos-$backend" --overwrite 2>&1 \
         | log train_photos_$backend.txt
     cp "/tmp/gpu-runs/photos-$backend/metrics.jsonl" "$OUT/train_photos_${backend}_metrics.jsonl"
     ;;
 *)
-    echo "usage: $0 stash|model|kernel|dali|train [BACKEND]|train-photos [BACKEND]" >&2
+    echo "usage: $0 stash|model|kernel|dali|ffcv|train [BACKEND]|train-photos [BACKEND]" >&2
     exit 2
     ;;
 esac
