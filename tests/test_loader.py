@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _cuda import no_host_sync
 from datasets_builders import make_folder_tree, read_ffcv, read_ffcv_jpegs, run_convert_cli
 from pipelines.augment import AugmentConfig
 from pipelines.base import LoaderError, build_loader
@@ -459,11 +460,8 @@ def test_ffcv_to_the_gpu_gives_its_cpu_batches(digits):
     batches = iter(gpu_loader)
     images, labels = next(batches)
     assert images.is_cuda and images.dtype == torch.float32 and labels.is_cuda and labels.dtype == torch.int64
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         assert len(list(batches)) == len(cpu) - 1
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="DALI's GPU path (nvJPEG decode, GPU resize) needs a GPU")
@@ -493,11 +491,8 @@ def test_dali_on_the_gpu_matches_its_cpu_path(tmp_path):
         assert labels.is_cuda and labels.dtype == torch.int64
         # after its first batch a pass never makes the host wait for the GPU (torch's sync debug mode raises):
         # the labels' copy and the augmentation are queued (pipelines.transfer)
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with no_host_sync():
             assert len(list(batches)) == 3
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
 
 
 def test_image_size_above_stored_resolution_warns_and_works(digits):

@@ -15,6 +15,7 @@ from neatt.train.config import apply_overrides
 from neatt.train.loop import NonFiniteLossError, Trainer, UserInputError
 from neatt.train.metrics import EvalAccumulator, topk_correct
 
+from _cuda import no_host_sync
 from _train_data import REPO, DigitsLoader, ResizingDigitsLoader, digits_tensors, tiny_config
 
 N_TRAIN, N_VAL = 64, 37  # 37 val samples: uneven shards under 2 ranks
@@ -94,11 +95,8 @@ def test_cuda_eval_accumulator_never_waits_for_the_gpu():
     """A sync per val batch would leave the GPU idle while the host fetches the next one."""
     acc = EvalAccumulator(torch.device('cuda'))
     logits, target = torch.randn(8, 10, device='cuda'), torch.randint(0, 10, (8,), device='cuda')
-    torch.cuda.set_sync_debug_mode('error')
-    try:
+    with no_host_sync():
         acc.update(logits, target, F.cross_entropy(logits, target, reduction='sum'))
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
     assert acc.compute()['count'] == 8
 
 
