@@ -14,7 +14,7 @@
 #                          for 3 epochs on the digits (converted for DALI, which the torch backend reads too)
 #   measure_gpu.sh ffcv    unpack docs/device/pack_ffcv.sh's FFCV; its loader tests; bench_loader, torch vs ffcv
 #                          decoding to the GPU
-#   measure_gpu.sh train-photos [BACKEND]   the vitb16_300ep recipe for 2 short epochs on 4,000 photos: the
+#   measure_gpu.sh train-photos [BACKEND]   the vitb16_300ep recipe for 2 short epochs on the photos: the
 #                          step's img/s and data stall with --aa v0 and erasing (BACKEND ffcv: after `ffcv`)
 set -uo pipefail
 OUT=${OUT:-gpu-out}
@@ -32,6 +32,20 @@ ffcv_env() {
     cp /tmp/ffcv/ext/_jpeg_window.cpython-312-*.so pipelines/
     export PYTHONPATH="/tmp/ffcv/site:${PYTHONPATH:-}" LD_LIBRARY_PATH="/tmp/ffcv/lib:${LD_LIBRARY_PATH:-}"
     python3 -c 'import distutils.log' 2>/dev/null || export PYTHONPATH="/tmp/ffcv/distutils_stub:$PYTHONPATH"
+}
+# the 4,000 ImageNet-like photos that dali, ffcv and train-photos read: built once per machine, in every format
+# this machine reads (FFCV's too once `ffcv` has unpacked it); prints the dataset dir
+photos() {
+    local formats=dali
+    [ -d /tmp/ffcv/site ] && formats=ffcv,dali
+    if ! python3 -c 'import json, sys
+sys.exit(not set(sys.argv[1].split(",")) <= set(json.load(open(sys.argv[2]))["formats"]))' \
+            "$formats" /tmp/photos/out/folder/manifest.json 2>/dev/null; then
+        python3 -c 'import sys; sys.path[:0] = ["tools", "."]
+import bench_loader; bench_loader.make_photos("/tmp/photos", 4000, sys.argv[1])' "$formats" >> "$OUT/photos.txt" 2>&1 \
+            || return 1
+    fi
+    echo /tmp/photos/out/folder
 }
 
 case "${1:-}" in
@@ -74,11 +88,11 @@ dali)
     dali_libs "$site"
     python3 -c 'import nvidia.dali; print("DALI", nvidia.dali.__version__)' 2>&1 | log device.txt
     python3 -m pytest -q -p no:cacheprovider tests/test_loader.py -k dali_on_the_gpu 2>&1 | log pytest_dali.txt
-    python3 tools/bench_loader.py --make-photos 4000 --data /tmp/photos --backends torch,dali --device cuda \
+    data=$(photos) || exit 1
+    python3 tools/bench_loader.py --data "$data" --backends torch,dali --device cuda \
         --workers 8 --batch-size 128 --rounds 2 --json "$OUT/bench_loader_gpu.json" 2>&1 | log bench_loader.txt
     # where a DALI pass spends its time: feed, build, first batch, steady batches; nvJPEG's hardware decoder or not
-    python3 docs/device/dali_probe.py --data /tmp/photos/out/folder --json "$OUT/dali_probe.json" 2>&1 \
-        | log dali_probe.txt
+    python3 docs/device/dali_probe.py --data "$data" --json "$OUT/dali_probe.json" 2>&1 | log dali_probe.txt
     ;;
 ffcv)
     ffcv_env || exit 1
@@ -87,9 +101,9 @@ ffcv)
     # batches bit for bit, no sync); then FFCV against torchvision decoding to the GPU
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_loader.py -k 'ffcv and (contract or gpu)' 2>&1 \
         | log pytest_ffcv.txt
-    python3 tools/bench_loader.py --make-photos 4000 --data /tmp/photos-ffcv --backends ffcv,torch --device cuda \
-        --workers 8 --batch-size 128 --rounds 2 --json "$OUT/bench_loader_ffcv_gpu.json" 2>&1 \
-        | log bench_loader_ffcv.txt
+    data=$(photos) || exit 1
+    python3 tools/bench_loader.py --data "$data" --backends ffcv,torch --device cuda --workers 8 \
+        --batch-size 128 --rounds 2 --json "$OUT/bench_loader_ffcv_gpu.json" 2>&1 | log bench_loader_ffcv.txt
     ;;
 train)
     backend=${2:-torch}
@@ -108,11 +122,8 @@ train-photos)
     backend=${2:-torch}
     [ "$backend" = dali ] && dali_libs "$(torch_site)"
     [ "$backend" = ffcv ] && { ffcv_env || exit 1; }
-    photos=/tmp/photos-train  # both formats, so that every backend reads the same photos
-    [ -f $photos/out/folder/manifest.json ] || python3 -c 'import sys; sys.path[:0] = ["tools", "."]
-import bench_loader; bench_loader.make_photos(sys.argv[1], 4000, sys.argv[2])' $photos \
-        "$([ -d /tmp/ffcv/site ] && echo ffcv,dali || echo dali)" 2>&1 | log train_photos_$backend.txt
-    torchrun --standalone --nproc_per_node 1 train_fast.py --preset vitb16_300ep --data-dir $photos/out/folder \
+    data=$(photos) || exit 1
+    torchrun --standalone --nproc_per_node 1 train_fast.py --preset vitb16_300ep --data-dir "$data" \
         --num-classes 10 --backend "$backend" --epochs 2 --warmup-epochs 1 --cooldown-epochs 0 --workers 12 \
         --log-interval 10 --output /tmp/gpu-runs --experiment "photos-$backend" --overwrite 2>&1 \
         | log train_photos_$backend.txt
