@@ -84,13 +84,17 @@ def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0,
 
 
 def _assert_close(ours, ref, rtol, atol):
+    """Each tensor within rtol, atol of the reference, atol in units of the tensor's largest value where that
+    is above 1: a weight gradient sums its terms over every position in float32, so its rounding error follows
+    the sum's scale (up to a few hundred here), not that of an element which the sum cancelled to near 0."""
     for k in ref:
-        torch.testing.assert_close(ours[k].detach().double().cpu(), ref[k].detach(), rtol=rtol, atol=atol,
+        scale = max(1., float(ref[k].abs().max()))
+        torch.testing.assert_close(ours[k].detach().double().cpu(), ref[k].detach(), rtol=rtol, atol=atol * scale,
                                    msg=lambda m, k=k: f'{k}: {m}')
 
 
 @pytest.mark.parametrize('device', DEVICES)
-@pytest.mark.parametrize('H,N', [(12, 17), (3, 40), (5, 70)])
+@pytest.mark.parametrize('H,N', [(12, 17), (3, 40), (5, 70), (16, 9)])  # 16: no padding to fold the biases into
 def test_matches_reference_without_noise(device, H, N):
     """Mix on, noise off, float32: z, attn and every gradient (s and the six MLP tensors) as the reference."""
     ours, ref, _ = _run_both(H, B=2, N=N, device=device)
@@ -265,7 +269,8 @@ def test_kernels_compile_for_hopper(dtype):
         assert compiled.asm['cubin'], constexprs
 
     for on in (True, False):  # every branch, on or off
-        compile_for_sm90(fwd, dict(HP=16, FP=64, BLOCK_J=mst._BLOCK_J[0], MIX=on, NOISE=on, PREC=prec),
-                         mst._NUM_WARPS[0])
-        compile_for_sm90(bwd, dict(HP=16, FP=64, BLOCK_J=mst._BLOCK_J[1], MIX=on, HAS_GZ=on, PREC=prec),
-                         mst._NUM_WARPS[1])
+        for fold in (True, False):
+            compile_for_sm90(fwd, dict(HP=16, FP=64, BLOCK_J=mst._BLOCK_J[0], MIX=on, NOISE=on, FOLD=fold,
+                                       PREC=prec), mst._NUM_WARPS[0])
+            compile_for_sm90(bwd, dict(HP=16, FP=64, BLOCK_J=mst._BLOCK_J[1], MIX=on, HAS_GZ=on, FOLD=fold,
+                                       PREC=prec), mst._NUM_WARPS[1])

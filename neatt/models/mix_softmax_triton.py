@@ -17,11 +17,14 @@ sweep over the row writes attn. Nothing else goes to memory.
 The backward recomputes the MLP from s (saved instead of the hidden activations: H instead of 9H values per
 position) and goes through the softmax, the MLP and the residual in one sweep per row. Weight gradients are
 summed in float32 registers per program (a persistent grid) and the programs' partial sums added in torch, in
-program order, so results do not depend on scheduling.
+program order, so results do not depend on scheduling. Where H and 4H leave padding (every model but ViT-L's 16
+heads), the MLP's biases ride in it (`_load_mlp`): the dots add them and, in the backward, sum their gradients,
+which removed three reductions over keys per chunk and the spills (docs/benchmarks.md, 2026-11-28).
 
 z is stored in the dtype of s (bf16 under autocast, as the matmul path gives it); the softmax reads z as
 stored, so that it sees what the next block sees. The math is in float32 except the matmul operands, which are
-in the dtype of s (as autocast's matmuls take them); float32 logits use full-precision ("ieee") dots.
+in the dtype of s (as autocast's matmuls take them, biases included); float32 logits use full-precision ("ieee")
+dots.
 
 `TRITON_INTERPRET=1` runs the same kernels on CPU tensors (tests/test_mix_softmax_triton.py).
 """
@@ -85,25 +88,58 @@ def _box_muller(w_radius, w_angle):
     return r * c, r * s
 
 
-def _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, H, F, HP: tl.constexpr, FP: tl.constexpr, cdt: tl.constexpr):
-    """The head MLP's weights zero-padded to (FP, HP), (FP, FP), (HP, FP) in the matmul dtype `cdt`, and its first
-    two biases to FP in float32 (zero padding keeps the padded heads and features at 0 through the MLP)."""
+def _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F,
+              HP: tl.constexpr, FP: tl.constexpr, FOLD: tl.constexpr, cdt: tl.constexpr):
+    """The head MLP's weights zero-padded to (FP, HP), (FP, FP), (HP, FP) in the matmul dtype `cdt` (zero padding
+    keeps the padded heads and features at 0 through the MLP), and its biases in float32 (HP and FP long).
+
+    FOLD (H < HP and F < FP): the biases go into the padding instead, so that the dots add them: a 1 in input
+    row H (`_with_ones_row`) meets b1 in column H of w1, and w1[F, H] = 1 makes hidden unit F a constant 1
+    (LeakyReLU(1) = 1), which meets b2 and b3 in column F of w2 and w3 (w2[F, F] = 1 keeps it 1 in the second
+    layer). The bias adds, and in the backward the bias gradients' sums over keys, are then part of the dots
+    (the weight gradients' columns H and F); the returned biases are then unused."""
     hs = tl.arange(0, HP)
     fs = tl.arange(0, FP)
     h_ok = hs < H
     f_ok = fs < F
-    w1 = tl.load(w1_ptr + fs[:, None] * H + hs[None, :], mask=f_ok[:, None] & h_ok[None, :], other=0.).to(cdt)
-    w2 = tl.load(w2_ptr + fs[:, None] * F + fs[None, :], mask=f_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
-    w3 = tl.load(w3_ptr + hs[:, None] * F + fs[None, :], mask=h_ok[:, None] & f_ok[None, :], other=0.).to(cdt)
+    w1 = tl.load(w1_ptr + fs[:, None] * H + hs[None, :], mask=f_ok[:, None] & h_ok[None, :], other=0.)
+    w2 = tl.load(w2_ptr + fs[:, None] * F + fs[None, :], mask=f_ok[:, None] & f_ok[None, :], other=0.)
+    w3 = tl.load(w3_ptr + hs[:, None] * F + fs[None, :], mask=h_ok[:, None] & f_ok[None, :], other=0.)
     b1 = tl.load(b1_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
     b2 = tl.load(b2_ptr + fs, mask=f_ok, other=0.).to(tl.float32)
-    return w1, b1, w2, b2, w3
+    b3 = tl.load(b3_ptr + hs, mask=h_ok, other=0.).to(tl.float32)
+    if FOLD:
+        w1 = tl.where(hs[None, :] == H, tl.where(fs == F, 1., b1)[:, None], w1)
+        w2 = tl.where(fs[None, :] == F, tl.where(fs == F, 1., b2)[:, None], w2)
+        w3 = tl.where(fs[None, :] == F, b3[:, None], w3)
+    return w1.to(cdt), b1, w2.to(cdt), b2, w3.to(cdt), b3
+
+
+def _with_ones_row(x, H, HP: tl.constexpr, FOLD: tl.constexpr):
+    """Logits tile x (HP, keys) with padded head row H set to 1 when the biases are folded (see _load_mlp)."""
+    if FOLD:
+        x = tl.where((tl.arange(0, HP) == H)[:, None], 1., x).to(x.dtype)
+    return x
+
+
+def _mlp_hidden(x, w1, b1, w2, b2, slope, cdt: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
+    """The head MLP's two hidden layers on a logits tile x (HP, keys): pre-activations a1, a2 (float32) and
+    activations h1, h2 (in `cdt`, as the next dots take them)."""
+    a1 = tl.dot(w1, x, input_precision=PREC)
+    if not FOLD:
+        a1 += b1[:, None]
+    h1 = _leaky_relu(a1, slope).to(cdt)
+    a2 = tl.dot(w2, h1, input_precision=PREC)
+    if not FOLD:
+        a2 += b2[:, None]
+    h2 = _leaky_relu(a2, slope).to(cdt)
+    return a1, h1, a2, h2
 
 
 def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
          R, N, K, H, F, seed, sigma, slope,
          HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr,
-         MIX: tl.constexpr, NOISE: tl.constexpr, PREC: tl.constexpr):
+         MIX: tl.constexpr, NOISE: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     hs = tl.arange(0, HP)
     js = tl.arange(0, BLOCK_J)
@@ -111,8 +147,7 @@ def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
     base = hs.to(tl.int64)[:, None] * R * N + r * N  # (HP, 1): where row r of each head starts
     cdt = s_ptr.dtype.element_ty  # matmul operand dtype
     if MIX:
-        w1, b1, w2, b2, w3 = _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, H, F, HP, FP, cdt)
-        b3 = tl.load(b3_ptr + hs, mask=h_ok, other=0.).to(tl.float32)
+        w1, b1, w2, b2, w3, b3 = _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F, HP, FP, FOLD, cdt)
 
     m = tl.full([HP], float('-inf'), tl.float32)
     l = tl.zeros([HP], tl.float32)
@@ -123,11 +158,10 @@ def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
         x = tl.load(s_ptr + offs, mask=mask, other=0.)
         y = x.to(tl.float32)
         if MIX:
-            a1 = tl.dot(w1, x, input_precision=PREC) + b1[:, None]
-            h1 = _leaky_relu(a1, slope).to(cdt)
-            a2 = tl.dot(w2, h1, input_precision=PREC) + b2[:, None]
-            h2 = _leaky_relu(a2, slope).to(cdt)
-            y += tl.dot(w3, h2, input_precision=PREC) + b3[:, None]
+            _, _, _, h2 = _mlp_hidden(_with_ones_row(x, H, HP, FOLD), w1, b1, w2, b2, slope, cdt, FOLD, PREC)
+            y += tl.dot(w3, h2, input_precision=PREC)
+            if not FOLD:
+                y += b3[:, None]
         if NOISE:  # key j of row (h, r): normal j % 4 of Philox counter (h R + r) ceil(N / 4) + j // 4
             q = (hs[:, None] * R + r) * tl.cdiv(N, 4) + (j0 // 4) + tl.arange(0, BLOCK_J // 4)[None, :]
             c0, c1, c2, c3 = tl.randint4x(seed, q.to(tl.int32))  # the counter's four 32-bit words
@@ -154,10 +188,10 @@ def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
         tl.store(attn_ptr + offs, p.to(attn_ptr.dtype.element_ty), mask=mask)
 
 
-def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
          R, N, H, F, slope,
          HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr,
-         MIX: tl.constexpr, HAS_GZ: tl.constexpr, PREC: tl.constexpr):
+         MIX: tl.constexpr, HAS_GZ: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     hs = tl.arange(0, HP)
     fs = tl.arange(0, FP)
@@ -165,7 +199,7 @@ def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_p
     h_ok = hs < H
     cdt = s_ptr.dtype.element_ty
     if MIX:
-        w1, b1, w2, b2, w3 = _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, H, F, HP, FP, cdt)
+        w1, b1, w2, b2, w3, _ = _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F, HP, FP, FOLD, cdt)
         w1t, w2t, w3t = tl.trans(w1), tl.trans(w2), tl.trans(w3)
         dw1 = tl.zeros([FP, HP], tl.float32)
         dw2 = tl.zeros([FP, FP], tl.float32)
@@ -195,11 +229,8 @@ def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_p
                 dz += tl.load(gz_ptr + offs, mask=mask, other=0.).to(tl.float32)
             ds = dz
             if MIX:
-                x = tl.load(s_ptr + offs, mask=mask, other=0.)
-                a1 = tl.dot(w1, x, input_precision=PREC) + b1[:, None]
-                h1 = _leaky_relu(a1, slope).to(cdt)
-                a2 = tl.dot(w2, h1, input_precision=PREC) + b2[:, None]
-                h2 = _leaky_relu(a2, slope).to(cdt)
+                x = _with_ones_row(tl.load(s_ptr + offs, mask=mask, other=0.), H, HP, FOLD)
+                a1, h1, a2, h2 = _mlp_hidden(x, w1, b1, w2, b2, slope, cdt, FOLD, PREC)
                 dzc = dz.to(cdt)
                 d2 = tl.dot(w3t, dzc, input_precision=PREC)
                 d2 = tl.where(a2 > 0, d2, d2 * slope)
@@ -211,9 +242,10 @@ def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_p
                 dw3 += tl.dot(dzc, tl.trans(h2), input_precision=PREC)
                 dw2 += tl.dot(d2c, tl.trans(h1), input_precision=PREC)
                 dw1 += tl.dot(d1c, tl.trans(x), input_precision=PREC)
-                db3 += tl.sum(dz, 1)
-                db2 += tl.sum(d2, 1)
-                db1 += tl.sum(d1, 1)
+                if not FOLD:  # else the dots above summed them, in column H of dw1 and F of dw2, dw3
+                    db3 += tl.sum(dz, 1)
+                    db2 += tl.sum(d2, 1)
+                    db1 += tl.sum(d1, 1)
             tl.store(ds_ptr + offs, ds.to(ds_ptr.dtype.element_ty), mask=mask)
 
     if MIX:  # this program's partial sums, padded shapes, one after another
@@ -223,10 +255,11 @@ def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_p
         tl.store(out + fs[:, None] * FP + fs[None, :], dw2)
         out += FP * FP
         tl.store(out + hs[:, None] * FP + fs[None, :], dw3)
-        out += HP * FP
-        tl.store(out + fs, db1)
-        tl.store(out + FP + fs, db2)
-        tl.store(out + 2 * FP + hs, db3)
+        if not FOLD:
+            out += HP * FP
+            tl.store(out + fs, db1)
+            tl.store(out + FP + fs, db2)
+            tl.store(out + 2 * FP + hs, db3)
 
 
 @functools.lru_cache(maxsize=None)
@@ -236,7 +269,8 @@ def _kernels():
     the same way."""
     if triton is None:
         return None
-    for helper in ('_leaky_relu', '_box_muller', '_load_mlp'):  # called by name from the kernels
+    # the helpers that the kernels call by name
+    for helper in ('_leaky_relu', '_box_muller', '_load_mlp', '_with_ones_row', '_mlp_hidden'):
         fn = globals()[helper]
         globals()[helper] = triton.jit(getattr(fn, 'fn', fn))  # `.fn`: the Python function, if jitted already
     return triton.jit(_fwd), triton.jit(_bwd)
@@ -268,9 +302,12 @@ def _pow2(n: int) -> int:
 
 
 def _launch_shape(s: torch.Tensor, w1: Optional[torch.Tensor]):
+    """H, rows R (B * N queries), keys N, hidden F, their padded sizes HP and FP, and whether the MLP's biases
+    fit into the padding (FOLD, see _load_mlp): for H = 3, 6, 12, not for ViT-L's 16 heads."""
     H, N = s.shape[0], s.shape[-1]
     F = 0 if w1 is None else w1.shape[0]
-    return H, s.numel() // (H * N), N, F, _pow2(H), _pow2(max(F, 1))
+    HP, FP = _pow2(H), _pow2(max(F, 1))
+    return H, s.numel() // (H * N), N, F, HP, FP, H < HP and F < FP
 
 
 def _precision(s: torch.Tensor) -> str:
@@ -301,13 +338,13 @@ def mix_noise_softmax(s: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[
         raise ValueError(f'the fused kernels take a LeakyReLU slope in [0, 1] (max(a, slope a)), got {slope}')
     fwd, _ = _kernels()
     mix = w1 is not None
-    H, R, N, F, HP, FP = _launch_shape(s, w1)
+    H, R, N, F, HP, FP, fold = _launch_shape(s, w1)
     seed = int(torch.randint(0, 2 ** 31 - 1, ())) if sigma > 0 else 0
     z = torch.empty_like(s)
     attn = torch.empty_like(s, dtype=attn_dtype)
     w = _weights([w1, b1, w2, b2, w3, b3]) if mix else [s] * 6  # unread placeholders without a mix
     fwd[(R,)](s, z, attn, *w, R, N, N if n_keys is None else n_keys, H, F, seed, sigma, slope,
-              HP=HP, FP=FP, BLOCK_J=_BLOCK_J[0], MIX=mix, NOISE=sigma > 0, PREC=_precision(s),
+              HP=HP, FP=FP, BLOCK_J=_BLOCK_J[0], MIX=mix, NOISE=sigma > 0, FOLD=fold, PREC=_precision(s),
               num_warps=_NUM_WARPS[0])
     return z, attn
 
@@ -321,28 +358,31 @@ def _(s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype, n_keys=None):
 def mix_noise_softmax_backward(grad_z: Optional[torch.Tensor], grad_attn: torch.Tensor, s: torch.Tensor,
                                attn: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
                                w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
-                               slope: float) -> List[torch.Tensor]:
+                               b3: Optional[torch.Tensor], slope: float) -> List[torch.Tensor]:
     """[ds] without a mix, else [ds, dw1, db1, dw2, db2, dw3, db3] (weight grads in float32)."""
     _, bwd = _kernels()
     mix = w1 is not None
-    H, R, N, F, HP, FP = _launch_shape(s, w1)
+    H, R, N, F, HP, FP, fold = _launch_shape(s, w1)
     ds = torch.empty_like(s)
     grid = R if not mix else min(R, _PROGRAMS_PER_SM * _multiprocessors(s.device))
     part = torch.zeros(grid if mix else 1, 2 * FP * HP + FP * FP + 2 * FP + HP, device=s.device)
-    w = _weights([w1, b1, w2, b2, w3]) if mix else [s] * 5
+    w = _weights([w1, b1, w2, b2, w3, b3]) if mix else [s] * 6
     gz = grad_attn if grad_z is None else grad_z.contiguous()
     bwd[(grid,)](gz, grad_attn.contiguous(), s, attn, ds, part, *w, R, N, H, F, slope,
-                 HP=HP, FP=FP, BLOCK_J=_BLOCK_J[1], MIX=mix, HAS_GZ=grad_z is not None, PREC=_precision(s),
-                 num_warps=_NUM_WARPS[1])
+                 HP=HP, FP=FP, BLOCK_J=_BLOCK_J[1], MIX=mix, HAS_GZ=grad_z is not None, FOLD=fold,
+                 PREC=_precision(s), num_warps=_NUM_WARPS[1])
     if not mix:
         return [ds]
     dw1, dw2, dw3, db1, db2, db3 = part.sum(0).split([FP * HP, FP * FP, HP * FP, FP, FP, HP])
-    grads = [dw1.view(FP, HP)[:F, :H], db1[:F], dw2.view(FP, FP)[:F, :F], db2[:F], dw3.view(HP, FP)[:H, :F], db3[:H]]
+    dw1, dw2, dw3 = dw1.view(FP, HP), dw2.view(FP, FP), dw3.view(HP, FP)
+    if fold:  # the bias gradients are the columns that met the constant 1s (see _load_mlp)
+        db1, db2, db3 = dw1[:, H], dw2[:, F], dw3[:, F]
+    grads = [dw1[:F, :H], db1[:F], dw2[:F, :F], db2[:F], dw3[:H, :F], db3[:H]]
     return [ds] + [g.clone() for g in grads]  # a custom op's outputs may not alias each other
 
 
 @mix_noise_softmax_backward.register_fake
-def _(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, slope):
+def _(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, b3, slope):
     if w1 is None:
         return [torch.empty_like(s)]
     f32 = {'dtype': torch.float32, 'device': s.device}
@@ -359,14 +399,14 @@ def _multiprocessors(device: torch.device) -> int:
 
 def _setup_context(ctx, inputs, output):
     s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype, n_keys = inputs
-    ctx.save_for_backward(s, output[1], w1, b1, w2, b2, w3)
+    ctx.save_for_backward(s, output[1], w1, b1, w2, b2, w3, b3)
     ctx.slope = slope
     ctx.weight_dtypes = [None if w is None else w.dtype for w in (w1, b1, w2, b2, w3, b3)]
 
 
 def _backward(ctx, grad_z, grad_attn):
-    s, attn, w1, b1, w2, b2, w3 = ctx.saved_tensors
-    grads = mix_noise_softmax_backward(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, ctx.slope)
+    s, attn, w1, b1, w2, b2, w3, b3 = ctx.saved_tensors
+    grads = mix_noise_softmax_backward(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, b3, ctx.slope)
     ds, weight_grads = grads[0], grads[1:] or [None] * 6
     weight_grads = [g if g is None else g.to(dt) for g, dt in zip(weight_grads, ctx.weight_dtypes)]
     return (ds, *weight_grads, None, None, None, None)

@@ -85,11 +85,13 @@ def main():
     mod = load(sys.argv[1] if len(sys.argv) > 1 else 'neatt.models.mix_softmax_triton')
     fwd, bwd = mod._kernels()
     (fwd_keys, bwd_keys), (fwd_warps, bwd_warps) = mod._BLOCK_J, mod._NUM_WARPS
+    fold = {'FOLD': True} if 'FOLD' in fwd.arg_names else {}  # biases folded into the dots, as for H = 12
     for noise in (True, False):
-        c = compile_for(fwd, dict(HP=16, FP=64, BLOCK_J=fwd_keys, MIX=True, NOISE=noise, PREC='tf32'), fwd_warps)
+        c = compile_for(fwd, dict(HP=16, FP=64, BLOCK_J=fwd_keys, MIX=True, NOISE=noise, PREC='tf32', **fold),
+                        fwd_warps)
         report(f'forward, H = 12, bf16, noise {"on" if noise else "off"}', c, fwd_keys)
     for keys, warps in ((bwd_keys, bwd_warps), (32, 4)):
-        c = compile_for(bwd, dict(HP=16, FP=64, BLOCK_J=keys, MIX=True, HAS_GZ=True, PREC='tf32'), warps)
+        c = compile_for(bwd, dict(HP=16, FP=64, BLOCK_J=keys, MIX=True, HAS_GZ=True, PREC='tf32', **fold), warps)
         report(f'backward, H = 12, bf16, {keys} keys per chunk', c, keys)
 
 
