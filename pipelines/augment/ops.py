@@ -281,9 +281,15 @@ def warp_affine(img: torch.Tensor, matrix: torch.Tensor, fill: Sequence[int], bi
     inside &= v < 1
     out = F.grid_sample(img.float(), grid, mode='bicubic' if bicubic else 'bilinear', padding_mode='border',
                         align_corners=False)
-    fill_t = to_device(torch.tensor(list(fill), dtype=out.dtype), dev).view(1, c, 1, 1)
-    out = torch.where(inside.unsqueeze(1), out.clamp_(0, 255), fill_t)
+    out = _clamp_or_fill(out, inside.unsqueeze(1), fill, (1, c, 1, 1))
     return out.to(dtype=torch.uint8, memory_format=torch.channels_last)
+
+
+def _clamp_or_fill(out: torch.Tensor, inside: torch.Tensor, fill: Sequence[int], fill_shape) -> torch.Tensor:
+    """The resampled `out` clamped to [0, 255] where the source point is `inside` the image, PIL's `fill`
+    colour elsewhere (one value per channel, viewed as `fill_shape` against `out`)."""
+    fill_t = to_device(torch.tensor(list(fill), dtype=out.dtype), out.device).view(fill_shape)
+    return torch.where(inside, out.clamp_(0, 255), fill_t)
 
 
 # ShearX/TranslateX move pixels along rows only, ShearY/TranslateY along columns only: PIL's 2-D filter then
@@ -336,8 +342,7 @@ def _resample_rows(img: torch.Tensor, s: torch.Tensor, t: torch.Tensor, fill: Se
         value = pixels.index_select(0, index.view(-1)).view(n, h, w, c).float()
         value.mul_(wk.view(n, h, 1, 1))
         out = value if out is None else out.add_(value)
-    fill_t = to_device(torch.tensor(list(fill), dtype=out.dtype), dev)
-    out = torch.where(inside.unsqueeze(3), out.clamp_(0, 255), fill_t)  # (n, h, w, c)
+    out = _clamp_or_fill(out, inside.unsqueeze(3), fill, (c,))  # (n, h, w, c)
     return out.to(torch.uint8).permute(0, 3, 1, 2)
 
 
