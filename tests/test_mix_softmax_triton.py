@@ -163,6 +163,22 @@ def test_noise_with_mix(device):
     assert torch.equal(z1, z3) and not torch.allclose(z1, z2)
 
 
+@pytest.mark.parametrize('device', DEVICES)
+def test_flop_counter_counts_the_op(device):
+    """FlopCounterMode: H = 3, F = 12 over B N N = 16 positions is 16 * 2 * (3*12 + 12*12 + 12*3) = 6912 FLOPs
+    for the head MLP, and 2 * 3 * 16 * 2 = 192 for attn @ v with d = 2; the backward counts the MLP twice (its
+    op) and two matmuls of attn @ v's size (d attn and d v, torch's own formulas): 3 * 6912 + 3 * 192 in all
+    (hand-computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    s = torch.randn(3, 1, 4, 4, device=device, requires_grad=True)
+    v = torch.randn(3, 1, 4, 2, device=device, requires_grad=True)
+    w = [t.to(device).requires_grad_() for t in _mlp(3)]
+    with FlopCounterMode(display=False) as counter:
+        z, _, out = mst.mix_noise_softmax(s, v, *w, 0., SLOPE)
+        (z.sum() + out.sum()).backward()
+    assert counter.get_total_flops() == 3 * 6912 + 3 * 192
+
+
 def test_slope_outside_0_1_is_refused():
     """The kernels compute LeakyReLU as max(a, slope a), which holds for slopes in [0, 1] only."""
     s, v = torch.zeros(3, 1, 4, 4), torch.zeros(3, 1, 4, 2)
