@@ -98,10 +98,10 @@ def _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F,
     keeps the padded heads and features at 0 through the MLP), and its biases in float32 (HP and FP long).
 
     FOLD (H < HP and F < FP): the biases go into the padding instead, so that the dots add them: a 1 in input
-    row H (`_with_ones_row`) meets b1 in column H of w1, and w1[F, H] = 1 makes hidden unit F a constant 1
-    (LeakyReLU(1) = 1), which meets b2 and b3 in column F of w2 and w3 (w2[F, F] = 1 keeps it 1 in the second
-    layer). The bias adds, and in the backward the bias gradients' sums over keys, are then part of the dots
-    (the weight gradients' columns H and F); the returned biases are then unused."""
+    row H (the logits' masked loads fill with 1, see `_fwd`) meets b1 in column H of w1, and w1[F, H] = 1 makes
+    hidden unit F a constant 1 (LeakyReLU(1) = 1), which meets b2 and b3 in column F of w2 and w3 (w2[F, F] = 1
+    keeps it 1 in the second layer). The bias adds, and in the backward the bias gradients' sums over keys, are
+    then part of the dots (the weight gradients' columns H and F); the returned biases are then unused."""
     hs = tl.arange(0, HP)
     fs = tl.arange(0, FP)
     h_ok = hs < H
@@ -117,13 +117,6 @@ def _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F,
         w2 = tl.where(fs[None, :] == F, tl.where(fs == F, 1., b2)[:, None], w2)
         w3 = tl.where(fs[None, :] == F, b3[:, None], w3)
     return w1.to(cdt), b1, w2.to(cdt), b2, w3.to(cdt), b3
-
-
-def _with_ones_row(x, H, HP: tl.constexpr, FOLD: tl.constexpr):
-    """Logits tile x (HP, keys) with padded head row H set to 1 when the biases are folded (see _load_mlp)."""
-    if FOLD:
-        x = tl.where((tl.arange(0, HP) == H)[:, None], 1., x).to(x.dtype)
-    return x
 
 
 def _mlp_hidden(x, w1, b1, w2, b2, slope, cdt: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
@@ -159,10 +152,13 @@ def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
         j = j0 + js
         mask = h_ok[:, None] & (j < N)[None, :]
         offs = base + j[None, :]
-        x = tl.load(s_ptr + offs, mask=mask, other=0.)
+        # masked values (padded heads, keys past N) load as 1 with FOLD: padded head row H's 1 is the one the
+        # folded biases need; the other padded rows meet zero columns of w1, and keys past N are neither stored
+        # nor in the softmax (nor, in the backward, where their gradient is 0, in any weight gradient)
+        x = tl.load(s_ptr + offs, mask=mask, other=1. if FOLD else 0.)
         y = x.to(tl.float32)
         if MIX:
-            _, _, _, h2 = _mlp_hidden(_with_ones_row(x, H, HP, FOLD), w1, b1, w2, b2, slope, cdt, FOLD, PREC)
+            _, _, _, h2 = _mlp_hidden(x, w1, b1, w2, b2, slope, cdt, FOLD, PREC)
             y += tl.dot(w3, h2, input_precision=PREC)
             if not FOLD:
                 y += b3[:, None]
@@ -229,7 +225,7 @@ def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, rowdot_ptr, ds_ptr, part_ptr,
                 dz += tl.load(gz_ptr + offs, mask=mask, other=0.).to(tl.float32)
             ds = dz
             if MIX:
-                x = _with_ones_row(tl.load(s_ptr + offs, mask=mask, other=0.), H, HP, FOLD)
+                x = tl.load(s_ptr + offs, mask=mask, other=1. if FOLD else 0.)  # 1 where masked, as in _fwd
                 a1, h1, a2, h2 = _mlp_hidden(x, w1, b1, w2, b2, slope, cdt, FOLD, PREC)
                 dzc = dz.to(cdt)
                 d2 = tl.dot(w3t, dzc, input_precision=PREC)
@@ -270,7 +266,7 @@ def _kernels():
     if triton is None:
         return None
     # the helpers that the kernels call by name
-    for helper in ('_leaky_relu', '_box_muller', '_load_mlp', '_with_ones_row', '_mlp_hidden'):
+    for helper in ('_leaky_relu', '_box_muller', '_load_mlp', '_mlp_hidden'):
         fn = globals()[helper]
         globals()[helper] = triton.jit(getattr(fn, 'fn', fn))  # `.fn`: the Python function, if jitted already
     return triton.jit(_fwd), triton.jit(_bwd)
@@ -302,12 +298,13 @@ def _pow2(n: int) -> int:
 
 
 def _launch_shape(s: torch.Tensor, w1: Optional[torch.Tensor]):
-    """H, rows R (B * N queries), keys N, hidden F, their padded sizes HP and FP, and whether the MLP's biases
-    fit into the padding (FOLD, see _load_mlp): for H = 3, 6, 12, not for ViT-L's 16 heads."""
+    """H, rows R (B * N queries), keys N, hidden F (0: no MLP), their padded sizes HP and FP, and whether
+    there are MLP biases and they fit into the padding (FOLD, see _load_mlp): for H = 3, 6, 12, not for ViT-L's
+    16 heads."""
     H, N = s.shape[0], s.shape[-1]
     F = 0 if w1 is None else w1.shape[0]
     HP, FP = _pow2(H), _pow2(max(F, 1))
-    return H, s.numel() // (H * N), N, F, HP, FP, H < HP and F < FP
+    return H, s.numel() // (H * N), N, F, HP, FP, H < HP and 0 < F < FP
 
 
 def _precision(s: torch.Tensor) -> str:
