@@ -6,8 +6,8 @@
 #                          of this tree, then of each baseline tree .gpu/base* (git archive REV neatt tools) that the
 #                          call carried
 #   measure_gpu.sh kernel  the fused kernels alone (kernel_ab.py): this tree with its launch settings, with the
-#                          forward at 64 keys / 4 warps, with the backward at 32 keys / 4 warps / 2 programs per SM,
-#                          and each .gpu/base* tree; two rounds, alternating
+#                          forward at 64 and at 32 keys / 4 warps, with the backward at 32 keys / 4 warps / 2 programs
+#                          per SM, and each .gpu/base* tree; two rounds, alternating
 #   measure_gpu.sh dali    unpack the stashed DALI (docs/device/pack_dali.sh) beside torch, install its wheels;
 #                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU; dali_probe.py
 #   measure_gpu.sh train [BACKEND]   the trainer on the GPU: torchrun (NCCL), bf16, torch.compile, the demo preset
@@ -76,6 +76,9 @@ kernel)
             python3 docs/device/kernel_ab.py "$tree" --json "$OUT/kernel_${name}_$round.json" 2>&1 | log kernel_ab.txt
         done
         python3 docs/device/kernel_ab.py . --fwd 64 4 --json "$OUT/kernel_head_fwd64_$round.json" 2>&1 | log kernel_ab.txt
+        # 32 keys, 4 warps: 76.9 warp-instructions per position and 128 registers against 90.6 and 160 (sm_90 SASS,
+        # 2026-11-28); slower on the H100 of 2026-11-26 with the older noise (0.83 against 0.63 ms)
+        python3 docs/device/kernel_ab.py . --fwd 32 4 --json "$OUT/kernel_head_fwd32_$round.json" 2>&1 | log kernel_ab.txt
         python3 docs/device/kernel_ab.py . --bwd 32 4 2 --json "$OUT/kernel_head_bwd32_$round.json" 2>&1 | log kernel_ab.txt
     done
     ;;
