@@ -1,7 +1,6 @@
 """The fused Ne-Att kernels of one source tree on one ViT-B/16 block of logits (H = 12, B = 64, N = 197, bf16):
-median ms of the forward with and without noise, and of forward + backward, attn @ v and its backward included
-(trees before 2026-11-28 leave that matmul to the caller; it is timed with them here). measure_gpu.sh runs it for
-this tree and each baseline tree, one process per tree (each registers the same custom ops), in alternating rounds.
+median ms of the forward with and without noise, and of forward + backward. measure_gpu.sh runs it for this tree
+and each baseline tree, one process per tree (each registers the same custom ops), in alternating rounds.
 
     python docs/device/kernel_ab.py TREE --json PATH [--fwd KEYS WARPS] [--bwd KEYS WARPS PROGRAMS_PER_SM]
 """
@@ -38,20 +37,13 @@ def main():
     mix = HeadMix(H).cuda()
     weights = [mix.fc1.weight, mix.fc1.bias, mix.fc2.weight, mix.fc2.bias, mix.fc3.weight, mix.fc3.bias]
     s0 = 3 * torch.randn(H, B, N, N, device='cuda', dtype=torch.bfloat16)
-    v0 = torch.randn(H, B, N, 64, device='cuda', dtype=torch.bfloat16)
-    grad_z = torch.randn(H, B, N, N, device='cuda', dtype=torch.bfloat16)
-    grad_out = torch.randn(H, B, N, 64, device='cuda', dtype=torch.bfloat16)
-    takes_v = 'v' in [a.name for a in torch.ops.neatt.mix_noise_softmax.default._schema.arguments]
+    grad_z, grad_attn = torch.randn(2, H, B, N, N, device='cuda', dtype=torch.bfloat16)
 
     def step(sigma, backward):
-        s, v = s0.detach().requires_grad_(backward), v0.detach().requires_grad_(backward)
-        if takes_v:
-            z, _, out = mst.mix_noise_softmax(s, v, *weights, sigma, 0.2)
-        else:
-            z, attn = mst.mix_noise_softmax(s, *weights, sigma, 0.2, torch.bfloat16)
-            out = attn @ v
+        s = s0.detach().requires_grad_(backward)
+        z, attn = mst.mix_noise_softmax(s, *weights, sigma, 0.2, torch.bfloat16)
         if backward:
-            torch.autograd.backward([z, out], [grad_z, grad_out])
+            torch.autograd.backward([z, attn], [grad_z, grad_attn])
 
     def median_ms(sigma, backward):
         for _ in range(3):  # compile, warm up

@@ -237,8 +237,8 @@ class NestedAttention(nn.Module):
                 weights = [None] * 6 if hm is None else [hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias,
                                                          hm.fc3.weight, hm.fc3.bias]
                 slope = 0. if hm is None else hm.negative_slope
-                z, _, o = mix_softmax_triton.mix_noise_softmax(
-                    z, v, *weights, self.neatt_sigma if noisy else 0., slope, n_keys=N)
+                z, attn = mix_softmax_triton.mix_noise_softmax(
+                    z, *weights, self.neatt_sigma if noisy else 0., slope, v.dtype, n_keys=N)
             else:
                 if self.head_mix is not None:
                     z = self.head_mix(z)
@@ -247,7 +247,7 @@ class NestedAttention(nn.Module):
                 # softmax in fp32 whatever the autocast dtype: chained and noisy logits grow with depth
                 attn = torch.softmax(z, dim=-1, dtype=torch.float32).to(v.dtype)
                 attn = self.attn_drop(attn)
-                o = torch.bmm(attn.view(H * B, T, T), v.reshape(H * B, T, self.head_dim))
+            o = torch.bmm(attn.view(H * B, T, T), v.reshape(H * B, T, self.head_dim))
             x = o.view(H, B, T, self.head_dim)[:, :, :N].permute(1, 2, 0, 3).reshape(B, N, C)
             z = z if self.neatt_chain else None
 

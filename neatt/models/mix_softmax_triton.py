@@ -3,8 +3,7 @@
 Per block, on head-major logits s (H, B, N, N), with g the cross-head MLP (attention.HeadMix) and eps ~ N(0, 1)::
 
     z    = s + g(s) + sigma * eps        (returned: the next block chains it)
-    attn = softmax(z, over keys)         (in the dtype of v)
-    out  = attn @ v                      (returned; a cuBLAS matmul after the kernel)
+    attn = softmax(z, over keys)         (returned, in the dtype of v)
 
 Why hand-written: as matmuls, g writes and re-reads two (4H, B*N*N) hidden activations per block, and the noise
 and softmax are more passes over (H, B, N, N) tensors. Measured on an H100 (ViT-B/16, bf16, batch 64, eager):
@@ -16,13 +15,11 @@ seeded by one draw from torch's generator per call), stores z and keeps an onlin
 sweep over the row writes attn. Nothing else goes to memory.
 
 The backward recomputes the MLP from s (saved instead of the hidden activations: H instead of 9H values per
-position) and goes through the softmax, the MLP and the residual in one sweep per row; the softmax's row sums
-come from out and its gradient (flash attention's identity, see `mix_noise_softmax`), not from a sweep of their
-own. Weight gradients are summed in float32 registers per program (a persistent grid) and the programs' partial
-sums added in torch, in program order, so results do not depend on scheduling. Where H and 4H leave padding
-(every model but ViT-L's 16 heads), the MLP's biases ride in it (`_load_mlp`): the dots add them and, in the
-backward, sum their gradients, which removed three reductions over keys per chunk and the spills
-(docs/benchmarks.md, 2026-11-28).
+position) and goes through the softmax, the MLP and the residual in one sweep per row. Weight gradients are
+summed in float32 registers per program (a persistent grid) and the programs' partial sums added in torch, in
+program order, so results do not depend on scheduling. Where H and 4H leave padding (every model but ViT-L's 16
+heads), the MLP's biases ride in it (`_load_mlp`): the dots add them and, in the backward, sum their gradients,
+which removed three reductions over keys per chunk and most spills (docs/benchmarks.md, 2026-11-28).
 
 z is stored in the dtype of s (bf16 under autocast, as the matmul path gives it); the softmax reads z as
 stored, so that it sees what the next block sees. The math is in float32 except the matmul operands, which are
@@ -34,7 +31,6 @@ dots.
 from __future__ import annotations  # the kernels' `tl.constexpr` annotations stay strings without Triton
 
 import functools
-import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -188,8 +184,8 @@ def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
         tl.store(attn_ptr + offs, p.to(attn_ptr.dtype.element_ty), mask=mask)
 
 
-def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, rowdot_ptr, ds_ptr, part_ptr,
-         w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, R, N, H, F, slope,
+def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
+         R, N, H, F, slope,
          HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr,
          MIX: tl.constexpr, HAS_GZ: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
@@ -210,10 +206,14 @@ def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, rowdot_ptr, ds_ptr, part_ptr,
 
     for r in range(pid, R, tl.num_programs(0)):
         base = hs.to(tl.int64)[:, None] * R * N + r * N  # r * N < numel / H < 2^31
-        # the softmax backward's row term, given (see mix_noise_softmax). Loaded as (HP, 1) and summed over the 1,
-        # so that it has a row reduction's layout, as when the kernel summed it itself: loaded as (HP,), Triton
-        # re-derived dz in three layouts per chunk (sm_90: 1439 instead of 924 instructions per chunk of 64 keys)
-        rowdot = tl.sum(tl.load(rowdot_ptr + hs[:, None] * R + r, mask=h_ok[:, None], other=0.), 1)
+        rowdot = tl.zeros([HP], tl.float32)  # sum_j attn * d attn, the softmax backward's row term
+        for j0 in range(0, N, BLOCK_J):
+            j = j0 + js
+            mask = h_ok[:, None] & (j < N)[None, :]
+            offs = base + j[None, :]
+            p = tl.load(attn_ptr + offs, mask=mask, other=0.).to(tl.float32)
+            g = tl.load(ga_ptr + offs, mask=mask, other=0.).to(tl.float32)
+            rowdot += tl.sum(p * g, 1)
         for j0 in range(0, N, BLOCK_J):
             j = j0 + js
             mask = h_ok[:, None] & (j < N)[None, :]
@@ -279,7 +279,7 @@ def compile_for(kernel, constexprs: dict, num_warps: int, dtype: str = 'bf16', a
     (docs/results/2026-11-27-sass); the launch path compiles through `triton.jit` as usual."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr', 'rowdot_ptr'}
+    float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr'}
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:
@@ -316,18 +316,14 @@ def _weights(w: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
 
 
 @torch.library.custom_op('neatt::mix_noise_softmax', mutates_args=())
-def mix_noise_softmax(s: torch.Tensor, v: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
+def mix_noise_softmax(s: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
                       w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
-                      b3: Optional[torch.Tensor], sigma: float, slope: float,
-                      n_keys: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z, attn, out) for contiguous head-major logits s (H, ..., N) and values v (H, ..., N, d): z and attn as in
-    the module docstring (attn in the dtype of v), out = attn @ v. `w1..b3` the head MLP's fc1..fc3 (all None: no
-    mix), sigma 0: no noise. `n_keys` < N: the softmax takes only the first n_keys keys and attn is 0 on the
-    others (token padding, see attention.NestedAttention); z is computed for all N.
-
-    attn is returned for the backward to keep (and to look at), without a gradient: the backward takes the
-    softmax's row sums sum_j attn_ij d attn_ij as d out_i . out_i (as flash attention does), which saves a sweep
-    over attn and its gradient, and holds only while out is the one use of attn.
+                      b3: Optional[torch.Tensor], sigma: float, slope: float, attn_dtype: torch.dtype,
+                      n_keys: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(z, attn) of the module docstring for contiguous head-major logits s (H, ..., N); `w1..b3` the head
+    MLP's fc1..fc3 (all None: no mix), sigma 0: no noise. `n_keys` < N: the softmax takes only the first
+    n_keys keys and attn is 0 on the others (token padding, see attention.NestedAttention); z is computed for
+    all N.
 
     The noise's seed is one draw from torch's global CPU generator, so `torch.manual_seed` and activation
     checkpointing replay it. It is drawn on the host at each call, so a CUDA graph (torch.compile's
@@ -342,27 +338,25 @@ def mix_noise_softmax(s: torch.Tensor, v: torch.Tensor, w1: Optional[torch.Tenso
     H, R, N, F, HP, FP, fold = _launch_shape(s, w1)
     seed = int(torch.randint(0, 2 ** 31 - 1, ())) if sigma > 0 else 0
     z = torch.empty_like(s)
-    attn = torch.empty_like(s, dtype=v.dtype)
+    attn = torch.empty_like(s, dtype=attn_dtype)
     w = _weights([w1, b1, w2, b2, w3, b3]) if mix else [s] * 6  # unread placeholders without a mix
     fwd[(R,)](s, z, attn, *w, R, N, N if n_keys is None else n_keys, H, F, seed, sigma, slope,
               HP=HP, FP=FP, BLOCK_J=_BLOCK_J[0], MIX=mix, NOISE=sigma > 0, FOLD=fold, PREC=_precision(s),
               num_warps=_NUM_WARPS[0])
-    return z, attn, torch.matmul(attn, v)
+    return z, attn
 
 
 @mix_noise_softmax.register_fake
-def _(s, v, w1, b1, w2, b2, w3, b3, sigma, slope, n_keys=None):
-    return torch.empty_like(s), torch.empty_like(s, dtype=v.dtype), v.new_empty((*s.shape[:-1], v.shape[-1]))
+def _(s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype, n_keys=None):
+    return torch.empty_like(s), torch.empty_like(s, dtype=attn_dtype)
 
 
 @torch.library.custom_op('neatt::mix_noise_softmax_backward', mutates_args=())
 def mix_noise_softmax_backward(grad_z: Optional[torch.Tensor], grad_attn: torch.Tensor, s: torch.Tensor,
-                               attn: torch.Tensor, rowdot: torch.Tensor, w1: Optional[torch.Tensor],
-                               b1: Optional[torch.Tensor], w2: Optional[torch.Tensor], b2: Optional[torch.Tensor],
-                               w3: Optional[torch.Tensor], b3: Optional[torch.Tensor],
-                               slope: float) -> List[torch.Tensor]:
-    """[ds] without a mix, else [ds, dw1, db1, dw2, db2, dw3, db3] (weight grads in float32), from the gradients
-    of z and attn and the softmax's row sums `rowdot` (float32, s's shape without the keys)."""
+                               attn: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
+                               w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
+                               b3: Optional[torch.Tensor], slope: float) -> List[torch.Tensor]:
+    """[ds] without a mix, else [ds, dw1, db1, dw2, db2, dw3, db3] (weight grads in float32)."""
     _, bwd = _kernels()
     mix = w1 is not None
     H, R, N, F, HP, FP, fold = _launch_shape(s, w1)
@@ -371,7 +365,7 @@ def mix_noise_softmax_backward(grad_z: Optional[torch.Tensor], grad_attn: torch.
     part = torch.zeros(grid if mix else 1, 2 * FP * HP + FP * FP + 2 * FP + HP, device=s.device)
     w = _weights([w1, b1, w2, b2, w3, b3]) if mix else [s] * 6
     gz = grad_attn if grad_z is None else grad_z.contiguous()
-    bwd[(grid,)](gz, grad_attn.contiguous(), s, attn, rowdot.contiguous(), ds, part, *w, R, N, H, F, slope,
+    bwd[(grid,)](gz, grad_attn.contiguous(), s, attn, ds, part, *w, R, N, H, F, slope,
                  HP=HP, FP=FP, BLOCK_J=_BLOCK_J[1], MIX=mix, HAS_GZ=grad_z is not None, FOLD=fold,
                  PREC=_precision(s), num_warps=_NUM_WARPS[1])
     if not mix:
@@ -385,7 +379,7 @@ def mix_noise_softmax_backward(grad_z: Optional[torch.Tensor], grad_attn: torch.
 
 
 @mix_noise_softmax_backward.register_fake
-def _(grad_z, grad_attn, s, attn, rowdot, w1, b1, w2, b2, w3, b3, slope):
+def _(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, b3, slope):
     if w1 is None:
         return [torch.empty_like(s)]
     f32 = {'dtype': torch.float32, 'device': s.device}
@@ -401,37 +395,31 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def _setup_context(ctx, inputs, output):
-    s, v, w1, b1, w2, b2, w3, b3, sigma, slope, n_keys = inputs
-    _, attn, out = output
-    ctx.mark_non_differentiable(attn)
+    s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype, n_keys = inputs
     ctx.set_materialize_grads(False)  # an unused z (the last block's) gives None, not a tensor of zeros to read
-    ctx.save_for_backward(s, v, attn, out, w1, b1, w2, b2, w3, b3)
+    ctx.save_for_backward(s, output[1], w1, b1, w2, b2, w3, b3)
     ctx.slope = slope
     ctx.weight_dtypes = [None if w is None else w.dtype for w in (w1, b1, w2, b2, w3, b3)]
 
 
-def _backward(ctx, grad_z, grad_attn, grad_out):
-    s, v, attn, out, w1, b1, w2, b2, w3, b3 = ctx.saved_tensors
-    if grad_out is None:  # out unused: only z's gradient flows back
-        grad_out = torch.zeros_like(out)
-    grad_v = torch.matmul(attn.transpose(-1, -2), grad_out)
-    grad_attn = torch.matmul(grad_out, v.transpose(-1, -2))
-    rowdot = (grad_out.float() * out.float()).sum(-1)  # = sum_j attn_ij grad_attn_ij, since out = attn @ v
-    grads = mix_noise_softmax_backward(grad_z, grad_attn, s, attn, rowdot, w1, b1, w2, b2, w3, b3, ctx.slope)
+def _backward(ctx, grad_z, grad_attn):
+    s, attn, w1, b1, w2, b2, w3, b3 = ctx.saved_tensors
+    if grad_attn is None:  # attn unused: only z's gradient flows back
+        grad_attn = torch.zeros_like(attn)
+    grads = mix_noise_softmax_backward(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, b3, ctx.slope)
     ds, weight_grads = grads[0], grads[1:] or [None] * 6
     weight_grads = [g if g is None else g.to(dt) for g, dt in zip(weight_grads, ctx.weight_dtypes)]
-    return (ds, grad_v, *weight_grads, None, None, None)
+    return (ds, *weight_grads, None, None, None, None)
 
 
 mix_noise_softmax.register_autograd(_backward, setup_context=_setup_context)
 
 
 @register_flop_formula(torch.ops.neatt.mix_noise_softmax)
-def _forward_flops(s_shape, v_shape, w1_shape, *args, **kwargs) -> int:
-    return head_mix_flops(s_shape, w1_shape) + 2 * math.prod(s_shape) * v_shape[-1]  # and attn @ v
+def _forward_flops(s_shape, w1_shape, *args, **kwargs) -> int:
+    return head_mix_flops(s_shape, w1_shape)
 
 
 @register_flop_formula(torch.ops.neatt.mix_noise_softmax_backward)
-def _backward_flops(grad_z_shape, grad_attn_shape, s_shape, attn_shape, rowdot_shape, w1_shape, *args,
-                    **kwargs) -> int:
+def _backward_flops(grad_z_shape, grad_attn_shape, s_shape, attn_shape, w1_shape, *args, **kwargs) -> int:
     return head_mix_flops(s_shape, w1_shape, backward=True)
