@@ -78,7 +78,8 @@ kernel)
         python3 docs/device/kernel_ab.py . --fwd 64 4 --json "$OUT/kernel_head_fwd64_$round.json" 2>&1 | log kernel_ab.txt
         # 32 keys, 4 warps: 76.9 warp-instructions per position and 128 registers against 90.6 and 160 (sm_90 SASS,
         # 2026-11-28); slower on the H100 of 2026-11-26 with the older noise (0.83 against 0.63 ms)
-        python3 docs/device/kernel_ab.py . --fwd 32 4 --json "$OUT/kernel_head_fwd32_$round.json" 2>&1 | log kernel_ab.txt
+        python3 docs/device/kernel_ab.py . --fwd 32 4 --json "$OUT/kernel_head_fwd32_$round.json" 2>&1 \
+            | log kernel_ab.txt
         python3 docs/device/kernel_ab.py . --bwd 32 4 2 --json "$OUT/kernel_head_bwd32_$round.json" 2>&1 | log kernel_ab.txt
     done
     ;;
