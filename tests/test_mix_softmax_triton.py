@@ -1,10 +1,11 @@
-"""The fused Triton head mix + noise + softmax (neatt/models/mix_softmax_triton.py) against a float64 re-computation.
+"""The Triton head mix + noise and softmax(z) @ v (neatt/models/mix_softmax_triton.py) against a float64
+re-computation.
 
 On a CPU machine the kernels run under TRITON_INTERPRET=1 (Triton's interpreter, numpy underneath), in a pytest
 subprocess, since the variable must be set before Triton is imported; with a GPU they run compiled on it, also
-in bfloat16. The reference is written here from NEATT.md's equations: the head
-MLP applied per (query, key) position over the head axis, the noise, the softmax over keys, and autograd through
-them for the gradients.
+in bfloat16. The reference is written here from NEATT.md's equations: the head MLP applied per (query, key)
+position over the head axis, the noise, the softmax over keys, its product with v, and autograd through them for
+the gradients.
 """
 import math
 import os
@@ -40,49 +41,53 @@ def _mlp(H, seed=0):
     return [torch.randn(*sh, generator=g) / math.sqrt(sh[-1]) for sh in shapes]
 
 
-def _reference(s, weights, eps, sigma, n_keys=None):
-    """float64: z = s + g(s) + sigma * eps, g per position over the head axis; attn = softmax over the first
-    n_keys keys (all by default), 0 on the others."""
-    x = s.movedim(0, -1)  # (..., N, H): heads last, as features
+def _reference(s, v, weights, eps, sigma, n_keys=None):
+    """float64: z = s + g(s) + sigma * eps, g per position over the head axis; o = softmax(z over the first
+    n_keys keys, all by default) @ v, laid out (B, T, H, D) as the op returns it."""
+    x = s.movedim(0, -1)  # (..., T, H): heads last, as features
     if weights is not None:
         w1, b1, w2, b2, w3, b3 = weights
         h = torch.nn.functional.leaky_relu(x @ w1.T + b1, SLOPE)
         h = torch.nn.functional.leaky_relu(h @ w2.T + b2, SLOPE)
         x = x + h @ w3.T + b3
     z = x.movedim(-1, 0) + sigma * eps
-    N = z.shape[-1]
-    n_keys = N if n_keys is None else n_keys
-    return z, torch.nn.functional.pad(torch.softmax(z[..., :n_keys], dim=-1), (0, N - n_keys))
+    n_keys = z.shape[-1] if n_keys is None else n_keys
+    o = torch.softmax(z[..., :n_keys], dim=-1) @ v[:, :, :n_keys]
+    return z, o.permute(1, 2, 0, 3)
 
 
-def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0, n_keys=None, attn_loss=True):
-    """(ours, reference) z, attn and the grads of one loss through both, on the same s, weights and eps; the loss
-    reads attn too unless `attn_loss` is False."""
+def _inputs(H, B, N, D, seed):
+    """Logits s, values v, and the loss's weights on z and o, float32 on the CPU."""
     g = torch.Generator().manual_seed(seed)
-    s = (3 * torch.randn(H, B, N, N, generator=g)).to(device, dtype)
-    weights = _mlp(H, seed) if mix else None
-    gz, ga = torch.randn(2, H, B, N, N, generator=g).to(device)
-    if not attn_loss:
-        ga.zero_()
+    return (3 * torch.randn(H, B, N, N, generator=g), torch.randn(H, B, N, D, generator=g),
+            torch.randn(H, B, N, N, generator=g), torch.randn(B, N, H, D, generator=g))
 
-    s_ours = s.clone().requires_grad_()
+
+def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0, n_keys=None, o_loss=True, D=8):
+    """(ours, reference, eps): z, o and the grads of one loss through both, on the same s, v, weights and eps;
+    the loss reads o too unless `o_loss` is False."""
+    s, v, gz, go = _inputs(H, B, N, D, seed)
+    s, v, gz, go = s.to(device, dtype), v.to(device, dtype), gz.to(device), go.to(device) * o_loss
+    weights = _mlp(H, seed) if mix else None
+
+    s_ours, v_ours = s.clone().requires_grad_(), v.clone().requires_grad_()
     w_ours = [w.to(device, copy=True).requires_grad_() for w in weights] if mix else [None] * 6
     torch.manual_seed(seed)
-    z, attn = mst.mix_noise_softmax(s_ours, *w_ours, sigma, SLOPE, dtype, n_keys=n_keys)
-    ((z.float() * gz).sum() + ((attn.float() * ga).sum() if attn_loss else 0)).backward()
+    z, o, _ = mst.mix_noise_attend(s_ours, v_ours, *w_ours, sigma, SLOPE, n_keys=n_keys)
+    ((z.float() * gz).sum() + ((o * go).sum() if o_loss else 0)).backward()
 
-    s_ref = s.detach().double().cpu().requires_grad_()
+    s_ref, v_ref = (t.detach().double().cpu().requires_grad_() for t in (s, v))
     w_ref = [w.detach().double().requires_grad_() for w in weights] if mix else None
     # the noise ours drew, recovered from z (exact without a mix: z - s), or 0
     eps = torch.zeros_like(s_ref)
     if sigma > 0:
-        z_clean, _ = _reference(s_ref.detach(), w_ref and [w.detach() for w in w_ref], 0., 0.)
+        z_clean, _ = _reference(s_ref.detach(), v_ref.detach(), w_ref and [w.detach() for w in w_ref], 0., 0.)
         eps = (z.detach().double().cpu() - z_clean) / sigma
-    z_ref, attn_ref = _reference(s_ref, w_ref, eps, sigma, n_keys)
-    ((z_ref * gz.double().cpu()).sum() + (attn_ref * ga.double().cpu()).sum()).backward()
-    ours = {'z': z, 'attn': attn, 'ds': s_ours.grad, **({f'w{i}': w.grad for i, w in enumerate(w_ours)} if mix else {})}
-    ref = {'z': z_ref, 'attn': attn_ref, 'ds': s_ref.grad,
-           **({f'w{i}': w.grad for i, w in enumerate(w_ref)} if mix else {})}
+    z_ref, o_ref = _reference(s_ref, v_ref, w_ref, eps, sigma, n_keys)
+    ((z_ref * gz.double().cpu()).sum() + (o_ref * go.double().cpu()).sum()).backward()
+    weight_grads = lambda ws: {f'w{i}': w.grad for i, w in enumerate(ws)} if mix else {}  # noqa: E731
+    ours = {'z': z, 'o': o, 'ds': s_ours.grad, 'dv': v_ours.grad, **weight_grads(w_ours)}
+    ref = {'z': z_ref, 'o': o_ref, 'ds': s_ref.grad, 'dv': v_ref.grad, **weight_grads(w_ref)}
     return ours, ref, eps
 
 
@@ -91,34 +96,33 @@ def _assert_close(ours, ref, rtol, atol):
     is above 1: a weight gradient sums its terms over every position in float32, so its rounding error follows
     the sum's scale (up to a few hundred here), not that of an element which the sum cancelled to near 0."""
     for k in ref:
-        scale = max(1., float(ref[k].abs().max()))
+        scale = max(1., float(ref[k].detach().abs().max()))
         torch.testing.assert_close(ours[k].detach().double().cpu(), ref[k].detach(), rtol=rtol, atol=atol * scale,
                                    msg=lambda m, k=k: f'{k}: {m}')
 
 
 @pytest.mark.parametrize('device', DEVICES)
-@pytest.mark.parametrize('H,N', [(12, 17), (3, 40), (5, 70), (16, 9)])  # 16: no padding to fold the biases into
-def test_matches_reference_without_noise(device, H, N):
-    """Mix on, noise off, float32: z, attn and every gradient (s and the six MLP tensors) as the reference."""
-    ours, ref, _ = _run_both(H, B=2, N=N, device=device)
+@pytest.mark.parametrize('H,N,D', [(12, 17, 8), (3, 40, 20), (5, 70, 8), (16, 9, 16)])  # 16: no padding to fold
+def test_matches_reference_without_noise(device, H, N, D):  # the biases into; 70: more than one tile of keys
+    """Mix on, noise off, float32: z, o and every gradient (s, v and the six MLP tensors) as the reference."""
+    ours, ref, _ = _run_both(H, B=2, N=N, device=device, D=D)
     _assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('device', DEVICES)
 def test_a_loss_of_z_alone(device):
-    """Nothing reads attn (its gradient arrives as None, not as a tensor of zeros): the gradients through z
-    alone, as the reference's."""
-    ours, ref, _ = _run_both(H=12, B=2, N=17, device=device, attn_loss=False)
+    """Nothing reads o (its gradient arrives as None): the gradients through z alone, as the reference's."""
+    ours, ref, _ = _run_both(H=12, B=2, N=17, device=device, o_loss=False)
     _assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('device', DEVICES)
 def test_keys_past_n_keys_leave_the_softmax(device):
     """n_keys < N (the token padding of NestedAttention): z everywhere as without it, the softmax over the first
-    n_keys keys only, attn exactly 0 on the rest, and the gradients of both through that."""
-    ours, ref, _ = _run_both(H=5, B=2, N=40, device=device, n_keys=33)
+    n_keys keys only, so that v's rows past them get no gradient, and the gradients through that."""
+    ours, ref, _ = _run_both(H=5, B=2, N=72, device=device, n_keys=65)
     _assert_close(ours, ref, rtol=1e-4, atol=1e-5)
-    assert not ours['attn'][..., 33:].any()
+    assert ours['dv'][:, :, :65].abs().min() > 0 and not ours['dv'][:, :, 65:].any()
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -131,19 +135,24 @@ def test_no_mix_is_noise_plus_softmax(device):
     assert (e.abs() > 3).float().mean() < 0.01
 
 
+def _zeros(H, B, N, device, D=8):
+    return torch.zeros(H, B, N, N, device=device), torch.zeros(H, B, N, D, device=device)
+
+
 @pytest.mark.parametrize('device', DEVICES)
 def test_noise_is_the_documented_sample(device):
-    """eps at key j of row r (r = b N + i) of head h is normal j % 4 of Philox counter (h R + r) ceil(N / 4) + j // 4
-    (R = B N rows) under the key of the seed the op drew, the four normals as logit_noise.py defines them:
-    re-derived in numpy (float64 libm), N = 33 so that a row's last counter is cut short."""
+    """eps at position p = (b N + i) N + j of head h is normal p % 4 of Philox counter h ceil(P / 4) + p // 4
+    (P = B N N positions per head) under the key of the seed the op drew, the four normals as logit_noise.py
+    defines them: re-derived in numpy (float64 libm); N = 33, so that a head's last counter is cut short."""
     H, B, N = 3, 2, 33
     torch.manual_seed(7)
-    z, _ = mst.mix_noise_softmax(torch.zeros(H, B, N, N, device=device), *[None] * 6, 1.0, SLOPE, torch.float32)
+    z, _, _ = mst.mix_noise_attend(*_zeros(H, B, N, device), *[None] * 6, 1.0, SLOPE)
     torch.manual_seed(7)
     seed = int(torch.randint(0, 2 ** 31 - 1, ()))  # the op's draw
-    h, r, j = torch.meshgrid(torch.arange(H), torch.arange(B * N), torch.arange(N), indexing='ij')
-    counters = (h * B * N + r) * math.ceil(N / 4) + j // 4
-    eps = philox_normals(counters.flatten().numpy(), seed)[torch.arange(counters.numel()), (j % 4).flatten()]
+    P = B * N * N
+    h, p = torch.meshgrid(torch.arange(H), torch.arange(P), indexing='ij')
+    counters = h * math.ceil(P / 4) + p // 4
+    eps = philox_normals(counters.flatten().numpy(), seed)[torch.arange(counters.numel()), (p % 4).flatten()]
     # Cephes float32 polynomials vs float64 libm, as for the CPU noise
     torch.testing.assert_close(z.cpu().double().flatten(), torch.from_numpy(eps), rtol=0, atol=2e-5)
 
@@ -157,34 +166,39 @@ def test_noise_with_mix(device):
     e = eps.flatten()
     assert abs(e.mean()) < 0.03 and abs(e.std() - 1) < 0.03, (e.mean(), e.std())
 
-    s = torch.randn(3, 1, 20, 20, device=device)
+    s, v = torch.randn(3, 1, 20, 20, device=device), torch.randn(3, 1, 20, 8, device=device)
     w = [t.to(device) for t in _mlp(3)]
     torch.manual_seed(5)
-    z1, _ = mst.mix_noise_softmax(s, *w, 1.0, SLOPE, torch.float32)
-    z2, _ = mst.mix_noise_softmax(s, *w, 1.0, SLOPE, torch.float32)
+    z1, o1, _ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE)
+    z2, o2, _ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE)
     torch.manual_seed(5)
-    z3, _ = mst.mix_noise_softmax(s, *w, 1.0, SLOPE, torch.float32)
-    assert torch.equal(z1, z3) and not torch.allclose(z1, z2)
+    z3, o3, _ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE)
+    assert torch.equal(z1, z3) and torch.equal(o1, o3) and not torch.allclose(z1, z2)
 
 
 @pytest.mark.parametrize('device', DEVICES)
 def test_flop_counter_counts_the_op(device):
-    """FlopCounterMode: H = 3, F = 12 over B N N = 16 positions is 16 * 2 * (3*12 + 12*12 + 12*3) = 6912 FLOPs
-    forward, twice that backward (hand-computed)."""
+    """FlopCounterMode, hand-computed: H = 3, F = 12 over B N N = 16 positions, D = 8: the MLP's 16 * 2 * (3*12
+    + 12*12 + 12*3) = 6912 FLOPs and attn @ v's 2 * 3 * 16 * 8 = 768 forward, twice that backward."""
     from torch.utils.flop_counter import FlopCounterMode
-    s = torch.randn(3, 1, 4, 4, device=device, requires_grad=True)
+    s, v = (t.requires_grad_() for t in _zeros(3, 1, 4, device))
     w = [t.to(device).requires_grad_() for t in _mlp(3)]
     with FlopCounterMode(display=False) as counter:
-        z, attn = mst.mix_noise_softmax(s, *w, 0., SLOPE, torch.float32)
-        (z.sum() + attn.sum()).backward()
-    assert counter.get_total_flops() == 3 * 6912
+        z, o, _ = mst.mix_noise_attend(s, v, *w, 0., SLOPE)
+        (z.sum() + o.sum()).backward()
+    assert counter.get_total_flops() == 3 * (6912 + 768)
 
 
-def test_slope_outside_0_1_is_refused():
-    """The kernels compute LeakyReLU as max(a, slope a), which holds for slopes in [0, 1] only."""
-    s = torch.zeros(3, 1, 4, 4)
+def test_bad_arguments_are_refused():
+    """A slope outside [0, 1] (the kernels compute LeakyReLU as max(a, slope a)), logits and values of other
+    shapes, n_keys out of range: a ValueError that says what was expected."""
+    s, v = _zeros(3, 1, 4, 'cpu')
     with pytest.raises(ValueError, match=r'slope in \[0, 1\].*got 1.5'):
-        mst.mix_noise_softmax(s, *_mlp(3), 0., 1.5, torch.float32)
+        mst.mix_noise_attend(s, v, *_mlp(3), 0., 1.5)
+    with pytest.raises(ValueError, match=r'\(H, B, T, T\).*\(H, B, T, D\), got \(3, 1, 4, 4\) and \(3, 1, 5, 8\)'):
+        mst.mix_noise_attend(s, torch.zeros(3, 1, 5, 8), *_mlp(3), 0., SLOPE)
+    with pytest.raises(ValueError, match=r'n_keys must be in \[1, 4\], got 5'):
+        mst.mix_noise_attend(s, v, *_mlp(3), 0., SLOPE, n_keys=5)
 
 
 def _errors(ours, ref):
@@ -198,26 +212,26 @@ def _errors(ours, ref):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='bfloat16 dots need a GPU (the interpreter has none)')
 def test_bfloat16_no_worse_than_autocast_matmuls():
-    """bfloat16 logits: every output and gradient is as close to the float64 reference as autocast's matmul path
-    (HeadMix.forward, torch's noise-free softmax) gets on the same inputs, within a factor of 2."""
+    """bfloat16 logits and values: every output and gradient is as close to the float64 reference as autocast's
+    matmul path (HeadMix.forward, torch's noise-free float32 softmax, a bf16 batched matmul with v) gets on the
+    same inputs, within a factor of 2."""
     from neatt.models.attention import HeadMix
-    H, N = 12, 197
-    ours, ref, _ = _run_both(H=H, B=2, N=N, device='cuda', dtype=torch.bfloat16)
+    H, B, N, D = 12, 2, 197, 64
+    ours, ref, _ = _run_both(H=H, B=B, N=N, device='cuda', dtype=torch.bfloat16, D=D)
 
-    g = torch.Generator().manual_seed(0)  # _run_both's draws, replayed
-    s = (3 * torch.randn(H, 2, N, N, generator=g)).to('cuda', torch.bfloat16).requires_grad_()
-    gz, ga = torch.randn(2, H, 2, N, N, generator=g).to('cuda')
+    s, v, gz, go = (t.cuda() for t in _inputs(H, B, N, D, seed=0))
+    s, v = (t.to(torch.bfloat16).requires_grad_() for t in (s, v))
     hm = HeadMix(H, negative_slope=SLOPE).cuda()
+    params = [hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias, hm.fc3.weight, hm.fc3.bias]
     with torch.no_grad():
-        for p, w in zip([hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias, hm.fc3.weight, hm.fc3.bias],
-                        _mlp(H)):
+        for p, w in zip(params, _mlp(H)):
             p.copy_(w)
     with torch.autocast('cuda', dtype=torch.bfloat16):
         z = hm(s)
         attn = torch.softmax(z, dim=-1, dtype=torch.float32).to(torch.bfloat16)
-    ((z.float() * gz).sum() + (attn.float() * ga).sum()).backward()
-    params = [hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias, hm.fc3.weight, hm.fc3.bias]
-    matmul = {'z': z, 'attn': attn, 'ds': s.grad, **{f'w{i}': p.grad for i, p in enumerate(params)}}
+        o = (attn @ v).permute(1, 2, 0, 3)
+    ((z.float() * gz).sum() + (o.float() * go).sum()).backward()
+    matmul = {'z': z, 'o': o, 'ds': s.grad, 'dv': v.grad, **{f'w{i}': p.grad for i, p in enumerate(params)}}
     ours_err, matmul_err = _errors(ours, ref), _errors(matmul, ref)
     print('relative errors, fused vs matmul path:', {k: (round(ours_err[k], 5), round(matmul_err[k], 5)) for k in ref})
     for k in ref:
@@ -282,19 +296,25 @@ def test_model_bfloat16_fused_no_worse_than_matmul_path(monkeypatch):
                     reason='for machines without a GPU (with one, the tests above compile the kernels for it)')
 @pytest.mark.parametrize('dtype', ['bf16', 'fp16', 'fp32'])
 def test_kernels_compile_for_hopper(dtype):
-    """Both kernels with every optional part on (mix, noise, a chained gradient) and with them all off, compiled
-    for an H100 (sm_90) down to machine code by Triton's own ptxas, with no GPU needed: this catches
-    what the interpreter runs but the compiler rejects (dot shapes, layouts, types)."""
-    fwd, bwd = mst._kernels()
+    """The four kernels in every combination that the op launches (the mix and the noise on or off, the biases
+    folded into an MLP or not, with and without the next block's gradient of z), compiled for an H100 (sm_90)
+    down to machine code by Triton's own ptxas, with no GPU needed: this catches what the interpreter runs but
+    the compiler rejects (dot shapes, layouts, types)."""
+    k = mst._kernels()
     prec = 'ieee' if dtype == 'fp32' else 'tf32'  # as _precision() picks
 
-    def compile_for_sm90(kernel, constexprs, num_warps):
-        compiled = mst.compile_for(kernel, constexprs, num_warps, dtype=dtype)
+    def compile_for_sm90(kernel, settings, **constexprs):
+        settings = dict(settings)
+        num_warps = settings.pop('num_warps')
+        settings.pop('programs_per_sm', None)
+        compiled = mst.compile_for(kernel, {**settings, **constexprs, 'PREC': prec}, num_warps, dtype=dtype)
         assert compiled.asm['cubin'], constexprs
 
-    for on in (True, False):  # every branch, on or off
-        for fold in (True, False) if on else (False,):  # the biases are folded only into an MLP
-            compile_for_sm90(fwd, dict(HP=16, FP=64, BLOCK_J=mst._BLOCK_J[0], MIX=on, NOISE=on, FOLD=fold,
-                                       PREC=prec), mst._NUM_WARPS[0])
-            compile_for_sm90(bwd, dict(HP=16, FP=64, BLOCK_J=mst._BLOCK_J[1], MIX=on, HAS_GZ=on, FOLD=fold,
-                                       PREC=prec), mst._NUM_WARPS[1])
+    for mix, noise in ((True, True), (True, False), (False, True)):  # neither: z = s, no kernel
+        for fold in (True, False) if mix else (False,):  # the biases are folded only into an MLP
+            compile_for_sm90(k.mix_fwd, mst._MIX_FWD, HP=16, FP=64, MIX=mix, NOISE=noise, FOLD=fold)
+    for fold in (True, False):
+        compile_for_sm90(k.mix_bwd, mst._MIX_BWD, HP=16, FP=64, FOLD=fold)
+    compile_for_sm90(k.attend_fwd, mst._ATTEND, DP=64)
+    for has_gz in (True, False):
+        compile_for_sm90(k.attend_bwd, mst._ATTEND, DP=64, HAS_GZ=has_gz)

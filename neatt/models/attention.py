@@ -25,7 +25,7 @@ from .logit_noise import add_logit_noise
 __all__ = ['HeadMix', 'NestedAttention']
 
 # Tokens on the fused GPU path are padded to a multiple of this: rows of 8 bf16/fp16 values are 16-byte aligned,
-# which cuBLAS's fast batched-GEMM kernels need (with N = 197 it ran q k^T and attn v on sm75-era kernels).
+# which cuBLAS's fast batched-GEMM kernels need (with N = 197 it ran q k^T, and its gradients, on sm75-era kernels).
 _TOKEN_ALIGN = 8
 
 
@@ -63,7 +63,7 @@ class HeadMix(nn.Module):
     logits, with no permute to a (B, N, N, H) layout: on CPU float32 in one fused kernel (`head_mix_cpu`),
     elsewhere as matmuls with the residual `s + g(s)` folded into the last one. On a GPU with Triton,
     `NestedAttention` bypasses `forward` and hands the weights to `mix_softmax_triton`, which fuses the mix with
-    the noise and the softmax.
+    the noise, then computes softmax(z) @ v flash-attention style.
     """
 
     def __init__(
@@ -208,8 +208,8 @@ class NestedAttention(nn.Module):
         chain_in = z_prev is not None and self.neatt_chain and not self.first
         noisy = self.training and self.neatt_sigma > 0
         needs_logits = self.head_mix is not None or self.neatt_chain
-        # GPU: mix, noise and softmax in one fused kernel (mix_softmax_triton), over tokens padded to a multiple
-        # of 8 (see the class docstring)
+        # GPU: mix and noise in one Triton kernel, softmax(z) @ v in another (mix_softmax_triton), over tokens
+        # padded to a multiple of 8 (see the class docstring)
         padded = _round_up(N, _TOKEN_ALIGN)
         fused = (needs_logits and mix_softmax_triton.available(x.device, H * B * padded * padded)
                  and not (self.training and self.attn_drop.p > 0))
@@ -237,8 +237,9 @@ class NestedAttention(nn.Module):
                 weights = [None] * 6 if hm is None else [hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias,
                                                          hm.fc3.weight, hm.fc3.bias]
                 slope = 0. if hm is None else hm.negative_slope
-                z, attn = mix_softmax_triton.mix_noise_softmax(
-                    z, *weights, self.neatt_sigma if noisy else 0., slope, v.dtype, n_keys=N)
+                z, o, _ = mix_softmax_triton.mix_noise_attend(
+                    z, v, *weights, self.neatt_sigma if noisy else 0., slope, n_keys=N)
+                x = o[:, :N].reshape(B, N, C).to(v.dtype)  # o is (B, T, H, d), float32
             else:
                 if self.head_mix is not None:
                     z = self.head_mix(z)
@@ -247,8 +248,8 @@ class NestedAttention(nn.Module):
                 # softmax in fp32 whatever the autocast dtype: chained and noisy logits grow with depth
                 attn = torch.softmax(z, dim=-1, dtype=torch.float32).to(v.dtype)
                 attn = self.attn_drop(attn)
-            o = torch.bmm(attn.view(H * B, T, T), v.reshape(H * B, T, self.head_dim))
-            x = o.view(H, B, T, self.head_dim)[:, :, :N].permute(1, 2, 0, 3).reshape(B, N, C)
+                o = torch.bmm(attn.view(H * B, N, N), v.reshape(H * B, N, self.head_dim))
+                x = o.view(H, B, N, self.head_dim).permute(1, 2, 0, 3).reshape(B, N, C)
             z = z if self.neatt_chain else None
 
         x = self.norm(x)

@@ -1,42 +1,48 @@
-"""The Ne-Att logits' head mix, noise and softmax on a GPU, fused into one Triton kernel per direction.
+"""Ne-Att's attention after q k^T on a GPU, in Triton: the logits' head mix and noise fused in one kernel, then
+softmax(z) @ v as flash attention does it, with the logits read instead of computed.
 
-Per block, on head-major logits s (H, B, N, N), with g the cross-head MLP (attention.HeadMix) and eps ~ N(0, 1)::
+Per block, on head-major logits s = a + z_prev (H, B, T, T) and values v (H, B, T, D), with g the cross-head MLP
+(attention.HeadMix) and eps ~ N(0, 1)::
 
-    z    = s + g(s) + sigma * eps        (returned: the next block chains it)
-    attn = softmax(z, over keys)         (returned, in the dtype of v)
+    z = s + g(s) + sigma * eps           (returned: the next block chains it)
+    o = softmax(z, over keys) @ v        (returned in float32, laid out (B, T, H, D))
 
-Why hand-written: as matmuls, g writes and re-reads two (4H, B*N*N) hidden activations per block, and the noise
-and softmax are more passes over (H, B, N, N) tensors. Measured on an H100 (ViT-B/16, bf16, batch 64, eager):
-Ne-Att took 2.9x vanilla's step, most of it in these memory-bound passes. Here one program takes one query row
-(b, i) for all H heads, keys in chunks of `BLOCK_J`: it loads s once, runs the MLP per key on tensor cores
-(features on the rows of a (4H, BLOCK_J) tile, H and 4H padded to powers of two, at least 16), adds the noise
-(`_box_muller`: the generator of logit_noise.py, four normals per Philox counter, a counter per (head, row, 4 keys),
-seeded by one draw from torch's generator per call), stores z and keeps an online max/sum per head; a second
-sweep over the row writes attn. Nothing else goes to memory.
+Why hand-written: as matmuls, g writes and re-reads two (4H, B*T*T) hidden activations per block, and the noise,
+the softmax and attn @ v are more passes over (H, B, T, T) tensors (measured on an H100, ViT-B/16, bf16, batch
+64, eager: Ne-Att took 2.9x vanilla's step, most of it in these passes). Four kernels:
 
-The backward recomputes the MLP from s (saved instead of the hidden activations: H instead of 9H values per
-position) and goes through the softmax, the MLP and the residual in one sweep per row. Weight gradients are
-summed in float32 registers per program (a persistent grid) and the programs' partial sums added in torch, in
-program order, so results do not depend on scheduling. Where H and 4H leave padding (every model but ViT-L's 16
-heads), the MLP's biases ride in it (`_load_mlp`): the dots add them and, in the backward, sum their gradients,
-which removed three reductions over keys per chunk and most spills (docs/benchmarks.md, 2026-11-28).
+- `_mix_fwd`: chunks of positions for all H heads; loads s once, runs the MLP per position on tensor cores
+  (features on the rows of a (4H, BLOCK_J) tile, H and 4H padded to powers of two, at least 16), adds the
+  noise (`_box_muller`: the generator of logit_noise.py, four normals per Philox counter, a counter per four
+  positions of a head, seeded by one draw from torch's generator per call) and stores z.
+- `_attend_fwd`: one (head, image, query tile) per program; online softmax over key tiles of z, o += p @ v;
+  stores o and the rows' log-sum-exp. The probabilities never go to memory: before, a second sweep wrote them
+  (H, B, T, T) for a batched matmul to read.
+- `_attend_bwd`: one (head, image, key tile); recomputes p from z and the log-sum-exp, and writes dz = p (dp -
+  delta) plus the next block's gradient of z, with dp = do v^T in float32 registers and delta = do . o per query
+  (flash attention's identity; o is float32 so that it holds in bf16 too); sums dv = p^T do.
+- `_mix_bwd`: ds = dz + J_g(s)^T dz, the MLP recomputed from s (saved instead of the hidden activations: H
+  instead of 9H values per position). Weight gradients are summed in float32 registers per program (a
+  persistent grid) and the programs' partial sums added in torch, in program order, so results do not depend on
+  scheduling. Where H and 4H leave padding (every model but ViT-L's 16 heads), the MLP's biases ride in it
+  (`_load_mlp`): the dots add them and, in the backward, sum their gradients (docs/benchmarks.md, 2026-11-28).
 
 z is stored in the dtype of s (bf16 under autocast, as the matmul path gives it); the softmax reads z as
 stored, so that it sees what the next block sees. The math is in float32 except the matmul operands, which are
-in the dtype of s (as autocast's matmuls take them, biases included); float32 logits use full-precision ("ieee")
-dots.
+in the dtype of s and v (as autocast's matmuls take them, the MLP's biases included); float32 inputs use
+full-precision ("ieee") dots.
 
 `TRITON_INTERPRET=1` runs the same kernels on CPU tensors (tests/test_mix_softmax_triton.py).
 """
 from __future__ import annotations  # the kernels' `tl.constexpr` annotations stay strings without Triton
 
 import functools
-from typing import List, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .flops import head_mix_flops
+from .flops import attend_flops, head_mix_flops
 
 try:
     import triton
@@ -44,13 +50,15 @@ try:
 except ImportError:  # CPU-only installs (macOS): the matmul path in attention.py runs instead
     triton = tl = None
 
-__all__ = ['available', 'compile_for', 'mix_noise_softmax']
+__all__ = ['available', 'compile_for', 'mix_noise_attend']
 
-# Launch settings, the fastest of a sweep on an H100 (one ViT-B/16 block of logits, bf16, batch 64; see
-# docs/benchmarks.md): keys per chunk, warps, and the backward's persistent programs per multiprocessor.
-_BLOCK_J = (16, 64)  # forward, backward
-_NUM_WARPS = (2, 4)
-_PROGRAMS_PER_SM = 2
+# Launch settings. The head-mix kernels': the fastest of a sweep on an H100 (one ViT-B/16 block of logits, bf16,
+# batch 64; see docs/benchmarks.md, 2026-11-26), the forward's chunks per program chosen for about as many
+# positions per program as it then took (a row of 197); the attention kernels': flash attention's usual tiles for
+# a head dim of 64, not yet timed.
+_MIX_FWD = {'BLOCK_J': 16, 'CHUNKS': 16, 'num_warps': 2}
+_MIX_BWD = {'BLOCK_J': 64, 'num_warps': 4, 'programs_per_sm': 2}
+_ATTEND = {'BLOCK_M': 64, 'BLOCK_N': 64, 'num_warps': 4}
 _MAX_NUMEL = 2 ** 31  # the noise's Philox offsets are int32
 
 
@@ -129,28 +137,26 @@ def _mlp_hidden(x, w1, b1, w2, b2, slope, cdt: tl.constexpr, FOLD: tl.constexpr,
     return a1, h1, a2, h2
 
 
-def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
-         R, N, K, H, F, seed, sigma, slope,
-         HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr,
-         MIX: tl.constexpr, NOISE: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
-    r = tl.program_id(0).to(tl.int64)
+def _mix_fwd(s_ptr, z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
+             P, H, F, seed, sigma, slope,
+             HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr, CHUNKS: tl.constexpr,
+             MIX: tl.constexpr, NOISE: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
+    """z = s + g(s) + sigma eps over the P positions of each head, CHUNKS chunks of BLOCK_J per program."""
     hs = tl.arange(0, HP)
     js = tl.arange(0, BLOCK_J)
     h_ok = hs < H
-    base = hs.to(tl.int64)[:, None] * R * N + r * N  # (HP, 1): where row r of each head starts
+    head = hs.to(tl.int64)[:, None] * P  # (HP, 1): where each head starts
     cdt = s_ptr.dtype.element_ty  # matmul operand dtype
     if MIX:
         w1, b1, w2, b2, w3, b3 = _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F, HP, FP, FOLD, cdt)
-
-    m = tl.full([HP], float('-inf'), tl.float32)
-    l = tl.zeros([HP], tl.float32)
-    for j0 in range(0, N, BLOCK_J):
-        j = j0 + js
-        mask = h_ok[:, None] & (j < N)[None, :]
-        offs = base + j[None, :]
-        # masked values (padded heads, keys past N) load as 1 with FOLD: padded head row H's 1 is the one the
-        # folded biases need; the other padded rows meet zero columns of w1, and keys past N are neither stored
-        # nor in the softmax (nor, in the backward, where their gradient is 0, in any weight gradient)
+    first = tl.program_id(0).to(tl.int64) * (CHUNKS * BLOCK_J)
+    for c in range(CHUNKS):
+        p0 = first + c * BLOCK_J
+        p = p0 + js
+        mask = h_ok[:, None] & (p < P)[None, :]
+        offs = head + p[None, :]
+        # masked values (padded heads, positions past P) load as 1 with FOLD: padded head row H's 1 is the one
+        # the folded biases need; the other padded rows meet zero columns of w1, and nothing stores the rest
         x = tl.load(s_ptr + offs, mask=mask, other=1. if FOLD else 0.)
         y = x.to(tl.float32)
         if MIX:
@@ -158,128 +164,174 @@ def _fwd(s_ptr, z_ptr, attn_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
             y += tl.dot(w3, h2, input_precision=PREC)
             if not FOLD:
                 y += b3[:, None]
-        if NOISE:  # key j of row (h, r): normal j % 4 of Philox counter (h R + r) ceil(N / 4) + j // 4
-            q = (hs[:, None] * R + r) * tl.cdiv(N, 4) + (j0 // 4) + tl.arange(0, BLOCK_J // 4)[None, :]
-            c0, c1, c2, c3 = tl.randint4x(seed, q.to(tl.int32))  # the counter's four 32-bit words
+        if NOISE:  # position p of head h: normal p % 4 of Philox counter h ceil(P / 4) + p // 4
+            q = hs[:, None] * tl.cdiv(P, 4) + (p0 // 4).to(tl.int32) + tl.arange(0, BLOCK_J // 4)[None, :]
+            c0, c1, c2, c3 = tl.randint4x(seed, q)  # the counter's four 32-bit words
             n0, n1 = _box_muller(c0, c1)
             n2, n3 = _box_muller(c2, c3)
-            # (HP, BLOCK_J // 4, 2, 2) -> key 4 t + 2 a + b takes normal 2 a + b of counter t, as documented
+            # (HP, BLOCK_J // 4, 2, 2) -> position 4 t + 2 a + b takes normal 2 a + b of counter t, as documented
             y += sigma * tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (HP, BLOCK_J))
-        zq = y.to(z_ptr.dtype.element_ty)
-        tl.store(z_ptr + offs, zq, mask=mask)
-        # padded heads keep finite stats (0); keys past K, and the tile's padding, drop out (-inf)
-        zf = tl.where((j < K)[None, :], zq.to(tl.float32), float('-inf'))
-        m_new = tl.maximum(m, tl.max(zf, 1))
-        l = l * tl.exp(m - m_new) + tl.sum(tl.exp(zf - m_new[:, None]), 1)
+        tl.store(z_ptr + offs, y.to(z_ptr.dtype.element_ty), mask=mask)
+
+
+def _attend_fwd(z_ptr, v_ptr, o_ptr, lse_ptr, B, T, K, H, D,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr):
+    """o = softmax(z over the first K keys) @ v for BLOCK_M queries of one (head, image), flash attention's
+    forward with the logits loaded instead of computed: o in float32 into (B, T, H, D), and per query the
+    log-sum-exp of its logits (for the backward)."""
+    hb = tl.program_id(1).to(tl.int64)  # h * B + b
+    i = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    i_ok = i < T
+    i_in = tl.minimum(i, T - 1)  # rows past T read row T - 1 (finite), and are not stored
+    ds = tl.arange(0, DP)
+    d_ok = ds < D
+    cdt = v_ptr.dtype.element_ty
+    m = tl.full([BLOCK_M], float('-inf'), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DP], tl.float32)
+    for j0 in range(0, K, BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)
+        j_ok = j < K
+        zt = tl.load(z_ptr + (hb * T + i_in[:, None]) * T + j[None, :], mask=j_ok[None, :], other=float('-inf'))
+        vt = tl.load(v_ptr + (hb * T + j[:, None]) * D + ds[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.)
+        zt = zt.to(tl.float32)
+        m_new = tl.maximum(m, tl.max(zt, 1))
+        p = tl.exp(zt - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(cdt), vt, input_precision=PREC)
         m = m_new
-
-    tl.debug_barrier()  # the sweep below reads z stored by other threads of this program
-    inv_l = 1. / l
-    for j0 in range(0, N, BLOCK_J):
-        j = j0 + js
-        mask = h_ok[:, None] & (j < N)[None, :]
-        offs = base + j[None, :]
-        zf = tl.load(z_ptr + offs, mask=mask, other=0.).to(tl.float32)
-        p = tl.where((j < K)[None, :], tl.exp(zf - m[:, None]) * inv_l[:, None], 0.)
-        tl.store(attn_ptr + offs, p.to(attn_ptr.dtype.element_ty), mask=mask)
+    h = hb // B
+    b = hb % B
+    acc = acc / l[:, None]
+    tl.store(o_ptr + ((b * T + i[:, None]) * H + h) * D + ds[None, :], acc, mask=i_ok[:, None] & d_ok[None, :])
+    tl.store(lse_ptr + hb * T + i, m + tl.log(l), mask=i_ok)
 
 
-def _bwd(gz_ptr, ga_ptr, s_ptr, attn_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
-         R, N, H, F, slope,
-         HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr,
-         MIX: tl.constexpr, HAS_GZ: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
+def _attend_bwd(z_ptr, v_ptr, lse_ptr, go_ptr, delta_ptr, gz_ptr, dz_ptr, dv_ptr, B, T, K, H, D,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DP: tl.constexpr,
+                HAS_GZ: tl.constexpr, PREC: tl.constexpr):
+    """For BLOCK_N keys of one (head, image), over all queries: the logits' gradient dz = p (dp - delta) (+ the
+    next block's gradient of z), with p recomputed from z and the log-sum-exp, dp = do @ v^T and delta = do . o
+    per query; and dv = p^T @ do. Every (query, key) is one program's, so nothing is summed across programs."""
+    hb = tl.program_id(1).to(tl.int64)
+    h = hb // B
+    b = hb % B
+    j = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    j_ok = j < T
+    j_in = j < K  # keys past K are out of the softmax: p = 0 there
+    ds = tl.arange(0, DP)
+    d_ok = ds < D
+    cdt = v_ptr.dtype.element_ty
+    vt = tl.load(v_ptr + (hb * T + j[:, None]) * D + ds[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.)
+    dv = tl.zeros([BLOCK_N, DP], tl.float32)
+    for i0 in range(0, T, BLOCK_M):
+        i = i0 + tl.arange(0, BLOCK_M)
+        i_ok = i < T
+        tile = (hb * T + i[:, None]) * T + j[None, :]
+        t_ok = i_ok[:, None] & j_ok[None, :]
+        zt = tl.load(z_ptr + tile, mask=t_ok, other=0.).to(tl.float32)
+        lse = tl.load(lse_ptr + hb * T + i, mask=i_ok, other=0.)
+        p = tl.where(j_in[None, :], tl.exp(zt - lse[:, None]), 0.)
+        do = tl.load(go_ptr + ((b * T + i[:, None]) * H + h) * D + ds[None, :], mask=i_ok[:, None] & d_ok[None, :],
+                     other=0.).to(cdt)
+        delta = tl.load(delta_ptr + (b * T + i) * H + h, mask=i_ok, other=0.)
+        dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+        dz = p * (dp - delta[:, None])
+        if HAS_GZ:
+            dz += tl.load(gz_ptr + tile, mask=t_ok, other=0.).to(tl.float32)
+        tl.store(dz_ptr + tile, dz.to(dz_ptr.dtype.element_ty), mask=t_ok)
+        dv += tl.dot(tl.trans(p.to(cdt)), do, input_precision=PREC)
+    tl.store(dv_ptr + (hb * T + j[:, None]) * D + ds[None, :], dv.to(dv_ptr.dtype.element_ty),
+             mask=j_ok[:, None] & d_ok[None, :])
+
+
+def _mix_bwd(dz_ptr, s_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
+             P, H, F, slope,
+             HP: tl.constexpr, FP: tl.constexpr, BLOCK_J: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
+    """ds = dz + J_g(s)^T dz over chunks of BLOCK_J positions (a persistent grid), the MLP recomputed from s;
+    the weight gradients summed in float32 per program into `part_ptr`."""
     pid = tl.program_id(0)
     hs = tl.arange(0, HP)
     fs = tl.arange(0, FP)
     js = tl.arange(0, BLOCK_J)
     h_ok = hs < H
+    head = hs.to(tl.int64)[:, None] * P
     cdt = s_ptr.dtype.element_ty
-    if MIX:
-        w1, b1, w2, b2, w3, _ = _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F, HP, FP, FOLD, cdt)
-        w1t, w2t, w3t = tl.trans(w1), tl.trans(w2), tl.trans(w3)
-        dw1 = tl.zeros([FP, HP], tl.float32)
-        dw2 = tl.zeros([FP, FP], tl.float32)
-        dw3 = tl.zeros([HP, FP], tl.float32)
-        db1 = tl.zeros([FP], tl.float32)
-        db2 = tl.zeros([FP], tl.float32)
-        db3 = tl.zeros([HP], tl.float32)
+    w1, b1, w2, b2, w3, _ = _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F, HP, FP, FOLD, cdt)
+    w1t, w2t, w3t = tl.trans(w1), tl.trans(w2), tl.trans(w3)
+    dw1 = tl.zeros([FP, HP], tl.float32)
+    dw2 = tl.zeros([FP, FP], tl.float32)
+    dw3 = tl.zeros([HP, FP], tl.float32)
+    db1 = tl.zeros([FP], tl.float32)
+    db2 = tl.zeros([FP], tl.float32)
+    db3 = tl.zeros([HP], tl.float32)
+    for c in range(pid, tl.cdiv(P, BLOCK_J), tl.num_programs(0)):
+        p = c * BLOCK_J + js
+        mask = h_ok[:, None] & (p < P)[None, :]
+        offs = head + p[None, :]
+        dz = tl.load(dz_ptr + offs, mask=mask, other=0.)  # 0 where masked: no weight gradient from there
+        x = tl.load(s_ptr + offs, mask=mask, other=1. if FOLD else 0.)  # 1 where masked, as in _mix_fwd
+        a1, h1, a2, h2 = _mlp_hidden(x, w1, b1, w2, b2, slope, cdt, FOLD, PREC)
+        d2 = tl.dot(w3t, dz, input_precision=PREC)
+        d2 = tl.where(a2 > 0, d2, d2 * slope)
+        d2c = d2.to(cdt)
+        d1 = tl.dot(w2t, d2c, input_precision=PREC)
+        d1 = tl.where(a1 > 0, d1, d1 * slope)
+        d1c = d1.to(cdt)
+        ds = dz.to(tl.float32) + tl.dot(w1t, d1c, input_precision=PREC)
+        dw3 += tl.dot(dz, tl.trans(h2), input_precision=PREC)
+        dw2 += tl.dot(d2c, tl.trans(h1), input_precision=PREC)
+        dw1 += tl.dot(d1c, tl.trans(x), input_precision=PREC)
+        if not FOLD:  # else the dots above summed them, in column H of dw1 and F of dw2, dw3
+            db3 += tl.sum(dz.to(tl.float32), 1)
+            db2 += tl.sum(d2, 1)
+            db1 += tl.sum(d1, 1)
+        tl.store(ds_ptr + offs, ds.to(ds_ptr.dtype.element_ty), mask=mask)
 
-    for r in range(pid, R, tl.num_programs(0)):
-        base = hs.to(tl.int64)[:, None] * R * N + r * N  # r * N < numel / H < 2^31
-        rowdot = tl.zeros([HP], tl.float32)  # sum_j attn * d attn, the softmax backward's row term
-        for j0 in range(0, N, BLOCK_J):
-            j = j0 + js
-            mask = h_ok[:, None] & (j < N)[None, :]
-            offs = base + j[None, :]
-            p = tl.load(attn_ptr + offs, mask=mask, other=0.).to(tl.float32)
-            g = tl.load(ga_ptr + offs, mask=mask, other=0.).to(tl.float32)
-            rowdot += tl.sum(p * g, 1)
-        for j0 in range(0, N, BLOCK_J):
-            j = j0 + js
-            mask = h_ok[:, None] & (j < N)[None, :]
-            offs = base + j[None, :]
-            p = tl.load(attn_ptr + offs, mask=mask, other=0.).to(tl.float32)
-            g = tl.load(ga_ptr + offs, mask=mask, other=0.).to(tl.float32)
-            dz = p * (g - rowdot[:, None])
-            if HAS_GZ:
-                dz += tl.load(gz_ptr + offs, mask=mask, other=0.).to(tl.float32)
-            ds = dz
-            if MIX:
-                x = tl.load(s_ptr + offs, mask=mask, other=1. if FOLD else 0.)  # 1 where masked, as in _fwd
-                a1, h1, a2, h2 = _mlp_hidden(x, w1, b1, w2, b2, slope, cdt, FOLD, PREC)
-                dzc = dz.to(cdt)
-                d2 = tl.dot(w3t, dzc, input_precision=PREC)
-                d2 = tl.where(a2 > 0, d2, d2 * slope)
-                d2c = d2.to(cdt)
-                d1 = tl.dot(w2t, d2c, input_precision=PREC)
-                d1 = tl.where(a1 > 0, d1, d1 * slope)
-                d1c = d1.to(cdt)
-                ds += tl.dot(w1t, d1c, input_precision=PREC)
-                dw3 += tl.dot(dzc, tl.trans(h2), input_precision=PREC)
-                dw2 += tl.dot(d2c, tl.trans(h1), input_precision=PREC)
-                dw1 += tl.dot(d1c, tl.trans(x), input_precision=PREC)
-                if not FOLD:  # else the dots above summed them, in column H of dw1 and F of dw2, dw3
-                    db3 += tl.sum(dz, 1)
-                    db2 += tl.sum(d2, 1)
-                    db1 += tl.sum(d1, 1)
-            tl.store(ds_ptr + offs, ds.to(ds_ptr.dtype.element_ty), mask=mask)
+    out = part_ptr + pid * (2 * FP * HP + FP * FP + 2 * FP + HP)  # this program's sums, one after another
+    tl.store(out + fs[:, None] * HP + hs[None, :], dw1)
+    out += FP * HP
+    tl.store(out + fs[:, None] * FP + fs[None, :], dw2)
+    out += FP * FP
+    tl.store(out + hs[:, None] * FP + fs[None, :], dw3)
+    if not FOLD:
+        out += HP * FP
+        tl.store(out + fs, db1)
+        tl.store(out + FP + fs, db2)
+        tl.store(out + 2 * FP + hs, db3)
 
-    if MIX:  # this program's partial sums, padded shapes, one after another
-        out = part_ptr + pid * (2 * FP * HP + FP * FP + 2 * FP + HP)
-        tl.store(out + fs[:, None] * HP + hs[None, :], dw1)
-        out += FP * HP
-        tl.store(out + fs[:, None] * FP + fs[None, :], dw2)
-        out += FP * FP
-        tl.store(out + hs[:, None] * FP + fs[None, :], dw3)
-        if not FOLD:
-            out += HP * FP
-            tl.store(out + fs, db1)
-            tl.store(out + FP + fs, db2)
-            tl.store(out + 2 * FP + hs, db3)
+
+class Kernels(NamedTuple):
+    mix_fwd: Any
+    attend_fwd: Any
+    attend_bwd: Any
+    mix_bwd: Any
 
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """(forward, backward) jitted kernels, or None without Triton. Built on first use, so that a TRITON_INTERPRET
-    set by then (the tests) takes effect; the helpers they call by name are jitted in this module's namespace then,
-    the same way."""
+    """The jitted kernels (mix_fwd, attend_fwd, attend_bwd, mix_bwd), or None without Triton. Built on first use,
+    so that a TRITON_INTERPRET set by then (the tests) takes effect; the helpers they call by name are jitted in
+    this module's namespace then, the same way."""
     if triton is None:
         return None
-    # the helpers that the kernels call by name
     for helper in ('_leaky_relu', '_box_muller', '_load_mlp', '_mlp_hidden'):
         fn = globals()[helper]
         globals()[helper] = triton.jit(getattr(fn, 'fn', fn))  # `.fn`: the Python function, if jitted already
-    return triton.jit(_fwd), triton.jit(_bwd)
+    return Kernels(*(triton.jit(k) for k in (_mix_fwd, _attend_fwd, _attend_bwd, _mix_bwd)))
 
 
 def compile_for(kernel, constexprs: dict, num_warps: int, dtype: str = 'bf16', arch: int = 90):
     """Compile `kernel` (one of `_kernels()`) for an NVIDIA GPU of compute capability `arch` (90: H100) down to
-    machine code, with no GPU: the logits in `dtype` ('bf16', 'fp16', 'fp32'), the MLP's weights and the partial
-    sums in float32, `constexprs` naming every constexpr argument. For tests and machine-code counts
-    (docs/results/2026-11-27-sass); the launch path compiles through `triton.jit` as usual."""
+    machine code, with no GPU: the logits and v in `dtype` ('bf16', 'fp16', 'fp32'); the MLP's weights, o, its
+    gradient, the log-sum-exp and the partial sums in float32; `constexprs` naming every constexpr argument. For
+    tests and machine-code counts (docs/results/2026-11-27-sass); the launch path compiles through `triton.jit`
+    as usual."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr'}
+    float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr', 'o_ptr', 'go_ptr', 'lse_ptr',
+               'delta_ptr'}
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:
@@ -297,14 +349,14 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-def _launch_shape(s: torch.Tensor, w1: Optional[torch.Tensor]):
-    """H, rows R (B * N queries), keys N, hidden F (0: no MLP), their padded sizes HP and FP, and whether
+def _mix_shape(s: torch.Tensor, w1: Optional[torch.Tensor]):
+    """H, positions per head P (B * N * N), hidden F (0: no MLP), their padded sizes HP and FP, and whether
     there are MLP biases and they fit into the padding (FOLD, see _load_mlp): for H = 3, 6, 12, not for ViT-L's
     16 heads."""
-    H, N = s.shape[0], s.shape[-1]
+    H = s.shape[0]
     F = 0 if w1 is None else w1.shape[0]
     HP, FP = _pow2(H), _pow2(max(F, 1))
-    return H, s.numel() // (H * N), N, F, HP, FP, H < HP and 0 < F < FP
+    return H, s.numel() // H, F, HP, FP, H < HP and 0 < F < FP
 
 
 def _precision(s: torch.Tensor) -> str:
@@ -315,77 +367,112 @@ def _weights(w: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
     return [t.detach().contiguous() for t in w]
 
 
-@torch.library.custom_op('neatt::mix_noise_softmax', mutates_args=())
-def mix_noise_softmax(s: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
-                      w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
-                      b3: Optional[torch.Tensor], sigma: float, slope: float, attn_dtype: torch.dtype,
-                      n_keys: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(z, attn) of the module docstring for contiguous head-major logits s (H, ..., N); `w1..b3` the head
-    MLP's fc1..fc3 (all None: no mix), sigma 0: no noise. `n_keys` < N: the softmax takes only the first
-    n_keys keys and attn is 0 on the others (token padding, see attention.NestedAttention); z is computed for
-    all N.
+def _check(s: torch.Tensor, v: torch.Tensor, slope: float, n_keys: Optional[int]) -> int:
+    """The keys in the softmax, after checking the shapes: s (H, B, T, T) and v (H, B, T, D), contiguous."""
+    if not 0 <= slope <= 1:
+        raise ValueError(f'the fused kernels take a LeakyReLU slope in [0, 1] (max(a, slope a)), got {slope}')
+    H, B, T, T2 = s.shape
+    if T2 != T or v.shape[:3] != (H, B, T) or not (s.is_contiguous() and v.is_contiguous()):
+        raise ValueError(f'expected contiguous logits (H, B, T, T) and values (H, B, T, D), got {tuple(s.shape)} '
+                         f'and {tuple(v.shape)}')
+    K = T if n_keys is None else n_keys
+    if not 0 < K <= T:
+        raise ValueError(f'n_keys must be in [1, {T}], got {n_keys}')
+    return K
+
+
+@torch.library.custom_op('neatt::mix_noise_attend', mutates_args=())
+def mix_noise_attend(s: torch.Tensor, v: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
+                     w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
+                     b3: Optional[torch.Tensor], sigma: float, slope: float,
+                     n_keys: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, o, lse) of the module docstring for head-major logits s (H, B, T, T) and values v (H, B, T, D);
+    `w1..b3` the head MLP's fc1..fc3 (all None: no mix), sigma 0: no noise. o is float32, laid out (B, T, H, D)
+    so that o[:, :N].reshape(B, N, H * D) is the projection's input; lse (H, B, T) is for the backward.
+    `n_keys` < T: the softmax takes only the first n_keys keys (token padding, see attention.NestedAttention);
+    z is computed for all T.
 
     The noise's seed is one draw from torch's global CPU generator, so `torch.manual_seed` and activation
     checkpointing replay it. It is drawn on the host at each call, so a CUDA graph (torch.compile's
     mode='reduce-overhead') would replay one seed: the trainer does not use that mode.
 
-    A custom op, so that `torch.compile` keeps the kernel and its backward as they are.
+    A custom op, so that `torch.compile` keeps the kernels and their backward as they are.
     """
-    if not 0 <= slope <= 1:
-        raise ValueError(f'the fused kernels take a LeakyReLU slope in [0, 1] (max(a, slope a)), got {slope}')
-    fwd, _ = _kernels()
-    mix = w1 is not None
-    H, R, N, F, HP, FP, fold = _launch_shape(s, w1)
-    seed = int(torch.randint(0, 2 ** 31 - 1, ())) if sigma > 0 else 0
-    z = torch.empty_like(s)
-    attn = torch.empty_like(s, dtype=attn_dtype)
-    w = _weights([w1, b1, w2, b2, w3, b3]) if mix else [s] * 6  # unread placeholders without a mix
-    fwd[(R,)](s, z, attn, *w, R, N, N if n_keys is None else n_keys, H, F, seed, sigma, slope,
-              HP=HP, FP=FP, BLOCK_J=_BLOCK_J[0], MIX=mix, NOISE=sigma > 0, FOLD=fold, PREC=_precision(s),
-              num_warps=_NUM_WARPS[0])
-    return z, attn
+    K = _check(s, v, slope, n_keys)
+    k = _kernels()
+    H, B, T, D = v.shape
+    _, P, F, HP, FP, fold = _mix_shape(s, w1)
+    mix, noise = w1 is not None, sigma > 0
+    if mix or noise:
+        seed = int(torch.randint(0, 2 ** 31 - 1, ())) if noise else 0
+        z = torch.empty_like(s)
+        w = _weights([w1, b1, w2, b2, w3, b3]) if mix else [s] * 6  # unread placeholders without a mix
+        block_j, chunks = _MIX_FWD['BLOCK_J'], _MIX_FWD['CHUNKS']
+        k.mix_fwd[(triton.cdiv(P, block_j * chunks),)](
+            s, z, *w, P, H, F, seed, sigma, slope, HP=HP, FP=FP, BLOCK_J=block_j, CHUNKS=chunks, MIX=mix,
+            NOISE=noise, FOLD=fold, PREC=_precision(s), num_warps=_MIX_FWD['num_warps'])
+    else:
+        z = s.clone()  # a custom op's output may not alias its input
+    o = torch.empty(B, T, H, D, device=v.device, dtype=torch.float32)
+    lse = torch.empty(H, B, T, device=v.device, dtype=torch.float32)
+    block_m, block_n = _ATTEND['BLOCK_M'], _ATTEND['BLOCK_N']
+    k.attend_fwd[(triton.cdiv(T, block_m), H * B)](
+        z, v, o, lse, B, T, K, H, D, BLOCK_M=block_m, BLOCK_N=block_n, DP=_pow2(D), PREC=_precision(v),
+        num_warps=_ATTEND['num_warps'])
+    return z, o, lse
 
 
-@mix_noise_softmax.register_fake
-def _(s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype, n_keys=None):
-    return torch.empty_like(s), torch.empty_like(s, dtype=attn_dtype)
+@mix_noise_attend.register_fake
+def _(s, v, w1, b1, w2, b2, w3, b3, sigma, slope, n_keys=None):
+    H, B, T, D = v.shape
+    return (torch.empty_like(s), v.new_empty((B, T, H, D), dtype=torch.float32),
+            v.new_empty((H, B, T), dtype=torch.float32))
 
 
-@torch.library.custom_op('neatt::mix_noise_softmax_backward', mutates_args=())
-def mix_noise_softmax_backward(grad_z: Optional[torch.Tensor], grad_attn: torch.Tensor, s: torch.Tensor,
-                               attn: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
-                               w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
-                               b3: Optional[torch.Tensor], slope: float) -> List[torch.Tensor]:
-    """[ds] without a mix, else [ds, dw1, db1, dw2, db2, dw3, db3] (weight grads in float32)."""
-    _, bwd = _kernels()
-    mix = w1 is not None
-    H, R, N, F, HP, FP, fold = _launch_shape(s, w1)
+@torch.library.custom_op('neatt::mix_noise_attend_backward', mutates_args=())
+def mix_noise_attend_backward(grad_z: Optional[torch.Tensor], grad_o: torch.Tensor, s: torch.Tensor,
+                              z: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                              w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: Optional[torch.Tensor],
+                              b2: Optional[torch.Tensor], w3: Optional[torch.Tensor], b3: Optional[torch.Tensor],
+                              slope: float, n_keys: Optional[int] = None) -> List[torch.Tensor]:
+    """[ds, dv] without a mix, else [ds, dv, dw1, db1, dw2, db2, dw3, db3] (weight grads in float32)."""
+    K = _check(s, v, slope, n_keys)
+    k = _kernels()
+    H, B, T, D = v.shape
+    grad_o = grad_o.contiguous()
+    delta = (grad_o * o).sum(-1)  # (B, T, H): float32 o, so that p (dp - delta) sums to 0 over keys in bf16 too
+    dz = torch.empty_like(z)
+    dv = torch.empty_like(v)
+    block_m, block_n = _ATTEND['BLOCK_M'], _ATTEND['BLOCK_N']
+    k.attend_bwd[(triton.cdiv(T, block_n), H * B)](
+        z, v, lse, grad_o, delta, z if grad_z is None else grad_z.contiguous(), dz, dv, B, T, K, H, D,
+        BLOCK_M=block_m, BLOCK_N=block_n, DP=_pow2(D), HAS_GZ=grad_z is not None, PREC=_precision(v),
+        num_warps=_ATTEND['num_warps'])
+    if w1 is None:
+        return [dz, dv]  # z = s + sigma eps: ds = dz
+    _, P, F, HP, FP, fold = _mix_shape(s, w1)
     ds = torch.empty_like(s)
-    grid = R if not mix else min(R, _PROGRAMS_PER_SM * _multiprocessors(s.device))
-    part = torch.zeros(grid if mix else 1, 2 * FP * HP + FP * FP + 2 * FP + HP, device=s.device)
-    w = _weights([w1, b1, w2, b2, w3, b3]) if mix else [s] * 6
-    gz = grad_attn if grad_z is None else grad_z.contiguous()
-    bwd[(grid,)](gz, grad_attn.contiguous(), s, attn, ds, part, *w, R, N, H, F, slope,
-                 HP=HP, FP=FP, BLOCK_J=_BLOCK_J[1], MIX=mix, HAS_GZ=grad_z is not None, FOLD=fold,
-                 PREC=_precision(s), num_warps=_NUM_WARPS[1])
-    if not mix:
-        return [ds]
+    grid = min(triton.cdiv(P, _MIX_BWD['BLOCK_J']), _MIX_BWD['programs_per_sm'] * _multiprocessors(s.device))
+    part = torch.zeros(grid, 2 * FP * HP + FP * FP + 2 * FP + HP, device=s.device)
+    k.mix_bwd[(grid,)](dz, s, ds, part, *_weights([w1, b1, w2, b2, w3, b3]), P, H, F, slope, HP=HP, FP=FP,
+                       BLOCK_J=_MIX_BWD['BLOCK_J'], FOLD=fold, PREC=_precision(s), num_warps=_MIX_BWD['num_warps'])
     dw1, dw2, dw3, db1, db2, db3 = part.sum(0).split([FP * HP, FP * FP, HP * FP, FP, FP, HP])
     dw1, dw2, dw3 = dw1.view(FP, HP), dw2.view(FP, FP), dw3.view(HP, FP)
     if fold:  # the bias gradients are the columns that met the constant 1s (see _load_mlp)
         db1, db2, db3 = dw1[:, H], dw2[:, F], dw3[:, F]
     grads = [dw1[:F, :H], db1[:F], dw2[:F, :F], db2[:F], dw3[:H, :F], db3[:H]]
-    return [ds] + [g.clone() for g in grads]  # a custom op's outputs may not alias each other
+    return [ds, dv] + [g.clone() for g in grads]  # a custom op's outputs may not alias each other
 
 
-@mix_noise_softmax_backward.register_fake
-def _(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, b3, slope):
+@mix_noise_attend_backward.register_fake
+def _(grad_z, grad_o, s, z, v, o, lse, w1, b1, w2, b2, w3, b3, slope, n_keys=None):
     if w1 is None:
-        return [torch.empty_like(s)]
+        return [torch.empty_like(s), torch.empty_like(v)]
     f32 = {'dtype': torch.float32, 'device': s.device}
     F, H = w1.shape
-    return [torch.empty_like(s), s.new_empty((F, H), **f32), s.new_empty((F,), **f32), s.new_empty((F, F), **f32),
-            s.new_empty((F,), **f32), s.new_empty((H, F), **f32), s.new_empty((H,), **f32)]
+    return [torch.empty_like(s), torch.empty_like(v), s.new_empty((F, H), **f32), s.new_empty((F,), **f32),
+            s.new_empty((F, F), **f32), s.new_empty((F,), **f32), s.new_empty((H, F), **f32),
+            s.new_empty((H,), **f32)]
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -395,31 +482,34 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def _setup_context(ctx, inputs, output):
-    s, w1, b1, w2, b2, w3, b3, sigma, slope, attn_dtype, n_keys = inputs
+    s, v, w1, b1, w2, b2, w3, b3, sigma, slope, n_keys = inputs
+    z, o, lse = output
     ctx.set_materialize_grads(False)  # an unused z (the last block's) gives None, not a tensor of zeros to read
-    ctx.save_for_backward(s, output[1], w1, b1, w2, b2, w3, b3)
-    ctx.slope = slope
+    ctx.save_for_backward(s, z, v, o, lse, w1, b1, w2, b2, w3, b3)
+    ctx.slope, ctx.n_keys = slope, n_keys
     ctx.weight_dtypes = [None if w is None else w.dtype for w in (w1, b1, w2, b2, w3, b3)]
 
 
-def _backward(ctx, grad_z, grad_attn):
-    s, attn, w1, b1, w2, b2, w3, b3 = ctx.saved_tensors
-    if grad_attn is None:  # attn unused: only z's gradient flows back
-        grad_attn = torch.zeros_like(attn)
-    grads = mix_noise_softmax_backward(grad_z, grad_attn, s, attn, w1, b1, w2, b2, w3, b3, ctx.slope)
-    ds, weight_grads = grads[0], grads[1:] or [None] * 6
+def _backward(ctx, grad_z, grad_o, grad_lse):
+    s, z, v, o, lse, w1, b1, w2, b2, w3, b3 = ctx.saved_tensors
+    if grad_o is None:  # o unused: only z's gradient flows back
+        grad_o = torch.zeros_like(o)
+    grads = mix_noise_attend_backward(grad_z, grad_o, s, z, v, o, lse, w1, b1, w2, b2, w3, b3, ctx.slope,
+                                      ctx.n_keys)
+    ds, dv, weight_grads = grads[0], grads[1], grads[2:] or [None] * 6
     weight_grads = [g if g is None else g.to(dt) for g, dt in zip(weight_grads, ctx.weight_dtypes)]
-    return (ds, *weight_grads, None, None, None, None)
+    return (ds, dv, *weight_grads, None, None, None)
 
 
-mix_noise_softmax.register_autograd(_backward, setup_context=_setup_context)
+mix_noise_attend.register_autograd(_backward, setup_context=_setup_context)
 
 
-@register_flop_formula(torch.ops.neatt.mix_noise_softmax)
-def _forward_flops(s_shape, w1_shape, *args, **kwargs) -> int:
-    return head_mix_flops(s_shape, w1_shape)
+@register_flop_formula(torch.ops.neatt.mix_noise_attend)
+def _forward_flops(s_shape, v_shape, w1_shape, *args, **kwargs) -> int:
+    return head_mix_flops(s_shape, w1_shape) + attend_flops(s_shape, v_shape)
 
 
-@register_flop_formula(torch.ops.neatt.mix_noise_softmax_backward)
-def _backward_flops(grad_z_shape, grad_attn_shape, s_shape, attn_shape, w1_shape, *args, **kwargs) -> int:
-    return head_mix_flops(s_shape, w1_shape, backward=True)
+@register_flop_formula(torch.ops.neatt.mix_noise_attend_backward)
+def _backward_flops(grad_z_shape, grad_o_shape, s_shape, z_shape, v_shape, o_shape, lse_shape, w1_shape, *args,
+                    **kwargs) -> int:
+    return head_mix_flops(s_shape, w1_shape, backward=True) + attend_flops(s_shape, v_shape, backward=True)
