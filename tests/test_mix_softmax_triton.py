@@ -315,6 +315,7 @@ def test_kernels_compile_for_hopper(dtype):
             compile_for_sm90(k.mix_fwd, mst._MIX_FWD, HP=16, FP=64, MIX=mix, NOISE=noise, FOLD=fold)
     for fold in (True, False):
         compile_for_sm90(k.mix_bwd, mst._MIX_BWD, HP=16, FP=64, FOLD=fold)
-    compile_for_sm90(k.attend_fwd, mst._ATTEND, DP=64)
-    for has_gz in (True, False):
-        compile_for_sm90(k.attend_bwd, mst._ATTEND, DP=64, HAS_GZ=has_gz)
+    for align in (8, 1):  # token counts that are multiples of 8 (NestedAttention's), and others
+        compile_for_sm90(k.attend_fwd, mst._ATTEND_FWD, ALIGN=align, DP=64)
+        for has_gz in (True, False):
+            compile_for_sm90(k.attend_bwd, mst._ATTEND_BWD, ALIGN=align, DP=64, HAS_GZ=has_gz)

@@ -54,11 +54,13 @@ __all__ = ['available', 'compile_for', 'mix_noise_attend']
 
 # Launch settings. The head-mix kernels': the fastest of a sweep on an H100 (one ViT-B/16 block of logits, bf16,
 # batch 64; see docs/benchmarks.md, 2026-11-26), the forward's chunks per program chosen for about as many
-# positions per program as it then took (a row of 197); the attention kernels': flash attention's usual tiles for
-# a head dim of 64, not yet timed.
+# positions per program as it then took (a row of 197); the attention kernels': 64 x 64 tiles and 4 warps, the
+# fewest instructions per position of the settings counted in sm_90 machine code (docs/benchmarks.md,
+# 2026-11-28), not yet timed.
 _MIX_FWD = {'BLOCK_J': 16, 'CHUNKS': 16, 'num_warps': 2}
 _MIX_BWD = {'BLOCK_J': 64, 'num_warps': 4, 'programs_per_sm': 2}
-_ATTEND = {'BLOCK_M': 64, 'BLOCK_N': 64, 'num_warps': 4}
+_ATTEND_FWD = {'BLOCK_M': 64, 'BLOCK_N': 64, 'num_warps': 4}
+_ATTEND_BWD = {'BLOCK_M': 64, 'BLOCK_N': 64, 'num_warps': 4}
 _MAX_NUMEL = 2 ** 31  # the noise's Philox offsets are int32
 
 
@@ -174,12 +176,16 @@ def _mix_fwd(s_ptr, z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
         tl.store(z_ptr + offs, y.to(z_ptr.dtype.element_ty), mask=mask)
 
 
-def _attend_fwd(z_ptr, v_ptr, o_ptr, lse_ptr, B, T, K, H, D,
+def _attend_fwd(z_ptr, v_ptr, o_ptr, lse_ptr, B, T_ALIGNS, K, H, D, ALIGN: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr):
     """o = softmax(z over the first K keys) @ v for BLOCK_M queries of one (head, image), flash attention's
     forward with the logits loaded instead of computed: o in float32 into (B, T, H, D), and per query the
-    log-sum-exp of its logits (for the backward)."""
+    log-sum-exp of its logits (for the backward). T = T_ALIGNS * ALIGN tokens: ALIGN = 8 tells the compiler
+    that rows start 16-byte aligned and end on a multiple of 8, for vector loads."""
+    T = T_ALIGNS * ALIGN
     hb = tl.program_id(1).to(tl.int64)  # h * B + b
+    z_ptr += hb * T * T  # this (head, image)'s logits; offsets in it are int32
+    v_ptr += hb * T * D
     i = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     i_ok = i < T
     i_in = tl.minimum(i, T - 1)  # rows past T read row T - 1 (finite), and are not stored
@@ -192,9 +198,9 @@ def _attend_fwd(z_ptr, v_ptr, o_ptr, lse_ptr, B, T, K, H, D,
     for j0 in range(0, K, BLOCK_N):
         j = j0 + tl.arange(0, BLOCK_N)
         j_ok = j < K
-        zt = tl.load(z_ptr + (hb * T + i_in[:, None]) * T + j[None, :], mask=j_ok[None, :], other=float('-inf'))
-        vt = tl.load(v_ptr + (hb * T + j[:, None]) * D + ds[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.)
-        zt = zt.to(tl.float32)
+        zt = tl.load(z_ptr + i_in[:, None] * T + j[None, :], mask=(j < T)[None, :], other=0.)
+        vt = tl.load(v_ptr + j[:, None] * D + ds[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.)
+        zt = tl.where(j_ok[None, :], zt.to(tl.float32), float('-inf'))
         m_new = tl.maximum(m, tl.max(zt, 1))
         p = tl.exp(zt - m_new[:, None])
         alpha = tl.exp(m - m_new)
@@ -208,42 +214,50 @@ def _attend_fwd(z_ptr, v_ptr, o_ptr, lse_ptr, B, T, K, H, D,
     tl.store(lse_ptr + hb * T + i, m + tl.log(l), mask=i_ok)
 
 
-def _attend_bwd(z_ptr, v_ptr, lse_ptr, go_ptr, delta_ptr, gz_ptr, dz_ptr, dv_ptr, B, T, K, H, D,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DP: tl.constexpr,
+def _attend_bwd(z_ptr, v_ptr, lse_ptr, go_ptr, delta_ptr, gz_ptr, dz_ptr, dv_ptr, B, T_ALIGNS, K, H, D,
+                ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DP: tl.constexpr,
                 HAS_GZ: tl.constexpr, PREC: tl.constexpr):
     """For BLOCK_N keys of one (head, image), over all queries: the logits' gradient dz = p (dp - delta) (+ the
     next block's gradient of z), with p recomputed from z and the log-sum-exp, dp = do @ v^T and delta = do . o
-    per query; and dv = p^T @ do. Every (query, key) is one program's, so nothing is summed across programs."""
+    per query; and dv = p^T @ do. Every (query, key) is one program's, so nothing is summed across programs.
+    T and ALIGN as in `_attend_fwd`."""
+    T = T_ALIGNS * ALIGN
     hb = tl.program_id(1).to(tl.int64)
     h = hb // B
     b = hb % B
+    z_ptr += hb * T * T  # this (head, image)'s logits, values and gradients; offsets in them are int32
+    gz_ptr += hb * T * T
+    dz_ptr += hb * T * T
+    v_ptr += hb * T * D
+    dv_ptr += hb * T * D
+    lse_ptr += hb * T
+    go_ptr += (b * T * H + h) * D  # (B, T, H, D): query i at i H D
+    delta_ptr += b * T * H + h  # (B, T, H)
     j = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     j_ok = j < T
     j_in = j < K  # keys past K are out of the softmax: p = 0 there
     ds = tl.arange(0, DP)
     d_ok = ds < D
     cdt = v_ptr.dtype.element_ty
-    vt = tl.load(v_ptr + (hb * T + j[:, None]) * D + ds[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.)
+    vt = tl.load(v_ptr + j[:, None] * D + ds[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.)
     dv = tl.zeros([BLOCK_N, DP], tl.float32)
     for i0 in range(0, T, BLOCK_M):
         i = i0 + tl.arange(0, BLOCK_M)
         i_ok = i < T
-        tile = (hb * T + i[:, None]) * T + j[None, :]
+        tile = i[:, None] * T + j[None, :]
         t_ok = i_ok[:, None] & j_ok[None, :]
         zt = tl.load(z_ptr + tile, mask=t_ok, other=0.).to(tl.float32)
-        lse = tl.load(lse_ptr + hb * T + i, mask=i_ok, other=0.)
+        lse = tl.load(lse_ptr + i, mask=i_ok, other=0.)
         p = tl.where(j_in[None, :], tl.exp(zt - lse[:, None]), 0.)
-        do = tl.load(go_ptr + ((b * T + i[:, None]) * H + h) * D + ds[None, :], mask=i_ok[:, None] & d_ok[None, :],
-                     other=0.).to(cdt)
-        delta = tl.load(delta_ptr + (b * T + i) * H + h, mask=i_ok, other=0.)
+        do = tl.load(go_ptr + i[:, None] * (H * D) + ds[None, :], mask=i_ok[:, None] & d_ok[None, :], other=0.)
+        delta = tl.load(delta_ptr + i * H, mask=i_ok, other=0.)
         dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
         dz = p * (dp - delta[:, None])
         if HAS_GZ:
             dz += tl.load(gz_ptr + tile, mask=t_ok, other=0.).to(tl.float32)
         tl.store(dz_ptr + tile, dz.to(dz_ptr.dtype.element_ty), mask=t_ok)
         dv += tl.dot(tl.trans(p.to(cdt)), do, input_precision=PREC)
-    tl.store(dv_ptr + (hb * T + j[:, None]) * D + ds[None, :], dv.to(dv_ptr.dtype.element_ty),
-             mask=j_ok[:, None] & d_ok[None, :])
+    tl.store(dv_ptr + j[:, None] * D + ds[None, :], dv.to(dv_ptr.dtype.element_ty), mask=j_ok[:, None] & d_ok[None, :])
 
 
 def _mix_bwd(dz_ptr, s_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
@@ -322,25 +336,31 @@ def _kernels():
     return Kernels(*(triton.jit(k) for k in (_mix_fwd, _attend_fwd, _attend_bwd, _mix_bwd)))
 
 
-def compile_for(kernel, constexprs: dict, num_warps: int, dtype: str = 'bf16', arch: int = 90):
+def compile_for(kernel, constexprs: dict, num_warps: int, dtype: str = 'bf16', arch: int = 90,
+                ints: Optional[dict] = None):
     """Compile `kernel` (one of `_kernels()`) for an NVIDIA GPU of compute capability `arch` (90: H100) down to
-    machine code, with no GPU: the logits and v in `dtype` ('bf16', 'fp16', 'fp32'); the MLP's weights, o, its
-    gradient, the log-sum-exp and the partial sums in float32; `constexprs` naming every constexpr argument. For
-    tests and machine-code counts (docs/results/2026-11-27-sass); the launch path compiles through `triton.jit`
-    as usual."""
+    machine code, with no GPU, specialised as a launch would be: the logits, v and o's gradient in `dtype`
+    ('bf16', 'fp16', 'fp32'); the MLP's weights, o, the log-sum-exp and the partial sums in float32; every
+    pointer 16-byte aligned (as torch allocates); `constexprs` naming every constexpr argument; `ints` the values
+    of integer arguments, those divisible by 16 marked so (as `triton.jit` marks them). For tests and
+    machine-code counts (docs/results/2026-11-28-attend); the launch path compiles through `triton.jit`."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr', 'o_ptr', 'go_ptr', 'lse_ptr',
+    float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr', 'o_ptr', 'lse_ptr',
                'delta_ptr'}
-    signature = {}
-    for name in kernel.arg_names:
+    signature, aligned = {}, []
+    for i, name in enumerate(kernel.arg_names):
         if name in constexprs:
             signature[name] = 'constexpr'
         elif name.endswith('_ptr'):
             signature[name] = '*fp32' if name in float32 else '*' + dtype
+            aligned.append(i)
         else:
             signature[name] = 'fp32' if name in ('sigma', 'slope') else 'i32'
-    src = ASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+            if (ints or {}).get(name, 1) % 16 == 0:
+                aligned.append(i)
+    src = ASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constexprs.items()},
+                    {(i,): [['tt.divisibility', 16]] for i in aligned})
     return triton.compile(src, target=GPUTarget('cuda', arch, 32), options={'num_warps': num_warps})
 
 
@@ -357,6 +377,11 @@ def _mix_shape(s: torch.Tensor, w1: Optional[torch.Tensor]):
     F = 0 if w1 is None else w1.shape[0]
     HP, FP = _pow2(H), _pow2(max(F, 1))
     return H, s.numel() // H, F, HP, FP, H < HP and 0 < F < FP
+
+
+def _align(tokens: int) -> int:
+    """8 where the token count is a multiple of 8 (always, on NestedAttention's path), else 1."""
+    return 8 if tokens % 8 == 0 else 1
 
 
 def _precision(s: torch.Tensor) -> str:
@@ -415,10 +440,10 @@ def mix_noise_attend(s: torch.Tensor, v: torch.Tensor, w1: Optional[torch.Tensor
         z = s.clone()  # a custom op's output may not alias its input
     o = torch.empty(B, T, H, D, device=v.device, dtype=torch.float32)
     lse = torch.empty(H, B, T, device=v.device, dtype=torch.float32)
-    block_m, block_n = _ATTEND['BLOCK_M'], _ATTEND['BLOCK_N']
+    block_m, block_n = _ATTEND_FWD['BLOCK_M'], _ATTEND_FWD['BLOCK_N']
     k.attend_fwd[(triton.cdiv(T, block_m), H * B)](
-        z, v, o, lse, B, T, K, H, D, BLOCK_M=block_m, BLOCK_N=block_n, DP=_pow2(D), PREC=_precision(v),
-        num_warps=_ATTEND['num_warps'])
+        z, v, o, lse, B, T // _align(T), K, H, D, ALIGN=_align(T), BLOCK_M=block_m, BLOCK_N=block_n,
+        DP=_pow2(D), PREC=_precision(v), num_warps=_ATTEND_FWD['num_warps'])
     return z, o, lse
 
 
@@ -439,15 +464,15 @@ def mix_noise_attend_backward(grad_z: Optional[torch.Tensor], grad_o: torch.Tens
     K = _check(s, v, slope, n_keys)
     k = _kernels()
     H, B, T, D = v.shape
-    grad_o = grad_o.contiguous()
-    delta = (grad_o * o).sum(-1)  # (B, T, H): float32 o, so that p (dp - delta) sums to 0 over keys in bf16 too
+    grad_o = grad_o.to(v.dtype).contiguous()  # as the dots take it, so that delta sees the same values
+    delta = (grad_o.float() * o).sum(-1)  # (B, T, H); float32 o: in bf16, p (dp - delta) sums to 0 over keys
     dz = torch.empty_like(z)
     dv = torch.empty_like(v)
-    block_m, block_n = _ATTEND['BLOCK_M'], _ATTEND['BLOCK_N']
+    block_m, block_n = _ATTEND_BWD['BLOCK_M'], _ATTEND_BWD['BLOCK_N']
     k.attend_bwd[(triton.cdiv(T, block_n), H * B)](
-        z, v, lse, grad_o, delta, z if grad_z is None else grad_z.contiguous(), dz, dv, B, T, K, H, D,
-        BLOCK_M=block_m, BLOCK_N=block_n, DP=_pow2(D), HAS_GZ=grad_z is not None, PREC=_precision(v),
-        num_warps=_ATTEND['num_warps'])
+        z, v, lse, grad_o, delta, z if grad_z is None else grad_z.contiguous(), dz, dv, B, T // _align(T), K, H, D,
+        ALIGN=_align(T), BLOCK_M=block_m, BLOCK_N=block_n, DP=_pow2(D), HAS_GZ=grad_z is not None, PREC=_precision(v),
+        num_warps=_ATTEND_BWD['num_warps'])
     if w1 is None:
         return [dz, dv]  # z = s + sigma eps: ds = dz
     _, P, F, HP, FP, fold = _mix_shape(s, w1)
