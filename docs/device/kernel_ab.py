@@ -1,8 +1,10 @@
-"""The fused Ne-Att kernels of one source tree on one ViT-B/16 block of logits (H = 12, B = 64, N = 197, bf16):
-median ms of the forward with and without noise, and of forward + backward. measure_gpu.sh runs it for this tree
-and each baseline tree, one process per tree (each registers the same custom ops), in alternating rounds.
+"""The fused Ne-Att kernels of one source tree on one ViT-B/16 block (H = 12, B = 64, 200 tokens of which 197
+real, head dim 64, bf16): everything between q k^T and the projection, i.e. the head mix, the noise, the softmax
+and its product with v. Median ms of the forward with and without noise, and of forward + backward.
+measure_gpu.sh runs it for this tree and each baseline tree, one process per tree (trees register the same custom
+ops), in alternating rounds. Trees before 6901bbf return attn, and a batched matmul then multiplies it with v.
 
-    python docs/device/kernel_ab.py TREE --json PATH [--fwd KEYS WARPS] [--bwd KEYS WARPS PROGRAMS_PER_SM]
+    python docs/device/kernel_ab.py TREE --json PATH [--settings JSON]
 """
 import argparse
 import json
@@ -15,35 +17,39 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('tree', help='source tree holding neatt/ (e.g. . or .gpu/base-...)')
     parser.add_argument('--json', required=True, help='where to write the figures')
-    parser.add_argument('--fwd', type=int, nargs=2, metavar=('KEYS', 'WARPS'),
-                        help="the forward's launch settings instead of the tree's own")
-    parser.add_argument('--bwd', type=int, nargs=3, metavar=('KEYS', 'WARPS', 'PROGRAMS_PER_SM'),
-                        help="the backward's launch settings instead of the tree's own")
+    parser.add_argument('--settings', type=json.loads, default={},
+                        help="launch settings to change in the tree's module, e.g. "
+                             "'{\"_ATTEND_BWD\": {\"num_warps\": 8}}' (trees since 6901bbf)")
     parser.add_argument('--repeats', type=int, default=50)
     args = parser.parse_args()
     sys.path.insert(0, os.path.abspath(args.tree))
     import torch
     from neatt.models import mix_softmax_triton as mst
     from neatt.models.attention import HeadMix
-    if args.fwd:
-        (keys, warps), (_, bwd_keys), (_, bwd_warps) = args.fwd, mst._BLOCK_J, mst._NUM_WARPS
-        mst._BLOCK_J, mst._NUM_WARPS = (keys, bwd_keys), (warps, bwd_warps)
-    if args.bwd:
-        keys, warps, mst._PROGRAMS_PER_SM = args.bwd
-        mst._BLOCK_J, mst._NUM_WARPS = (mst._BLOCK_J[0], keys), (mst._NUM_WARPS[0], warps)
+    for name, changes in args.settings.items():
+        getattr(mst, name).update(changes)
 
-    H, B, N = 12, 64, 197
+    H, B, T, N, D = 12, 64, 200, 197, 64
     torch.manual_seed(0)
     mix = HeadMix(H).cuda()
     weights = [mix.fc1.weight, mix.fc1.bias, mix.fc2.weight, mix.fc2.bias, mix.fc3.weight, mix.fc3.bias]
-    s0 = 3 * torch.randn(H, B, N, N, device='cuda', dtype=torch.bfloat16)
-    grad_z, grad_attn = torch.randn(2, H, B, N, N, device='cuda', dtype=torch.bfloat16)
+    s0 = 3 * torch.randn(H, B, T, T, device='cuda', dtype=torch.bfloat16)
+    v0 = torch.randn(H, B, T, D, device='cuda', dtype=torch.bfloat16)
+    grad_z = torch.randn_like(s0)
+
+    def attend(s, v, sigma):
+        if hasattr(mst, 'mix_noise_attend'):
+            z, o, _ = mst.mix_noise_attend(s, v, *weights, sigma, 0.2, n_keys=N)
+            return z, o
+        z, attn = mst.mix_noise_softmax(s, *weights, sigma, 0.2, torch.bfloat16, n_keys=N)
+        o = torch.bmm(attn.view(H * B, T, T), v.view(H * B, T, D))
+        return z, o.view(H, B, T, D).permute(1, 2, 0, 3)
 
     def step(sigma, backward):
-        s = s0.detach().requires_grad_(backward)
-        z, attn = mst.mix_noise_softmax(s, *weights, sigma, 0.2, torch.bfloat16)
+        s, v = s0.detach().requires_grad_(backward), v0.detach().requires_grad_(backward)
+        z, o = attend(s, v, sigma)
         if backward:
-            torch.autograd.backward([z, attn], [grad_z, grad_attn])
+            torch.autograd.backward([z, o], [grad_z, torch.ones_like(o)])
 
     def median_ms(sigma, backward):
         for _ in range(3):  # compile, warm up
@@ -57,8 +63,7 @@ def main():
             times.append(1e3 * (time.perf_counter() - t))
         return sorted(times)[len(times) // 2]
 
-    result = {'tree': args.tree, 'block_j': list(mst._BLOCK_J), 'num_warps': list(mst._NUM_WARPS),
-              'programs_per_sm': mst._PROGRAMS_PER_SM, 'device': torch.cuda.get_device_name(),
+    result = {'tree': args.tree, 'settings': args.settings, 'device': torch.cuda.get_device_name(),
               'fwd_ms': median_ms(1.0, False), 'fwd_no_noise_ms': median_ms(0.0, False),
               'fwd_bwd_ms': median_ms(1.0, True)}
     print(json.dumps(result))

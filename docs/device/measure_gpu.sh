@@ -5,9 +5,8 @@
 #   measure_gpu.sh model   the Ne-Att CUDA tests; the augmentation at batch 64; bench_model (ViT-B/16, bf16, batch 64)
 #                          of this tree, then of each baseline tree .gpu/base* (git archive REV neatt tools) that the
 #                          call carried
-#   measure_gpu.sh kernel  the fused kernels alone (kernel_ab.py): this tree with its launch settings, with the
-#                          forward at 64 and at 32 keys / 4 warps, with the backward at 32 keys / 4 warps / 2 programs
-#                          per SM, and each .gpu/base* tree; two rounds, alternating
+#   measure_gpu.sh kernel  the fused kernels alone (kernel_ab.py): this tree with its launch settings and with three
+#                          others, and each .gpu/base* tree; two rounds, alternating
 #   measure_gpu.sh dali    unpack the stashed DALI (docs/device/pack_dali.sh) beside torch, install its wheels;
 #                          DALI's CUDA test; bench_loader, torch vs dali decoding to the GPU; dali_probe.py
 #   measure_gpu.sh train [BACKEND]   the trainer on the GPU: torchrun (NCCL), bf16, torch.compile, the demo preset
@@ -75,12 +74,15 @@ kernel)
             name=$([ "$tree" = . ] && echo head || basename "$tree")
             python3 docs/device/kernel_ab.py "$tree" --json "$OUT/kernel_${name}_$round.json" 2>&1 | log kernel_ab.txt
         done
-        python3 docs/device/kernel_ab.py . --fwd 64 4 --json "$OUT/kernel_head_fwd64_$round.json" 2>&1 | log kernel_ab.txt
-        # 32 keys, 4 warps: 76.9 warp-instructions per position and 128 registers against 90.6 and 160 (sm_90 SASS,
-        # 2026-11-28); slower on the H100 of 2026-11-26 with the older noise (0.83 against 0.63 ms)
-        python3 docs/device/kernel_ab.py . --fwd 32 4 --json "$OUT/kernel_head_fwd32_$round.json" 2>&1 \
-            | log kernel_ab.txt
-        python3 docs/device/kernel_ab.py . --bwd 32 4 2 --json "$OUT/kernel_head_bwd32_$round.json" 2>&1 | log kernel_ab.txt
+        # settings with fewer sm_90 instructions per position than the committed ones (docs/benchmarks.md,
+        # 2026-11-28, seventeenth session): the mix forward at 64 positions and 4 warps (43.4 against 53.8),
+        # the attention backward at 8 warps (148 registers against 225), the mix backward at 32 positions
+        for variant in mix_fwd64:'{"_MIX_FWD": {"BLOCK_J": 64, "CHUNKS": 4, "num_warps": 4}}' \
+                attend_bwd_w8:'{"_ATTEND_BWD": {"num_warps": 8}}' \
+                mix_bwd32:'{"_MIX_BWD": {"BLOCK_J": 32}}'; do
+            python3 docs/device/kernel_ab.py . --settings "${variant#*:}" \
+                --json "$OUT/kernel_head_${variant%%:*}_$round.json" 2>&1 | log kernel_ab.txt
+        done
     done
     ;;
 dali)

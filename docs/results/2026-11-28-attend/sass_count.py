@@ -8,7 +8,7 @@ per iteration, so their per-position count is multiplied by H.
     python docs/results/2026-11-28-attend/sass_count.py                 # this tree's kernels
     git show c4cc8af:neatt/models/mix_softmax_triton.py | sed 's/from .flops/from neatt.models.flops/;
         s/neatt::/old::/; s/ops\\.neatt\\./ops.old./' > /tmp/old.py
-    python docs/results/2026-11-28-attend/sass_count.py /tmp/old.py     # the kernels before the split, the same way
+    python docs/results/2026-11-28-attend/sass_count.py /tmp/old.py     # kernels before the split, the same way
 """
 import importlib.util
 import os
@@ -52,11 +52,12 @@ def split_kernels(mod):
 def kernels_before_the_split(mod):
     fwd, bwd = mod._kernels()
     (fwd_keys, bwd_keys), (fwd_warps, bwd_warps) = mod._BLOCK_J, mod._NUM_WARPS
+    fold = {'FOLD': True} if 'FOLD' in fwd.arg_names else {}  # the biases in the padding, since 1817013
     for noise in (True, False):
         c = compile_with(fwd, {'num_warps': fwd_warps}, HP=16, FP=64, BLOCK_J=fwd_keys, MIX=True, NOISE=noise,
-                         FOLD=True)
+                         **fold)
         counts.report(f'forward, noise {"on" if noise else "off"}', c, fwd_keys)
-    c = compile_with(bwd, {'num_warps': bwd_warps}, HP=16, FP=64, BLOCK_J=bwd_keys, MIX=True, HAS_GZ=True, FOLD=True)
+    c = compile_with(bwd, {'num_warps': bwd_warps}, HP=16, FP=64, BLOCK_J=bwd_keys, MIX=True, HAS_GZ=True, **fold)
     counts.report('backward', c, bwd_keys)
 
 
