@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from neatt.train.checkpoint import BEST, LAST, CheckpointError
-from neatt.train.config import apply_overrides
+from neatt.train.config import apply_overrides, config_from_dict
 from neatt.train.loop import NonFiniteLossError, Trainer, UserInputError
 from neatt.train.metrics import EvalAccumulator, topk_correct
 
@@ -523,6 +523,32 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, digits):
     expected = rf'--lr 0.5 \(checkpoint: {cfg.optim.lr}\).*-b/--batch-size 8 \(checkpoint: {cfg.optim.batch_size}\)'
     with pytest.raises(UserInputError, match=expected):
         Trainer(changed, loaders=_loaders(digits, 8), log=lambda m: None)
+
+
+def test_resume_with_more_epochs_goes_on_with_the_longer_schedule(tmp_path, digits):
+    """A finished run of 2 epochs (4 steps each), resumed with --epochs 3: it trains epoch 2 on the cosine schedule
+    of 3 epochs, which by hand is lr_min + (lr - lr_min) (1 + cos(pi 8 / 12)) / 2 at step 8 of 12, says so, and
+    its checkpoint then holds 3 epochs. --epochs 1 on that run is refused, naming what it has trained."""
+    settings = dict(DETERMINISTIC, warmup_epochs=0, sched_on_updates=True, min_lr=1e-4)
+    cfg = tiny_config(tmp_path, **settings)
+    _train(cfg, digits)
+    run = str(tmp_path / 'runs' / 't')
+    longer = apply_overrides(cfg, {'resume': run, 'epochs': 3})
+    lines = []
+    trainer = Trainer(longer, loaders=_loaders(digits, 16), log=lines.append)
+    try:
+        assert (trainer.epoch, trainer.batches_done, trainer.step, trainer.updates_per_epoch) == (2, 0, 8, 4)
+        lr, lo = DETERMINISTIC['lr'], settings['min_lr']
+        want = lo + (lr - lo) * (1 + math.cos(math.pi * 8 / 12)) / 2
+        assert trainer.optimizer.param_groups[0]['lr'] == pytest.approx(want, rel=1e-9)
+        assert any('--epochs 3 (checkpoint: 2): the lr schedule goes on' in line for line in lines), lines
+        summary = trainer.train()
+    finally:
+        trainer.close()
+    assert (summary['epochs_done'], summary['steps']) == (3, 12)
+    assert config_from_dict(_ckpt(longer)['config']).optim.epochs == 3
+    with pytest.raises(UserInputError, match=r'--epochs 1: .* has trained 3 epochs already \(of 3\)'):
+        Trainer(apply_overrides(cfg, {'resume': run, 'epochs': 1}), loaders=_loaders(digits, 16), log=lambda m: None)
 
 
 def test_fresh_run_into_an_existing_run_dir_needs_overwrite(tmp_path, digits):

@@ -65,7 +65,7 @@ _MAX_NUMEL = 2 ** 31  # the noise's Philox offsets are int32
 
 
 def available(device: torch.device, numel: int) -> bool:
-    """Whether `mix_noise_softmax` can take logits of `numel` values on `device`: CUDA with Triton installed,
+    """Whether `mix_noise_attend` can take logits of `numel` values on `device`: CUDA with Triton installed,
     and few enough values for int32 noise offsets."""
     return triton is not None and device.type == 'cuda' and numel < _MAX_NUMEL
 
@@ -316,7 +316,8 @@ def _mix_bwd(dz_ptr, s_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3
         tl.store(out + 2 * FP + hs, db3)
 
 
-class Kernels(NamedTuple):
+class _Kernels(NamedTuple):
+    """The four jitted kernels, by the names the module docstring gives them (without the underscore)."""
     mix_fwd: Any
     attend_fwd: Any
     attend_bwd: Any
@@ -333,7 +334,7 @@ def _kernels():
     for helper in ('_leaky_relu', '_box_muller', '_load_mlp', '_mlp_hidden'):
         fn = globals()[helper]
         globals()[helper] = triton.jit(getattr(fn, 'fn', fn))  # `.fn`: the Python function, if jitted already
-    return Kernels(*(triton.jit(k) for k in (_mix_fwd, _attend_fwd, _attend_bwd, _mix_bwd)))
+    return _Kernels(*(triton.jit(k) for k in (_mix_fwd, _attend_fwd, _attend_bwd, _mix_bwd)))
 
 
 def compile_for(kernel, constexprs: dict, num_warps: int, dtype: str = 'bf16', arch: int = 90,

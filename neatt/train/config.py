@@ -284,7 +284,8 @@ class RunConfig:
     resume: str = _opt('', 'checkpoint (or run directory) to continue exactly: model, EMA, optimizer, scheduler, '
                            'scaler, RNG and loader position. With another number of processes than the run had, '
                            'it goes on from the start of the interrupted epoch with this run\'s lr schedule '
-                           '(-b and --grad-accum-steps may then change, e.g. to keep the global batch)')
+                           '(-b and --grad-accum-steps may then change, e.g. to keep the global batch). '
+                           '--epochs may change too (train longer): the lr schedule is then that of the new length')
     checkpoint_interval: int = _opt(0, 'also checkpoint (last.pth.tar) every N optimizer steps; 0: epoch ends only')
     checkpoint_hist: int = _opt(0, "also keep the N best epochs' checkpoints, checkpoint-<epoch>.pth.tar by val "
                                    "top-1 (timm's --checkpoint-hist, whose default is 10; tools/avg_checkpoints.py "
