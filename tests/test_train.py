@@ -783,6 +783,35 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, digits, mo
     _assert_same_tensors(_ckpt(eager)['state_dict'], _ckpt(compiled)['state_dict'])
 
 
+def test_torchcompile_mode_reaches_torch_compile_and_cuda_graphs_need_no_noise(tmp_path, digits, monkeypatch):
+    """--torchcompile-mode (timm's flag) is the mode torch.compile gets. The modes that replay CUDA graphs would
+    replay one draw of the logit noise at every step: refused while the model has noise, taken without it. An
+    unknown mode: a ValueError that lists the modes."""
+    modes = []
+
+    def recording_compile(module, **kwargs):
+        modes.append(kwargs['mode'])
+        return module
+
+    monkeypatch.setattr(torch, 'compile', recording_compile)
+
+    def build(**overrides):
+        Trainer(tiny_config(tmp_path, max_steps=1, compile=True, **overrides), loaders=_loaders(digits, 16),
+                log=lambda m: None).close()
+
+    build(torchcompile_mode='max-autotune-no-cudagraphs')
+    build()
+    assert modes == ['max-autotune-no-cudagraphs', 'default']
+    for mode in ('reduce-overhead', 'max-autotune'):
+        with pytest.raises(UserInputError, match=rf'--torchcompile-mode {mode}: .*one draw of the logit noise'):
+            build(torchcompile_mode=mode)
+    quiet = {'depth': 2, 'embed_dim': 48, 'num_heads': 3, 'neatt_sigma': 0.0}
+    build(torchcompile_mode='reduce-overhead', model_kwargs=quiet)
+    assert modes[-1] == 'reduce-overhead'
+    with pytest.raises(ValueError, match='--torchcompile-mode must be one of default, .*got .fast.'):
+        tiny_config(tmp_path, torchcompile_mode='fast')
+
+
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
 def test_amp_on_request_on_cpu(tmp_path, digits, dtype):
     cfg = tiny_config(tmp_path, max_steps=2, amp=True, amp_dtype=dtype)

@@ -28,6 +28,8 @@ __all__ = [
 
 REQUIRED = '???'  # OmegaConf's marker for a value the user must supply; checked by `Config.check_required`.
 BACKENDS = tuple(LOADER_BACKENDS)  # the loader registry's names: a new backend needs no edit here
+COMPILE_MODES = ('default', 'max-autotune-no-cudagraphs', 'max-autotune', 'reduce-overhead')
+CUDA_GRAPH_COMPILE_MODES = ('max-autotune', 'reduce-overhead')
 AMP_DTYPES = ('bfloat16', 'float16')
 
 
@@ -61,12 +63,17 @@ class ModelConfig:
             'size / class count differ')
     channels_last: bool = _opt(False, 'use channels-last memory format for the model and the batches')
     compile: bool = _opt(False, 'torch.compile the model (falls back to eager with a warning if it cannot)')
+    torchcompile_mode: str = _opt(
+        'default', "torch.compile's mode with --compile (timm's flag): default, max-autotune-no-cudagraphs, "
+                   'max-autotune or reduce-overhead. The last two replay CUDA graphs, which would replay one draw '
+                   "of Ne-Att's logit noise at every step, so they need neatt_sigma=0")
     grad_checkpointing: bool = _opt(
         False, 'recompute each block in the backward (timm set_grad_checkpointing): Ne-Att\'s (B, H, N, N) logits '
                'are its memory cost; this trades about a third more compute for most of that memory. The '
                'recompute draws the same noise, so the result does not change')
 
     def __post_init__(self):
+        _check_choice('torchcompile_mode', self.torchcompile_mode, COMPILE_MODES)
         if self.num_classes < 1:
             raise ValueError(f'--num-classes must be >= 1, got {self.num_classes}')
         if self.img_size < 1:
@@ -359,6 +366,7 @@ SECTIONS = ('model', 'data', 'aug', 'optim', 'ema', 'run')
 # Fields a resumed run may change: they steer the process, not the result.
 RESUME_MUTABLE_FIELDS = frozenset({
     'resume', 'workers', 'threads', 'log_interval', 'checkpoint_interval', 'checkpoint_hist', 'max_steps', 'compile',
+    'torchcompile_mode',
     'device',
     'grad_checkpointing',
     'output', 'overwrite', 'experiment', 'data_dir', 'initial_checkpoint',

@@ -29,7 +29,8 @@ from .build import (UserInputError, autocast_settings, build_loader_for, check_n
                     train_loss)
 from .checkpoint import (BEST, HISTORY_GLOB, LAST, CheckpointError, capture_rng_state, history_name, load_checkpoint,
                          load_initial_checkpoint, resolve_checkpoint_path, restore_rng_state, save_checkpoint)
-from .config import RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict, config_to_dict, flag_name
+from .config import (CUDA_GRAPH_COMPILE_MODES, RESUME_MUTABLE_FIELDS, Config, config_diff, config_from_dict,
+                     config_to_dict, flag_name)
 from .distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_sum, destroy_distributed,
                           init_distributed)
 from .metrics import MetricLoggers, ThroughputMeter, evaluate, write_json_atomic
@@ -162,6 +163,7 @@ class Trainer:
         self._eager_train_model = self.train_model
         self._compile_unverified = False
         if cfg.model.compile:
+            self._check_compile_mode()
             self.train_model = self._compile(self.train_model)
 
         self.epoch, self.batches_done, self.step = 0, 0, 0
@@ -246,9 +248,19 @@ class Trainer:
         check_num_classes(self.cfg)
         return train, val
 
+    def _check_compile_mode(self) -> None:
+        """CUDA graphs replay the host's arguments of the graph's kernels as captured: the seed of Ne-Att's noise
+        (drawn on the host per call, see mix_softmax_triton) would be the same at every step."""
+        mode = self.cfg.model.torchcompile_mode
+        noisy = any(getattr(m, 'neatt_sigma', 0) > 0 for m in self.model.modules())
+        if mode in CUDA_GRAPH_COMPILE_MODES and noisy:
+            raise UserInputError(f'--torchcompile-mode {mode}: its CUDA graphs would replay one draw of the logit '
+                                 f'noise at every step; use --torchcompile-mode max-autotune-no-cudagraphs, or '
+                                 f'--model-kwargs neatt_sigma=0 to train without the noise')
+
     def _compile(self, module: nn.Module) -> nn.Module:
-        try:
-            compiled = torch.compile(module, dynamic=False)  # one static graph per train resolution
+        try:  # one static graph per train resolution
+            compiled = torch.compile(module, dynamic=False, mode=self.cfg.model.torchcompile_mode)
         except Exception as e:  # backend missing or unsupported platform: train eagerly instead
             warnings.warn(f'--compile: torch.compile failed ({type(e).__name__}: {e}); training in eager mode')
             return module
