@@ -5,6 +5,11 @@ instruction issue limits them (docs/benchmarks.md, 2026-11-27). Prints, per kern
 
     python docs/results/2026-11-27-sass/sass_count.py [MODULE_OR_FILE]   # default: neatt.models.mix_softmax_triton
 
+For the kernels before 6901bbf (2026-11-28), which split the softmax into attention kernels: later trees are
+counted by ../2026-11-28-attend/sass_count.py, which also counts these kernels (as a file, below) the way a
+launch specialises them. Since then `compile_for` marks pointers 16-byte aligned, as a launch does, so this
+script no longer reproduces the figures recorded beside it exactly.
+
 Another version as a file, its custom ops renamed so that they do not clash (how before_359f12e.txt was made):
 
     git show 359f12e:neatt/models/mix_softmax_triton.py | sed 's/from .flops/from neatt.models.flops/;
