@@ -296,7 +296,7 @@ def test_model_bfloat16_fused_no_worse_than_matmul_path(monkeypatch):
                     reason='for machines without a GPU (with one, the tests above compile the kernels for it)')
 @pytest.mark.parametrize('dtype', ['bf16', 'fp16', 'fp32'])
 def test_kernels_compile_for_hopper(dtype):
-    """The four kernels in every combination that the op launches (the mix and the noise on or off, the biases
+    """The kernels in every combination that the op launches (the mix and the noise on or off, the biases
     folded into an MLP or not, with and without the next block's gradient of z), compiled for an H100 (sm_90)
     down to machine code by Triton's own ptxas, with no GPU needed: this catches what the interpreter runs but
     the compiler rejects (dot shapes, layouts, types)."""
@@ -307,7 +307,8 @@ def test_kernels_compile_for_hopper(dtype):
         settings = dict(settings)
         num_warps = settings.pop('num_warps')
         settings.pop('programs_per_sm', None)
-        compiled = mst.compile_for(kernel, {**settings, **constexprs, 'PREC': prec}, num_warps, dtype=dtype)
+        prec_arg = {'PREC': prec} if 'PREC' in kernel.arg_names else {}  # every kernel with dots
+        compiled = mst.compile_for(kernel, {**settings, **constexprs, **prec_arg}, num_warps, dtype=dtype)
         assert compiled.asm['cubin'], constexprs
 
     for mix, noise in ((True, True), (True, False), (False, True)):  # neither: z = s, no kernel
@@ -315,6 +316,7 @@ def test_kernels_compile_for_hopper(dtype):
             compile_for_sm90(k.mix_fwd, mst._MIX_FWD, HP=16, FP=64, MIX=mix, NOISE=noise, FOLD=fold)
     for fold in (True, False):
         compile_for_sm90(k.mix_bwd, mst._MIX_BWD, HP=16, FP=64, FOLD=fold)
+    compile_for_sm90(k.attend_delta, {'num_warps': 4}, BLOCK_R=mst._DELTA_ROWS, DP=64)
     for align in (8, 1):  # token counts that are multiples of 8 (NestedAttention's), and others
         compile_for_sm90(k.attend_fwd, mst._ATTEND_FWD, ALIGN=align, DP=64)
         for has_gz in (True, False):

@@ -9,7 +9,7 @@ Per block, on head-major logits s = a + z_prev (H, B, T, T) and values v (H, B, 
 
 Why hand-written: as matmuls, g writes and re-reads two (4H, B*T*T) hidden activations per block, and the noise,
 the softmax and attn @ v are more passes over (H, B, T, T) tensors (measured on an H100, ViT-B/16, bf16, batch
-64, eager: Ne-Att took 2.9x vanilla's step, most of it in these passes). Four kernels:
+64, eager: Ne-Att took 2.9x vanilla's step, most of it in these passes). The kernels:
 
 - `_mix_fwd`: chunks of positions for all H heads; loads s once, runs the MLP per position on tensor cores
   (features on the rows of a (4H, BLOCK_J) tile, H and 4H padded to powers of two, at least 16), adds the
@@ -20,7 +20,8 @@ the softmax and attn @ v are more passes over (H, B, T, T) tensors (measured on 
   (H, B, T, T) for a batched matmul to read.
 - `_attend_bwd`: one (head, image, key tile); recomputes p from z and the log-sum-exp, and writes dz = p (dp -
   delta) plus the next block's gradient of z, with dp = do v^T in float32 registers and delta = do . o per query
-  (flash attention's identity; o is float32 so that it holds in bf16 too); sums dv = p^T do.
+  (flash attention's identity; o is float32 so that it holds in bf16 too; `_attend_delta` computes delta, and
+  do in the dots' dtype, in one pass first); sums dv = p^T do.
 - `_mix_bwd`: ds = dz + J_g(s)^T dz, the MLP recomputed from s (saved instead of the hidden activations: H
   instead of 9H values per position). Weight gradients are summed in float32 registers per program (a
   persistent grid) and the programs' partial sums added in torch, in program order, so results do not depend on
@@ -61,6 +62,7 @@ _MIX_FWD = {'BLOCK_J': 16, 'CHUNKS': 16, 'num_warps': 2}
 _MIX_BWD = {'BLOCK_J': 64, 'num_warps': 4, 'programs_per_sm': 2}
 _ATTEND_FWD = {'BLOCK_M': 64, 'BLOCK_N': 64, 'num_warps': 4}
 _ATTEND_BWD = {'BLOCK_M': 64, 'BLOCK_N': 64, 'num_warps': 4}
+_DELTA_ROWS = 64
 _MAX_NUMEL = 2 ** 31  # the noise's Philox offsets are int32
 
 
@@ -214,6 +216,20 @@ def _attend_fwd(z_ptr, v_ptr, o_ptr, lse_ptr, B, T_ALIGNS, K, H, D, ALIGN: tl.co
     tl.store(lse_ptr + hb * T + i, m + tl.log(l), mask=i_ok)
 
 
+def _attend_delta(grad_ptr, o_ptr, go_ptr, delta_ptr, R, D, BLOCK_R: tl.constexpr, DP: tl.constexpr):
+    """For BLOCK_R rows (query, head) of o's float32 gradient: go, that gradient in the dtype the backward's dots
+    take, and delta = go . o in float32, the sum that flash attention's backward subtracts (one pass, where torch
+    took four)."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ds = tl.arange(0, DP)
+    mask = (r < R)[:, None] & (ds < D)[None, :]
+    offs = r[:, None] * D + ds[None, :]
+    go = tl.load(grad_ptr + offs, mask=mask, other=0.).to(go_ptr.dtype.element_ty)
+    tl.store(go_ptr + offs, go, mask=mask)
+    o = tl.load(o_ptr + offs, mask=mask, other=0.)
+    tl.store(delta_ptr + r, tl.sum(go.to(tl.float32) * o, 1), mask=r < R)
+
+
 def _attend_bwd(z_ptr, v_ptr, lse_ptr, go_ptr, delta_ptr, gz_ptr, dz_ptr, dv_ptr, B, T_ALIGNS, K, H, D,
                 ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DP: tl.constexpr,
                 HAS_GZ: tl.constexpr, PREC: tl.constexpr):
@@ -317,16 +333,17 @@ def _mix_bwd(dz_ptr, s_ptr, ds_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3
 
 
 class _Kernels(NamedTuple):
-    """The four jitted kernels, by the names the module docstring gives them (without the underscore)."""
+    """The jitted kernels, by their names here without the underscore."""
     mix_fwd: Any
     attend_fwd: Any
+    attend_delta: Any
     attend_bwd: Any
     mix_bwd: Any
 
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """The jitted kernels (mix_fwd, attend_fwd, attend_bwd, mix_bwd), or None without Triton. Built on first use,
+    """The jitted kernels (`_Kernels`), or None without Triton. Built on first use,
     so that a TRITON_INTERPRET set by then (the tests) takes effect; the helpers they call by name are jitted in
     this module's namespace then, the same way."""
     if triton is None:
@@ -334,21 +351,22 @@ def _kernels():
     for helper in ('_leaky_relu', '_box_muller', '_load_mlp', '_mlp_hidden'):
         fn = globals()[helper]
         globals()[helper] = triton.jit(getattr(fn, 'fn', fn))  # `.fn`: the Python function, if jitted already
-    return _Kernels(*(triton.jit(k) for k in (_mix_fwd, _attend_fwd, _attend_bwd, _mix_bwd)))
+    return _Kernels(*(triton.jit(k) for k in (_mix_fwd, _attend_fwd, _attend_delta, _attend_bwd, _mix_bwd)))
 
 
 def compile_for(kernel, constexprs: dict, num_warps: int, dtype: str = 'bf16', arch: int = 90,
                 ints: Optional[dict] = None):
     """Compile `kernel` (one of `_kernels()`) for an NVIDIA GPU of compute capability `arch` (90: H100) down to
-    machine code, with no GPU, specialised as a launch would be: the logits, v and o's gradient in `dtype`
-    ('bf16', 'fp16', 'fp32'); the MLP's weights, o, the log-sum-exp and the partial sums in float32; every
-    pointer 16-byte aligned (as torch allocates); `constexprs` naming every constexpr argument; `ints` the values
-    of integer arguments, those divisible by 16 marked so (as `triton.jit` marks them). For tests and
-    machine-code counts (docs/results/2026-11-28-attend); the launch path compiles through `triton.jit`."""
+    machine code, with no GPU, specialised as a launch would be: the logits, v and o's gradient as the dots take
+    it in `dtype` ('bf16', 'fp16', 'fp32'); the MLP's weights, o and its gradient, the log-sum-exp, delta and the
+    partial sums in float32; every pointer 16-byte aligned (as torch allocates); `constexprs` naming every
+    constexpr argument; `ints` the values of integer arguments, those divisible by 16 marked so (as `triton.jit`
+    marks them). For tests and machine-code counts (docs/results/2026-11-28-attend); the launch path compiles
+    through `triton.jit`."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr', 'o_ptr', 'lse_ptr',
-               'delta_ptr'}
+               'delta_ptr', 'grad_ptr'}
     signature, aligned = {}, []
     for i, name in enumerate(kernel.arg_names):
         if name in constexprs:
@@ -465,13 +483,16 @@ def mix_noise_attend_backward(grad_z: Optional[torch.Tensor], grad_o: torch.Tens
     K = _check(s, v, slope, n_keys)
     k = _kernels()
     H, B, T, D = v.shape
-    grad_o = grad_o.to(v.dtype).contiguous()  # as the dots take it, so that delta sees the same values
-    delta = (grad_o.float() * o).sum(-1)  # (B, T, H); float32 o: in bf16, p (dp - delta) sums to 0 over keys
+    # o's gradient as the dots take it, and delta from the same values; float32 o, so that in bf16 too
+    # p (dp - delta) sums to 0 over keys as it should
+    go, delta = torch.empty_like(o, dtype=v.dtype), torch.empty(B, T, H, device=v.device, dtype=torch.float32)
+    k.attend_delta[(triton.cdiv(B * T * H, _DELTA_ROWS),)](grad_o.contiguous(), o, go, delta, B * T * H, D,
+                                                          BLOCK_R=_DELTA_ROWS, DP=_pow2(D))
     dz = torch.empty_like(z)
     dv = torch.empty_like(v)
     block_m, block_n = _ATTEND_BWD['BLOCK_M'], _ATTEND_BWD['BLOCK_N']
     k.attend_bwd[(triton.cdiv(T, block_n), H * B)](
-        z, v, lse, grad_o, delta, z if grad_z is None else grad_z.contiguous(), dz, dv, B, T // _align(T), K, H, D,
+        z, v, lse, go, delta, z if grad_z is None else grad_z.contiguous(), dz, dv, B, T // _align(T), K, H, D,
         ALIGN=_align(T), BLOCK_M=block_m, BLOCK_N=block_n, DP=_pow2(D), HAS_GZ=grad_z is not None, PREC=_precision(v),
         num_warps=_ATTEND_BWD['num_warps'])
     if w1 is None:
