@@ -189,6 +189,28 @@ def test_flop_counter_counts_the_op(device):
     assert counter.get_total_flops() == 3 * (6912 + 768)
 
 
+@pytest.mark.parametrize('device', DEVICES)
+def test_compiled_equals_eager(device):
+    """torch.compile (fullgraph) keeps the op whole, with its fake shapes and its autograd: compiled, a loss of z
+    and o gives eager's z, o and gradients, noise included (replayed by the same seed)."""
+    s, v, gz, go = (t.to(device) for t in _inputs(3, 2, 16, 8, seed=0))
+    weights = [t.to(device) for t in _mlp(3)]
+
+    def loss_of(s, v, *w):
+        z, o, _ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE, n_keys=13)
+        return (z * gz).sum() + (o * go).sum(), z, o
+
+    results = []
+    for fn in (loss_of, torch.compile(loss_of, fullgraph=True)):
+        torch.manual_seed(0)
+        args = [t.clone().requires_grad_() for t in (s, v, *weights)]
+        loss, z, o = fn(*args)
+        loss.backward()
+        results.append([z, o] + [a.grad for a in args])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_arguments_are_refused():
     """A slope outside [0, 1] (the kernels compute LeakyReLU as max(a, slope a)), logits and values of other
     shapes, n_keys out of range: a ValueError that says what was expected."""
