@@ -4,7 +4,7 @@
 #   measure_gpu.sh stash   keep the .gpu/dali/part.* this call carried in /tmp/dali (the parts come one per call)
 #   measure_gpu.sh model   the Ne-Att CUDA tests; the augmentation at batch 64; bench_model (ViT-B/16, bf16, batch 64)
 #                          of this tree, then of each baseline tree .gpu/base* (git archive REV neatt tools) that the
-#                          call carried
+#                          call carried; prof_step.py, the compiled step's kernels
 #   measure_gpu.sh kernel  the fused kernels alone (kernel_ab.py): this tree with its launch settings and with three
 #                          others, and each .gpu/base* tree; two rounds, alternating
 #   measure_gpu.sh dali    unpack the stashed DALI (docs/device/pack_dali.sh) beside torch, install its wheels;
@@ -66,6 +66,8 @@ model)
         python3 "$tree/tools/bench_model.py" --device cuda --amp bf16 --repeats 20 \
             --json "$OUT/bench_model_$name.json" 2>&1 | log "bench_model_$name.txt"
     done
+    # where the compiled step's time goes, kernel by kernel, Ne-Att against vanilla (ViT-B/16, bf16, batch 64)
+    python3 docs/device/prof_step.py --json "$OUT/prof_step.json" 2>&1 | log prof_step.txt
     ;;
 kernel)
     for round in 1 2; do
