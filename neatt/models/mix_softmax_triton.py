@@ -185,10 +185,11 @@ def _attend_fwd(z_ptr, v_ptr, o_ptr, lse_ptr, B, T_ALIGNS, K, H, D, ALIGN: tl.co
     log-sum-exp of its logits (for the backward). T = T_ALIGNS * ALIGN tokens: ALIGN = 8 tells the compiler
     that rows start 16-byte aligned and end on a multiple of 8, for vector loads."""
     T = T_ALIGNS * ALIGN
-    hb = tl.program_id(1).to(tl.int64)  # h * B + b
+    tiles = tl.cdiv(T, BLOCK_M)  # a 1-D grid, the query tiles of one (head, image) one after another
+    hb = (tl.program_id(0) // tiles).to(tl.int64)  # h * B + b
     z_ptr += hb * T * T  # this (head, image)'s logits; offsets in it are int32
     v_ptr += hb * T * D
-    i = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    i = (tl.program_id(0) % tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
     i_ok = i < T
     i_in = tl.minimum(i, T - 1)  # rows past T read row T - 1 (finite), and are not stored
     ds = tl.arange(0, DP)
@@ -238,7 +239,8 @@ def _attend_bwd(z_ptr, v_ptr, lse_ptr, go_ptr, delta_ptr, gz_ptr, dz_ptr, dv_ptr
     per query; and dv = p^T @ do. Every (query, key) is one program's, so nothing is summed across programs.
     T and ALIGN as in `_attend_fwd`."""
     T = T_ALIGNS * ALIGN
-    hb = tl.program_id(1).to(tl.int64)
+    tiles = tl.cdiv(T, BLOCK_N)  # a 1-D grid, as in `_attend_fwd`
+    hb = (tl.program_id(0) // tiles).to(tl.int64)
     h = hb // B
     b = hb % B
     z_ptr += hb * T * T  # this (head, image)'s logits, values and gradients; offsets in them are int32
@@ -249,7 +251,7 @@ def _attend_bwd(z_ptr, v_ptr, lse_ptr, go_ptr, delta_ptr, gz_ptr, dz_ptr, dv_ptr
     lse_ptr += hb * T
     go_ptr += (b * T * H + h) * D  # (B, T, H, D): query i at i H D
     delta_ptr += b * T * H + h  # (B, T, H)
-    j = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    j = (tl.program_id(0) % tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
     j_ok = j < T
     j_in = j < K  # keys past K are out of the softmax: p = 0 there
     ds = tl.arange(0, DP)
@@ -460,7 +462,7 @@ def mix_noise_attend(s: torch.Tensor, v: torch.Tensor, w1: Optional[torch.Tensor
     o = torch.empty(B, T, H, D, device=v.device, dtype=torch.float32)
     lse = torch.empty(H, B, T, device=v.device, dtype=torch.float32)
     block_m, block_n = _ATTEND_FWD['BLOCK_M'], _ATTEND_FWD['BLOCK_N']
-    k.attend_fwd[(triton.cdiv(T, block_m), H * B)](
+    k.attend_fwd[(triton.cdiv(T, block_m) * H * B,)](  # 1-D: a grid's y extent stops at 65535
         z, v, o, lse, B, T // _align(T), K, H, D, ALIGN=_align(T), BLOCK_M=block_m, BLOCK_N=block_n,
         DP=_pow2(D), PREC=_precision(v), num_warps=_ATTEND_FWD['num_warps'])
     return z, o, lse
@@ -491,7 +493,7 @@ def mix_noise_attend_backward(grad_z: Optional[torch.Tensor], grad_o: torch.Tens
     dz = torch.empty_like(z)
     dv = torch.empty_like(v)
     block_m, block_n = _ATTEND_BWD['BLOCK_M'], _ATTEND_BWD['BLOCK_N']
-    k.attend_bwd[(triton.cdiv(T, block_n), H * B)](
+    k.attend_bwd[(triton.cdiv(T, block_n) * H * B,)](
         z, v, lse, go, delta, z if grad_z is None else grad_z.contiguous(), dz, dv, B, T // _align(T), K, H, D,
         ALIGN=_align(T), BLOCK_M=block_m, BLOCK_N=block_n, DP=_pow2(D), HAS_GZ=grad_z is not None, PREC=_precision(v),
         num_warps=_ATTEND_BWD['num_warps'])
