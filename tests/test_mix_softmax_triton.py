@@ -323,22 +323,16 @@ def test_kernels_compile_for_hopper(dtype):
     down to machine code by Triton's own ptxas, with no GPU needed: this catches what the interpreter runs but
     the compiler rejects (dot shapes, layouts, types)."""
     k = mst._kernels()
-    prec = 'ieee' if dtype == 'fp32' else 'tf32'  # as _precision() picks
 
     def compile_for_sm90(kernel, settings, **constexprs):
-        settings = dict(settings)
-        num_warps = settings.pop('num_warps')
-        settings.pop('programs_per_sm', None)
-        prec_arg = {'PREC': prec} if 'PREC' in kernel.arg_names else {}  # every kernel with dots
-        compiled = mst.compile_for(kernel, {**settings, **constexprs, **prec_arg}, num_warps, dtype=dtype)
-        assert compiled.asm['cubin'], constexprs
+        assert mst.compile_launch(kernel, settings, dtype=dtype, **constexprs).asm['cubin'], constexprs
 
     for mix, noise in ((True, True), (True, False), (False, True)):  # neither: z = s, no kernel
         for fold in (True, False) if mix else (False,):  # the biases are folded only into an MLP
             compile_for_sm90(k.mix_fwd, mst._MIX_FWD, HP=16, FP=64, MIX=mix, NOISE=noise, FOLD=fold)
     for fold in (True, False):
         compile_for_sm90(k.mix_bwd, mst._MIX_BWD, HP=16, FP=64, FOLD=fold)
-    compile_for_sm90(k.attend_delta, {'num_warps': 4}, BLOCK_R=mst._DELTA_ROWS, DP=64)
+    compile_for_sm90(k.attend_delta, {'num_warps': 4, 'BLOCK_R': mst._DELTA_ROWS}, DP=64)
     for align in (8, 1):  # token counts that are multiples of 8 (NestedAttention's), and others
         compile_for_sm90(k.attend_fwd, mst._ATTEND_FWD, ALIGN=align, DP=64)
         for has_gz in (True, False):

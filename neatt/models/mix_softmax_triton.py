@@ -51,7 +51,7 @@ try:
 except ImportError:  # CPU-only installs (macOS): the matmul path in attention.py runs instead
     triton = tl = None
 
-__all__ = ['available', 'compile_for', 'mix_noise_attend']
+__all__ = ['available', 'compile_for', 'compile_launch', 'mix_noise_attend']
 
 # Launch settings. The head-mix kernels': the fastest of a sweep on an H100 (one ViT-B/16 block of logits, bf16,
 # batch 64; see docs/benchmarks.md, 2026-11-26), the forward's chunks per program chosen for about as many
@@ -106,7 +106,7 @@ def _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F,
     keeps the padded heads and features at 0 through the MLP), and its biases in float32 (HP and FP long).
 
     FOLD (H < HP and F < FP): the biases go into the padding instead, so that the dots add them: a 1 in input
-    row H (the logits' masked loads fill with 1, see `_fwd`) meets b1 in column H of w1, and w1[F, H] = 1 makes
+    row H (the logits' masked loads fill with 1, see `_mix_fwd`) meets b1 in column H of w1, and w1[F, H] = 1 makes
     hidden unit F a constant 1 (LeakyReLU(1) = 1), which meets b2 and b3 in column F of w2 and w3 (w2[F, F] = 1
     keeps it 1 in the second layer). The bias adds, and in the backward the bias gradients' sums over keys, are
     then part of the dots (the weight gradients' columns H and F); the returned biases are then unused."""
@@ -345,9 +345,9 @@ class _Kernels(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """The jitted kernels (`_Kernels`), or None without Triton. Built on first use,
-    so that a TRITON_INTERPRET set by then (the tests) takes effect; the helpers they call by name are jitted in
-    this module's namespace then, the same way."""
+    """The jitted kernels (`_Kernels`), or None without Triton. Built on first use, so that a TRITON_INTERPRET set
+    by then (the tests) takes effect; the helpers they call by name are jitted in this module's namespace then,
+    the same way."""
     if triton is None:
         return None
     for helper in ('_leaky_relu', '_box_muller', '_load_mlp', '_mlp_hidden'):
@@ -383,6 +383,16 @@ def compile_for(kernel, constexprs: dict, num_warps: int, dtype: str = 'bf16', a
     src = ASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constexprs.items()},
                     {(i,): [['tt.divisibility', 16]] for i in aligned})
     return triton.compile(src, target=GPUTarget('cuda', arch, 32), options={'num_warps': num_warps})
+
+
+def compile_launch(kernel, settings: dict, dtype: str = 'bf16', ints: Optional[dict] = None, **constexprs):
+    """`compile_for` with a launch-settings dict of this module (`_MIX_FWD`, ...): its num_warps, those of its
+    keys that are the kernel's constexprs (the others, such as programs_per_sm, shape the grid), and PREC as the
+    launch picks it for `dtype` (`_precision`); `constexprs` the rest."""
+    chosen = {k: v for k, v in settings.items() if k in kernel.arg_names}
+    if 'PREC' in kernel.arg_names:
+        chosen['PREC'] = 'ieee' if dtype == 'fp32' else 'tf32'
+    return compile_for(kernel, {**chosen, **constexprs}, settings['num_warps'], dtype=dtype, ints=ints)
 
 
 def _pow2(n: int) -> int:
@@ -440,7 +450,8 @@ def mix_noise_attend(s: torch.Tensor, v: torch.Tensor, w1: Optional[torch.Tensor
 
     The noise's seed is one draw from torch's global CPU generator, so `torch.manual_seed` and activation
     checkpointing replay it. It is drawn on the host at each call, so a CUDA graph (torch.compile's
-    mode='reduce-overhead') would replay one seed: the trainer does not use that mode.
+    mode='reduce-overhead' or 'max-autotune') would replay one seed: the trainer refuses those modes while the
+    model has noise (`--torchcompile-mode`).
 
     A custom op, so that `torch.compile` keeps the kernels and their backward as they are.
     """

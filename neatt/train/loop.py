@@ -341,21 +341,22 @@ class Trainer:
         self.best = ts['best']
         self.history = [tuple(h) for h in ts.get('history', [])]
         self.epoch_metric = ckpt.get('metric')
-        if self._saved_epochs != self.cfg.optim.epochs and ts['epoch'] >= self.num_epochs:
+        epochs_changed = self._saved_epochs != self.cfg.optim.epochs
+        if epochs_changed and ts['epoch'] >= self.num_epochs:
             raise UserInputError(f'--epochs {self.cfg.optim.epochs}: {self._resume_path} has trained '
                                  f'{ts["epoch"]} epochs already (of {self._saved_epochs}); resume it with more epochs, '
                                  f'or evaluate it with tools/validate.py')
         if self._saved_world_size != self.dist.world_size:
             self._resume_elastic(ts)
         else:
-            if self._saved_epochs == self.cfg.optim.epochs:  # else this run's schedule, built for its --epochs
+            if not epochs_changed:  # else this run's schedule, built for its --epochs
                 self.scheduler.load_state_dict(ckpt['scheduler'])
             self.epoch, self.batches_done, self.step = ts['epoch'], ts['batches_done'], ts['step']
             self._loader_state = ckpt['loader'][self.dist.rank] if self.batches_done else None
             restore_rng_state(ckpt['rng'][self.dist.rank])
             self.log(f'resumed from {self._resume_path}: epoch {self.epoch}, batch {self.batches_done}, '
                      f'step {self.step}')
-        if self._saved_epochs != self.cfg.optim.epochs:
+        if epochs_changed:
             self.log(f'--epochs {self.cfg.optim.epochs} (checkpoint: {self._saved_epochs}): the lr schedule goes on '
                      f'as if built for {self.cfg.optim.epochs} epochs from the start, so the run no longer matches one '
                      f'that trained {self._saved_epochs}')

@@ -1,7 +1,7 @@
 """Count the SASS instructions of the fused Ne-Att kernels per (query, key) position, all H = 12 heads of a
 ViT-B/16 block at batch 64 (B = 64, T = 200 tokens, 197 real, head dim 64, hidden 48), bf16, compiled for an
 H100 (sm_90) by Triton and its own ptxas with no GPU, specialised as a launch is (16-byte-aligned pointers,
-integer arguments divisible by 16 marked so: `compile_for(ints=...)`). The loop finder and the report are those
+integer arguments divisible by 16 marked so: `compile_launch(ints=...)`). The loop finder and the report are those
 of ../2026-11-27-sass/sass_count.py. The attention kernels' loops take BLOCK_M x BLOCK_N positions of one head
 per iteration, so their per-position count is multiplied by H.
 
@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-from neatt.models.mix_softmax_triton import compile_for  # with the launch's specialisation, for both versions
+from neatt.models.mix_softmax_triton import compile_launch  # with the launch's specialisation, for both versions
 
 H = 12
 INTS = dict(B=64, T_ALIGNS=25, K=197, H=H, D=64, P=64 * 200 * 200, F=48, R=64 * 200, N=200)
@@ -31,9 +31,7 @@ counts = load(os.path.join(os.path.dirname(__file__), '..', '2026-11-27-sass', '
 
 
 def compile_with(kernel, settings, **constexprs):
-    settings = {k: v for k, v in settings.items() if k != 'programs_per_sm'}
-    num_warps = settings.pop('num_warps')
-    return compile_for(kernel, {**settings, **constexprs, 'PREC': 'tf32'}, num_warps, ints=INTS)
+    return compile_launch(kernel, settings, ints=INTS, **constexprs)
 
 
 def split_kernels(mod):
