@@ -4,8 +4,10 @@ On the H200 (2026-11-27) the DALI loader gave 1.69k img/s to the GPU whatever it
 batch size (128, 256): not a CPU-thread limit. This splits a pass into the Python feed alone (the JPEG bytes,
 their sizes and crop windows, ``DaliLoader._batches``; its first pass reads the sizes from the JPEG headers,
 later ones use the kept sizes), the pipeline's build, its first batch and the steady batches after it, for
-nvJPEG's default split between the hardware decoder and the hybrid (CPU Huffman) path and for the hybrid path
-alone (``hw_decoder_load=0``).
+nvJPEG's default split between the hardware decoder and the hybrid (CPU Huffman) path, for the hybrid path
+alone (``hw_decoder_load=0``), and without libjpeg's fancy chroma upsampling (``jpeg_fancy_upsampling=False``),
+which the loader asks nvJPEG for so that its pixels match the CPU decoders' and which nvJPEG supports through
+flags of its own: if it turns the hardware decoder off, the decoding falls to the hybrid path.
 
     python docs/device/dali_probe.py --data DATASET_DIR --json PATH [--threads 4 16] [--batch-size 128]
 
@@ -24,7 +26,8 @@ import torch  # noqa: E402
 from pipelines import dali_loader  # noqa: E402
 from pipelines.base import build_loader  # noqa: E402
 
-DECODER_VARIANTS = {"default": {}, "hybrid_only": {"hw_decoder_load": 0.0}}
+DECODER_VARIANTS = {"default": {}, "hybrid_only": {"hw_decoder_load": 0.0},
+                    "plain_upsampling": {"jpeg_fancy_upsampling": False}}
 
 
 def probe_pass(loader, epoch: int, sync) -> dict:
@@ -81,7 +84,7 @@ def main() -> int:
             run = {"threads": threads, "decoder": variant, "feed_img_per_s": feed, "passes": passes[1:]}
             results["runs"].append(run)
             best = max(passes[1:], key=lambda r: r["steady_img_per_s"])
-            print(f"threads {threads:2d} {variant:12s} feed {feed[0]:6.0f}, then {feed[1]:6.0f} img/s | "
+            print(f"threads {threads:2d} {variant:16s} feed {feed[0]:6.0f}, then {feed[1]:6.0f} img/s | "
                   f"build {best['build_s']:.3f} s, "
                   f"1st batch {best['first_batch_s']:.3f} s, steady {best['steady_img_per_s']:8.0f} img/s, "
                   f"whole pass {best['pass_img_per_s']:8.0f} img/s", flush=True)

@@ -77,9 +77,11 @@ kernel)
             python3 docs/device/kernel_ab.py "$tree" --json "$OUT/kernel_${name}_$round.json" 2>&1 | log kernel_ab.txt
         done
         # settings with fewer sm_90 instructions per position than the committed ones (docs/benchmarks.md,
-        # 2026-11-28, seventeenth session): the mix forward at 64 positions and 4 warps (43.4 against 53.8),
-        # the attention backward at 8 warps (147 registers against 236), the mix backward at 32 positions
+        # 2026-11-28, seventeenth and eighteenth sessions): the mix forward at 64 and 128 positions and 4 warps
+        # (43.4 and 40.9 against 53.8, its dots on wgmma), the attention backward at 8 warps (147 registers
+        # against 236), the mix backward at 32 positions
         for variant in mix_fwd64:'{"_MIX_FWD": {"BLOCK_J": 64, "CHUNKS": 4, "num_warps": 4}}' \
+                mix_fwd128:'{"_MIX_FWD": {"BLOCK_J": 128, "CHUNKS": 2, "num_warps": 4}}' \
                 attend_bwd_w8:'{"_ATTEND_BWD": {"num_warps": 8}}' \
                 mix_bwd32:'{"_MIX_BWD": {"BLOCK_J": 32}}'; do
             python3 docs/device/kernel_ab.py . --settings "${variant#*:}" \
