@@ -13,7 +13,7 @@ the softmax and attn @ v are more passes over (H, B, T, T) tensors (measured on 
 
 - `_mix_fwd`: chunks of positions for all H heads; loads s once, runs the MLP per position on tensor cores
   (features on the rows of a (4H, BLOCK_J) tile, H and 4H padded to powers of two, at least 16), adds the
-  noise (`_box_muller`: the generator of logit_noise.py, four normals per Philox counter, a counter per four
+  noise (`_normals`: the generator of logit_noise.py, four normals per Philox counter, a counter per four
   positions of a head, seeded by one draw from torch's generator per call) and stores z.
 - `_attend_fwd`: one (head, image, query tile) per program; online softmax over key tiles of z, o += p @ v;
   stores o and the rows' log-sum-exp. The probabilities never go to memory: before, a second sweep wrote them
@@ -100,6 +100,18 @@ def _box_muller(w_radius, w_angle):
     return r * c, r * s
 
 
+def _normals(seed, P, p0, HP: tl.constexpr, BLOCK_J: tl.constexpr):
+    """eps for positions p0 to p0 + BLOCK_J of heads 0 to HP, an (HP, BLOCK_J) tile: position p of head h takes
+    normal p % 4 of Philox counter h ceil(P / 4) + p // 4 (p0 a multiple of 4)."""
+    hs = tl.arange(0, HP)
+    q = hs[:, None] * tl.cdiv(P, 4) + (p0 // 4).to(tl.int32) + tl.arange(0, BLOCK_J // 4)[None, :]
+    c0, c1, c2, c3 = tl.randint4x(seed, q)  # the counter's four 32-bit words
+    n0, n1 = _box_muller(c0, c1)
+    n2, n3 = _box_muller(c2, c3)
+    # (HP, BLOCK_J // 4, 2, 2) -> position 4 t + 2 a + b takes normal 2 a + b of counter t, as documented
+    return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (HP, BLOCK_J))
+
+
 def _load_mlp(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, F,
               HP: tl.constexpr, FP: tl.constexpr, FOLD: tl.constexpr, cdt: tl.constexpr):
     """The head MLP's weights zero-padded to (FP, HP), (FP, FP), (HP, FP) in the matmul dtype `cdt` (zero padding
@@ -168,13 +180,8 @@ def _mix_fwd(s_ptr, z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
             y += tl.dot(w3, h2, input_precision=PREC)
             if not FOLD:
                 y += b3[:, None]
-        if NOISE:  # position p of head h: normal p % 4 of Philox counter h ceil(P / 4) + p // 4
-            q = hs[:, None] * tl.cdiv(P, 4) + (p0 // 4).to(tl.int32) + tl.arange(0, BLOCK_J // 4)[None, :]
-            c0, c1, c2, c3 = tl.randint4x(seed, q)  # the counter's four 32-bit words
-            n0, n1 = _box_muller(c0, c1)
-            n2, n3 = _box_muller(c2, c3)
-            # (HP, BLOCK_J // 4, 2, 2) -> position 4 t + 2 a + b takes normal 2 a + b of counter t, as documented
-            y += sigma * tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (HP, BLOCK_J))
+        if NOISE:
+            y += sigma * _normals(seed, P, p0, HP, BLOCK_J)
         tl.store(z_ptr + offs, y.to(z_ptr.dtype.element_ty), mask=mask)
 
 
@@ -350,7 +357,7 @@ def _kernels():
     the same way."""
     if triton is None:
         return None
-    for helper in ('_leaky_relu', '_box_muller', '_load_mlp', '_mlp_hidden'):
+    for helper in ('_leaky_relu', '_box_muller', '_normals', '_load_mlp', '_mlp_hidden'):
         fn = globals()[helper]
         globals()[helper] = triton.jit(getattr(fn, 'fn', fn))  # `.fn`: the Python function, if jitted already
     return _Kernels(*(triton.jit(k) for k in (_mix_fwd, _attend_fwd, _attend_delta, _attend_bwd, _mix_bwd)))

@@ -1,7 +1,8 @@
 """The mix forward with ViT-B's 48 hidden units as 32 + 16 instead of padded to 64, counted in sm_90 machine code
 against the committed kernel (`_mix_fwd`) at the same launch settings: was the padding worth removing? Triton's
 tile sizes are powers of two, so each layer becomes two or four dots; b1 still rides in the padded input row H,
-b2 and b3 are added (no hidden unit is left over to carry them). The noise is the committed code's.
+b2 and b3 are added (no hidden unit is left over to carry them). The noise is the committed code's
+(`_normals`).
 
     python docs/results/2026-11-28-split/split_count.py > docs/results/2026-11-28-split/output.txt
 
@@ -16,7 +17,7 @@ import triton.language as tl
 from neatt.models import mix_softmax_triton as m
 
 m._kernels()  # jits the module's helpers in its namespace; the names below are the jitted ones
-from neatt.models.mix_softmax_triton import _box_muller, _leaky_relu  # noqa: E402
+from neatt.models.mix_softmax_triton import _leaky_relu, _normals  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location('sass_count', os.path.join(HERE, '..', '2026-11-27-sass',
@@ -67,11 +68,7 @@ def mix_fwd_split(s_ptr, z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, 
         y = tl.dot(w3a, _leaky_relu(a2a, slope).to(cdt), y, input_precision=PREC)
         y = tl.dot(w3b, _leaky_relu(a2b, slope).to(cdt), y, input_precision=PREC)
         if NOISE:
-            q = hs[:, None] * tl.cdiv(P, 4) + (p0 // 4).to(tl.int32) + tl.arange(0, BLOCK_J // 4)[None, :]
-            c0, c1, c2, c3 = tl.randint4x(seed, q)
-            n0, n1 = _box_muller(c0, c1)
-            n2, n3 = _box_muller(c2, c3)
-            y += sigma * tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (HP, BLOCK_J))
+            y += sigma * _normals(seed, P, p0, HP, BLOCK_J)
         tl.store(z_ptr + offs, y.to(z_ptr.dtype.element_ty), mask=mask)
 
 
