@@ -43,7 +43,8 @@ def _mlp(H, seed=0):
 
 def _reference(s, v, weights, eps, sigma, n_keys=None):
     """float64: z = s + g(s) + sigma * eps, g per position over the head axis; o = softmax(z over the first
-    n_keys keys, all by default) @ v, laid out (B, T, H, D) as the op returns it."""
+    n_keys keys, all by default) @ v for the first n_keys queries, laid out (B, n_keys, H, D) as the op returns
+    it."""
     x = s.movedim(0, -1)  # (..., T, H): heads last, as features
     if weights is not None:
         w1, b1, w2, b2, w3, b3 = weights
@@ -52,7 +53,7 @@ def _reference(s, v, weights, eps, sigma, n_keys=None):
         x = x + h @ w3.T + b3
     z = x.movedim(-1, 0) + sigma * eps
     n_keys = z.shape[-1] if n_keys is None else n_keys
-    o = torch.softmax(z[..., :n_keys], dim=-1) @ v[:, :, :n_keys]
+    o = torch.softmax(z[:, :, :n_keys, :n_keys], dim=-1) @ v[:, :, :n_keys]
     return z, o.permute(1, 2, 0, 3)
 
 
@@ -67,13 +68,14 @@ def _run_both(H, B, N, device, dtype=torch.float32, mix=True, sigma=0.0, seed=0,
     """(ours, reference, eps): z, o and the grads of one loss through both, on the same s, v, weights and eps;
     the loss reads o too unless `o_loss` is False."""
     s, v, gz, go = _inputs(H, B, N, D, seed)
+    go = go[:, :n_keys]  # o is the first n_keys queries
     s, v, gz, go = s.to(device, dtype), v.to(device, dtype), gz.to(device), go.to(device) * o_loss
     weights = _mlp(H, seed) if mix else None
 
     s_ours, v_ours = s.clone().requires_grad_(), v.clone().requires_grad_()
     w_ours = [w.to(device, copy=True).requires_grad_() for w in weights] if mix else [None] * 6
     torch.manual_seed(seed)
-    z, o, _ = mst.mix_noise_attend(s_ours, v_ours, *w_ours, sigma, SLOPE, n_keys=n_keys)
+    z, o, *_ = mst.mix_noise_attend(s_ours, v_ours, *w_ours, sigma, SLOPE, n_keys=n_keys)
     ((z.float() * gz).sum() + ((o * go).sum() if o_loss else 0)).backward()
 
     s_ref, v_ref = (t.detach().double().cpu().requires_grad_() for t in (s, v))
@@ -146,7 +148,7 @@ def test_noise_is_the_documented_sample(device):
     defines them: re-derived in numpy (float64 libm); N = 33, so that a head's last counter is cut short."""
     H, B, N = 3, 2, 33
     torch.manual_seed(7)
-    z, _, _ = mst.mix_noise_attend(*_zeros(H, B, N, device), *[None] * 6, 1.0, SLOPE)
+    z, *_ = mst.mix_noise_attend(*_zeros(H, B, N, device), *[None] * 6, 1.0, SLOPE)
     torch.manual_seed(7)
     seed = int(torch.randint(0, 2 ** 31 - 1, ()))  # the op's draw
     P = B * N * N
@@ -169,10 +171,10 @@ def test_noise_with_mix(device):
     s, v = torch.randn(3, 1, 20, 20, device=device), torch.randn(3, 1, 20, 8, device=device)
     w = [t.to(device) for t in _mlp(3)]
     torch.manual_seed(5)
-    z1, o1, _ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE)
-    z2, o2, _ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE)
+    z1, o1, *_ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE)
+    z2, o2, *_ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE)
     torch.manual_seed(5)
-    z3, o3, _ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE)
+    z3, o3, *_ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE)
     assert torch.equal(z1, z3) and torch.equal(o1, o3) and not torch.allclose(z1, z2)
 
 
@@ -184,7 +186,7 @@ def test_flop_counter_counts_the_op(device):
     s, v = (t.requires_grad_() for t in _zeros(3, 1, 4, device))
     w = [t.to(device).requires_grad_() for t in _mlp(3)]
     with FlopCounterMode(display=False) as counter:
-        z, o, _ = mst.mix_noise_attend(s, v, *w, 0., SLOPE)
+        z, o, *_ = mst.mix_noise_attend(s, v, *w, 0., SLOPE)
         (z.sum() + o.sum()).backward()
     assert counter.get_total_flops() == 3 * (6912 + 768)
 
@@ -194,10 +196,11 @@ def test_compiled_equals_eager(device):
     """torch.compile (fullgraph) keeps the op whole, with its fake shapes and its autograd: compiled, a loss of z
     and o gives eager's z, o and gradients, noise included (replayed by the same seed)."""
     s, v, gz, go = (t.to(device) for t in _inputs(3, 2, 16, 8, seed=0))
+    go = go[:, :13]
     weights = [t.to(device) for t in _mlp(3)]
 
     def loss_of(s, v, *w):
-        z, o, _ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE, n_keys=13)
+        z, o, *_ = mst.mix_noise_attend(s, v, *w, 1.0, SLOPE, n_keys=13)
         return (z * gz).sum() + (o * go).sum(), z, o
 
     results = []

@@ -1,8 +1,9 @@
 """The fused Ne-Att kernels of one source tree on one ViT-B/16 block (H = 12, B = 64, 200 tokens of which 197
-real, head dim 64, bf16): everything between q k^T and the projection, i.e. the head mix, the noise, the softmax
-and its product with v. Median ms of the forward with and without noise, and of forward + backward.
-measure_gpu.sh runs it for this tree and each baseline tree, one process per tree (trees register the same custom
-ops), in alternating rounds. Trees before 6901bbf return attn, and a batched matmul then multiplies it with v.
+real, head dim 64, bf16): everything between q k^T and the projection, i.e. the head mix, the noise, the softmax,
+its product with v, and the projection's input (B, 197, 768) in bf16 as each tree's NestedAttention makes it.
+Median ms of the forward with and without noise, and of forward + backward. measure_gpu.sh runs it for this tree
+and each baseline tree, one process per tree (trees register the same custom ops), in alternating rounds. Trees
+before 6901bbf return attn, and a batched matmul then multiplies it with v.
 
     python docs/device/kernel_ab.py TREE --json PATH [--settings JSON]
 """
@@ -38,12 +39,16 @@ def main():
     grad_z = torch.randn_like(s0)
 
     def attend(s, v, sigma):
+        """z and the projection's input (B, N, H D) in bf16, as each tree's NestedAttention makes it."""
         if hasattr(mst, 'mix_noise_attend'):
-            z, o, _ = mst.mix_noise_attend(s, v, *weights, sigma, 0.2, n_keys=N)
-            return z, o
+            out = mst.mix_noise_attend(s, v, *weights, sigma, 0.2, n_keys=N)
+            if len(out) == 4:  # since the eighteenth session: o is (B, N, H, D) in v's dtype
+                return out[0], out[1].view(B, N, H * D)
+            z, o, _ = out  # the seventeenth's: o float32 (B, T, H, D)
+            return z, o[:, :N].reshape(B, N, H * D).to(v.dtype)
         z, attn = mst.mix_noise_softmax(s, *weights, sigma, 0.2, torch.bfloat16, n_keys=N)
         o = torch.bmm(attn.view(H * B, T, T), v.view(H * B, T, D))
-        return z, o.view(H, B, T, D).permute(1, 2, 0, 3)
+        return z, o.view(H, B, T, D).permute(1, 2, 0, 3)[:, :N].reshape(B, N, H * D)
 
     grad_o = {}  # o's gradient, made once in the warm-up, outside the timed steps
 

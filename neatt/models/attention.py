@@ -237,9 +237,9 @@ class NestedAttention(nn.Module):
                 weights = [None] * 6 if hm is None else [hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias,
                                                          hm.fc3.weight, hm.fc3.bias]
                 slope = 0. if hm is None else hm.negative_slope
-                z, o, _ = mix_softmax_triton.mix_noise_attend(
+                z, o, _, _ = mix_softmax_triton.mix_noise_attend(
                     z, v, *weights, self.neatt_sigma if noisy else 0., slope, n_keys=N)
-                x = o[:, :N].reshape(B, N, C).to(v.dtype)  # o is (B, T, H, d), float32
+                x = o.view(B, N, C)  # o is (B, N, H, d), the real tokens' outputs
             else:
                 if self.head_mix is not None:
                     z = self.head_mix(z)

@@ -5,7 +5,7 @@ Per block, on head-major logits s = a + z_prev (H, B, T, T) and values v (H, B, 
 (attention.HeadMix) and eps ~ N(0, 1)::
 
     z = s + g(s) + sigma * eps           (returned: the next block chains it)
-    o = softmax(z, over keys) @ v        (returned in float32, laid out (B, T, H, D))
+    o = softmax(z, over keys) @ v        (returned laid out (B, N, H, D), the N real queries of T)
 
 Why hand-written: as matmuls, g writes and re-reads two (4H, B*T*T) hidden activations per block, and the noise,
 the softmax and attn @ v are more passes over (H, B, T, T) tensors (measured on an H100, ViT-B/16, bf16, batch
@@ -16,12 +16,13 @@ the softmax and attn @ v are more passes over (H, B, T, T) tensors (measured on 
   noise (`_normals`: the generator of logit_noise.py, four normals per Philox counter, a counter per four
   positions of a head, seeded by one draw from torch's generator per call) and stores z.
 - `_attend_fwd`: one (head, image, query tile) per program; online softmax over key tiles of z, o += p @ v;
-  stores o and the rows' log-sum-exp. The probabilities never go to memory: before, a second sweep wrote them
-  (H, B, T, T) for a batched matmul to read.
+  stores o twice, in v's dtype for the projection (the layout it reads, so no cast or copy pass follows) and in
+  float32 for the backward, and the rows' log-sum-exp. The probabilities never go to memory: before, a second
+  sweep wrote them (H, B, T, T) for a batched matmul to read.
 - `_attend_bwd`: one (head, image, key tile); recomputes p from z and the log-sum-exp, and writes dz = p (dp -
   delta) plus the next block's gradient of z, with dp = do v^T in float32 registers and delta = do . o per query
-  (flash attention's identity; o is float32 so that it holds in bf16 too; `_attend_delta` computes delta, and
-  do in the dots' dtype, in one pass first); sums dv = p^T do.
+  (flash attention's identity; o in float32 so that it holds in bf16 too; `_attend_delta` computes delta in a
+  pass first); sums dv = p^T do.
 - `_mix_bwd`: ds = dz + J_g(s)^T dz, the MLP recomputed from s (saved instead of the hidden activations: H
   instead of 9H values per position). Weight gradients are summed in float32 registers per program (a
   persistent grid) and the programs' partial sums added in torch, in program order, so results do not depend on
@@ -185,10 +186,11 @@ def _mix_fwd(s_ptr, z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
         tl.store(z_ptr + offs, y.to(z_ptr.dtype.element_ty), mask=mask)
 
 
-def _attend_fwd(z_ptr, v_ptr, o_ptr, lse_ptr, B, T_ALIGNS, K, H, D, ALIGN: tl.constexpr,
+def _attend_fwd(z_ptr, v_ptr, o_ptr, o32_ptr, lse_ptr, B, T_ALIGNS, K, H, D, ALIGN: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr):
     """o = softmax(z over the first K keys) @ v for BLOCK_M queries of one (head, image), flash attention's
-    forward with the logits loaded instead of computed: o in float32 into (B, T, H, D), and per query the
+    forward with the logits loaded instead of computed: o of the first K queries (the others are token padding)
+    into (B, K, H, D), in v's dtype (the projection's input) and in float32 (the backward's), and per query the
     log-sum-exp of its logits (for the backward). T = T_ALIGNS * ALIGN tokens: ALIGN = 8 tells the compiler
     that rows start 16-byte aligned and end on a multiple of 8, for vector loads."""
     T = T_ALIGNS * ALIGN
@@ -220,22 +222,23 @@ def _attend_fwd(z_ptr, v_ptr, o_ptr, lse_ptr, B, T_ALIGNS, K, H, D, ALIGN: tl.co
     h = hb // B
     b = hb % B
     acc = acc / l[:, None]
-    tl.store(o_ptr + ((b * T + i[:, None]) * H + h) * D + ds[None, :], acc, mask=i_ok[:, None] & d_ok[None, :])
+    offs = ((b * K + i[:, None]) * H + h) * D + ds[None, :]
+    real = (i < K)[:, None] & d_ok[None, :]
+    tl.store(o_ptr + offs, acc.to(o_ptr.dtype.element_ty), mask=real)
+    tl.store(o32_ptr + offs, acc, mask=real)
     tl.store(lse_ptr + hb * T + i, m + tl.log(l), mask=i_ok)
 
 
-def _attend_delta(grad_ptr, o_ptr, go_ptr, delta_ptr, R, D, BLOCK_R: tl.constexpr, DP: tl.constexpr):
-    """For BLOCK_R rows (query, head) of o's float32 gradient: go, that gradient in the dtype the backward's dots
-    take, and delta = go . o in float32, the sum that flash attention's backward subtracts (one pass, where torch
-    took four)."""
+def _attend_delta(go_ptr, o32_ptr, delta_ptr, R, D, BLOCK_R: tl.constexpr, DP: tl.constexpr):
+    """delta = do . o in float32 for BLOCK_R rows (query, head) of o's gradient do (in v's dtype) and of o in
+    float32: the sum that flash attention's backward subtracts."""
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     ds = tl.arange(0, DP)
     mask = (r < R)[:, None] & (ds < D)[None, :]
     offs = r[:, None] * D + ds[None, :]
-    go = tl.load(grad_ptr + offs, mask=mask, other=0.).to(go_ptr.dtype.element_ty)
-    tl.store(go_ptr + offs, go, mask=mask)
-    o = tl.load(o_ptr + offs, mask=mask, other=0.)
-    tl.store(delta_ptr + r, tl.sum(go.to(tl.float32) * o, 1), mask=r < R)
+    go = tl.load(go_ptr + offs, mask=mask, other=0.).to(tl.float32)
+    o = tl.load(o32_ptr + offs, mask=mask, other=0.)
+    tl.store(delta_ptr + r, tl.sum(go * o, 1), mask=r < R)
 
 
 def _attend_bwd(z_ptr, v_ptr, lse_ptr, go_ptr, delta_ptr, gz_ptr, dz_ptr, dv_ptr, B, T_ALIGNS, K, H, D,
@@ -256,8 +259,8 @@ def _attend_bwd(z_ptr, v_ptr, lse_ptr, go_ptr, delta_ptr, gz_ptr, dz_ptr, dv_ptr
     v_ptr += hb * T * D
     dv_ptr += hb * T * D
     lse_ptr += hb * T
-    go_ptr += (b * T * H + h) * D  # (B, T, H, D): query i at i H D
-    delta_ptr += b * T * H + h  # (B, T, H)
+    go_ptr += (b * K * H + h) * D  # (B, K, H, D): query i at i H D; the padding queries past K have none
+    delta_ptr += b * K * H + h  # (B, K, H)
     j = (tl.program_id(0) % tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
     j_ok = j < T
     j_in = j < K  # keys past K are out of the softmax: p = 0 there
@@ -274,8 +277,9 @@ def _attend_bwd(z_ptr, v_ptr, lse_ptr, go_ptr, delta_ptr, gz_ptr, dz_ptr, dv_ptr
         zt = tl.load(z_ptr + tile, mask=t_ok, other=0.).to(tl.float32)
         lse = tl.load(lse_ptr + i, mask=i_ok, other=0.)
         p = tl.where(j_in[None, :], tl.exp(zt - lse[:, None]), 0.)
-        do = tl.load(go_ptr + i[:, None] * (H * D) + ds[None, :], mask=i_ok[:, None] & d_ok[None, :], other=0.)
-        delta = tl.load(delta_ptr + i * H, mask=i_ok, other=0.)
+        i_real = i < K  # a padding query's do is 0 (nothing reads its o), so its dz is the next block's alone
+        do = tl.load(go_ptr + i[:, None] * (H * D) + ds[None, :], mask=i_real[:, None] & d_ok[None, :], other=0.)
+        delta = tl.load(delta_ptr + i * H, mask=i_real, other=0.)
         dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
         dz = p * (dp - delta[:, None])
         if HAS_GZ:
@@ -366,16 +370,16 @@ def _kernels():
 def compile_for(kernel, constexprs: dict, num_warps: int, dtype: str = 'bf16', arch: int = 90,
                 ints: Optional[dict] = None):
     """Compile `kernel` (one of `_kernels()`) for an NVIDIA GPU of compute capability `arch` (90: H100) down to
-    machine code, with no GPU, specialised as a launch would be: the logits, v and o's gradient as the dots take
-    it in `dtype` ('bf16', 'fp16', 'fp32'); the MLP's weights, o and its gradient, the log-sum-exp, delta and the
-    partial sums in float32; every pointer 16-byte aligned (as torch allocates); `constexprs` naming every
+    machine code, with no GPU, specialised as a launch would be: the logits, v, o and o's gradient in `dtype`
+    ('bf16', 'fp16', 'fp32'); the MLP's weights, o's float32 copy, the log-sum-exp, delta and the partial sums
+    in float32; every pointer 16-byte aligned (as torch allocates); `constexprs` naming every
     constexpr argument; `ints` the values of integer arguments, those divisible by 16 marked so (as `triton.jit`
     marks them). For tests and machine-code counts (docs/results/2026-11-28-attend); the launch path compiles
     through `triton.jit`."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr', 'o_ptr', 'lse_ptr',
-               'delta_ptr', 'grad_ptr'}
+    float32 = {'w1_ptr', 'b1_ptr', 'w2_ptr', 'b2_ptr', 'w3_ptr', 'b3_ptr', 'part_ptr', 'o32_ptr', 'lse_ptr',
+               'delta_ptr'}
     signature, aligned = {}, []
     for i, name in enumerate(kernel.arg_names):
         if name in constexprs:
@@ -448,12 +452,16 @@ def _check(s: torch.Tensor, v: torch.Tensor, slope: float, n_keys: Optional[int]
 def mix_noise_attend(s: torch.Tensor, v: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
                      w2: Optional[torch.Tensor], b2: Optional[torch.Tensor], w3: Optional[torch.Tensor],
                      b3: Optional[torch.Tensor], sigma: float, slope: float,
-                     n_keys: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z, o, lse) of the module docstring for head-major logits s (H, B, T, T) and values v (H, B, T, D);
-    `w1..b3` the head MLP's fc1..fc3 (all None: no mix), sigma 0: no noise. o is float32, laid out (B, T, H, D)
-    so that o[:, :N].reshape(B, N, H * D) is the projection's input; lse (H, B, T) is for the backward.
-    `n_keys` < T: the softmax takes only the first n_keys keys (token padding, see attention.NestedAttention);
-    z is computed for all T.
+                     n_keys: Optional[int] = None
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, o, o32, lse) of the module docstring for head-major logits s (H, B, T, T) and values v (H, B, T, D);
+    `w1..b3` the head MLP's fc1..fc3 (all None: no mix), sigma 0: no noise. `n_keys` = N < T: the tokens past
+    N are padding (see attention.NestedAttention): the softmax takes only the first N keys, and o only the first
+    N queries. z is computed for all T.
+
+    o (B, N, H, D) is in v's dtype, so that o.view(B, N, H * D) is the projection's input as it is: no cast
+    and no copy of the real rows. o32 (the same in float32) and lse (H, B, T) are for the backward, and take no
+    gradient.
 
     The noise's seed is one draw from torch's global CPU generator, so `torch.manual_seed` and activation
     checkpointing replay it. It is drawn on the host at each call, so a CUDA graph (torch.compile's
@@ -477,25 +485,27 @@ def mix_noise_attend(s: torch.Tensor, v: torch.Tensor, w1: Optional[torch.Tensor
             NOISE=noise, FOLD=fold, PREC=_precision(s), num_warps=_MIX_FWD['num_warps'])
     else:
         z = s.clone()  # a custom op's output may not alias its input
-    o = torch.empty(B, T, H, D, device=v.device, dtype=torch.float32)
+    o = v.new_empty(B, K, H, D)
+    o32 = torch.empty(B, K, H, D, device=v.device, dtype=torch.float32)
     lse = torch.empty(H, B, T, device=v.device, dtype=torch.float32)
     block_m, block_n = _ATTEND_FWD['BLOCK_M'], _ATTEND_FWD['BLOCK_N']
     k.attend_fwd[(triton.cdiv(T, block_m) * H * B,)](  # 1-D: a grid's y extent stops at 65535
-        z, v, o, lse, B, T // _align(T), K, H, D, ALIGN=_align(T), BLOCK_M=block_m, BLOCK_N=block_n,
+        z, v, o, o32, lse, B, T // _align(T), K, H, D, ALIGN=_align(T), BLOCK_M=block_m, BLOCK_N=block_n,
         DP=_pow2(D), PREC=_precision(v), num_warps=_ATTEND_FWD['num_warps'])
-    return z, o, lse
+    return z, o, o32, lse
 
 
 @mix_noise_attend.register_fake
 def _(s, v, w1, b1, w2, b2, w3, b3, sigma, slope, n_keys=None):
     H, B, T, D = v.shape
-    return (torch.empty_like(s), v.new_empty((B, T, H, D), dtype=torch.float32),
+    K = T if n_keys is None else n_keys
+    return (torch.empty_like(s), v.new_empty((B, K, H, D)), v.new_empty((B, K, H, D), dtype=torch.float32),
             v.new_empty((H, B, T), dtype=torch.float32))
 
 
 @torch.library.custom_op('neatt::mix_noise_attend_backward', mutates_args=())
 def mix_noise_attend_backward(grad_z: Optional[torch.Tensor], grad_o: torch.Tensor, s: torch.Tensor,
-                              z: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                              z: torch.Tensor, v: torch.Tensor, o32: torch.Tensor, lse: torch.Tensor,
                               w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: Optional[torch.Tensor],
                               b2: Optional[torch.Tensor], w3: Optional[torch.Tensor], b3: Optional[torch.Tensor],
                               slope: float, n_keys: Optional[int] = None) -> List[torch.Tensor]:
@@ -503,11 +513,11 @@ def mix_noise_attend_backward(grad_z: Optional[torch.Tensor], grad_o: torch.Tens
     K = _check(s, v, slope, n_keys)
     k = _kernels()
     H, B, T, D = v.shape
-    # o's gradient as the dots take it, and delta from the same values; float32 o, so that in bf16 too
+    # delta from o's gradient in v's dtype, the values the dots take, and o in float32, so that in bf16 too
     # p (dp - delta) sums to 0 over keys as it should
-    go, delta = torch.empty_like(o, dtype=v.dtype), torch.empty(B, T, H, device=v.device, dtype=torch.float32)
-    k.attend_delta[(triton.cdiv(B * T * H, _DELTA_ROWS),)](grad_o.contiguous(), o, go, delta, B * T * H, D,
-                                                          BLOCK_R=_DELTA_ROWS, DP=_pow2(D))
+    go, delta = grad_o.contiguous(), torch.empty(B, K, H, device=v.device, dtype=torch.float32)
+    k.attend_delta[(triton.cdiv(B * K * H, _DELTA_ROWS),)](go, o32, delta, B * K * H, D, BLOCK_R=_DELTA_ROWS,
+                                                          DP=_pow2(D))
     dz = torch.empty_like(z)
     dv = torch.empty_like(v)
     block_m, block_n = _ATTEND_BWD['BLOCK_M'], _ATTEND_BWD['BLOCK_N']
@@ -532,7 +542,7 @@ def mix_noise_attend_backward(grad_z: Optional[torch.Tensor], grad_o: torch.Tens
 
 
 @mix_noise_attend_backward.register_fake
-def _(grad_z, grad_o, s, z, v, o, lse, w1, b1, w2, b2, w3, b3, slope, n_keys=None):
+def _(grad_z, grad_o, s, z, v, o32, lse, w1, b1, w2, b2, w3, b3, slope, n_keys=None):
     if w1 is None:
         return [torch.empty_like(s), torch.empty_like(v)]
     f32 = {'dtype': torch.float32, 'device': s.device}
@@ -550,18 +560,19 @@ def _multiprocessors(device: torch.device) -> int:
 
 def _setup_context(ctx, inputs, output):
     s, v, w1, b1, w2, b2, w3, b3, sigma, slope, n_keys = inputs
-    z, o, lse = output
+    z, o, o32, lse = output
     ctx.set_materialize_grads(False)  # an unused z (the last block's) gives None, not a tensor of zeros to read
-    ctx.save_for_backward(s, z, v, o, lse, w1, b1, w2, b2, w3, b3)
+    ctx.mark_non_differentiable(o32, lse)
+    ctx.save_for_backward(s, z, v, o32, lse, w1, b1, w2, b2, w3, b3)
     ctx.slope, ctx.n_keys = slope, n_keys
     ctx.weight_dtypes = [None if w is None else w.dtype for w in (w1, b1, w2, b2, w3, b3)]
 
 
-def _backward(ctx, grad_z, grad_o, grad_lse):
-    s, z, v, o, lse, w1, b1, w2, b2, w3, b3 = ctx.saved_tensors
+def _backward(ctx, grad_z, grad_o, grad_o32, grad_lse):
+    s, z, v, o32, lse, w1, b1, w2, b2, w3, b3 = ctx.saved_tensors
     if grad_o is None:  # o unused: only z's gradient flows back
-        grad_o = torch.zeros_like(o)
-    grads = mix_noise_attend_backward(grad_z, grad_o, s, z, v, o, lse, w1, b1, w2, b2, w3, b3, ctx.slope,
+        grad_o = torch.zeros_like(o32, dtype=v.dtype)
+    grads = mix_noise_attend_backward(grad_z, grad_o, s, z, v, o32, lse, w1, b1, w2, b2, w3, b3, ctx.slope,
                                       ctx.n_keys)
     ds, dv, weight_grads = grads[0], grads[1], grads[2:] or [None] * 6
     weight_grads = [g if g is None else g.to(dt) for g, dt in zip(weight_grads, ctx.weight_dtypes)]
@@ -577,6 +588,6 @@ def _forward_flops(s_shape, v_shape, w1_shape, *args, **kwargs) -> int:
 
 
 @register_flop_formula(torch.ops.neatt.mix_noise_attend_backward)
-def _backward_flops(grad_z_shape, grad_o_shape, s_shape, z_shape, v_shape, o_shape, lse_shape, w1_shape, *args,
+def _backward_flops(grad_z_shape, grad_o_shape, s_shape, z_shape, v_shape, o32_shape, lse_shape, w1_shape, *args,
                     **kwargs) -> int:
     return head_mix_flops(s_shape, w1_shape, backward=True) + attend_flops(s_shape, v_shape, backward=True)
