@@ -55,7 +55,7 @@ model)
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | log device.txt
     python3 -c 'import torch, triton, timm; print(torch.__version__, triton.__version__, timm.__version__)' | log device.txt
     # the CUDA tests only (the interpreted kernel run and the CPU tests are CI's)
-    python3 -m pytest -q -p no:cacheprovider tests/test_mix_softmax_triton.py tests/test_augment.py \
+    python3 -m pytest -q -p no:cacheprovider tests/test_mix_softmax_triton.py tests/test_augment.py tests/test_mixup.py \
         tests/test_train.py -k 'not interpreter and (cuda or test_mix_softmax_triton.py)' 2>&1 | log pytest_model.txt
     # the recipe's augmentation (v0, erasing 0.5) at its per-GPU batch of 64: GPU time the train step spends on it
     python3 tools/bench_augment.py --device cuda --batch-size 64 --images 512 --rounds 3 --reprob 0.5 \

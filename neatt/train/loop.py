@@ -149,7 +149,7 @@ class Trainer:
 
         self.mixup = None
         if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0:
-            from timm.data import Mixup
+            from .mixup import Mixup  # timm's, with its per-image modes as one blend of the batch
             self.mixup = Mixup(mixup_alpha=cfg.aug.mixup, cutmix_alpha=cfg.aug.cutmix, prob=cfg.aug.mixup_prob,
                                switch_prob=cfg.aug.mixup_switch_prob, label_smoothing=cfg.aug.smoothing,
                                num_classes=cfg.model.num_classes, mode=cfg.aug.mixup_mode,
