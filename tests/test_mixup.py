@@ -42,6 +42,21 @@ def test_same_images_and_targets_as_timm(mode, case):
         assert not torch.equal(ours[0], x)  # something was mixed
 
 
+@pytest.mark.parametrize('mode', ['elem', 'pair'])
+def test_mixing_switched_off_leaves_the_batch(mode):
+    """With mixing off (the trainer's --mixup-off-epoch), timm's targets (smoothed one-hots) and the batch as it
+    was."""
+    x, target = _batch('cpu')
+    results = []
+    for cls in (Mixup, TimmMixup):
+        np.random.seed(0)
+        mixup = cls(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10, mode=mode)
+        mixup.mixup_enabled = False
+        results.append(mixup(x.clone(), target))
+    assert torch.equal(results[0][0], x) and torch.equal(results[1][0], x)
+    assert torch.equal(results[0][1], results[1][1])
+
+
 def test_batch_mode_is_timms():
     x, target = _batch('cpu')
     ours = _mix(Mixup, x, target, 0, mode='batch', mixup_alpha=0.8, cutmix_alpha=1.0)

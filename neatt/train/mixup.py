@@ -34,6 +34,8 @@ class Mixup(TimmMixup):
         lam of each image. With `pair`, images i and B - 1 - i share one draw, as in timm."""
         n = len(x) // 2 if pair else len(x)
         lam_batch, use_cutmix = self._params_per_elem(n)
+        if (lam_batch == 1.).all():  # nothing to mix (mixing switched off, or no image drew it)
+            return torch.ones(len(x), 1, dtype=x.dtype, device=x.device)
         # per image: timm's x[i] * lam + x[B - 1 - i] * (1 - lam) with the weights as float32 rounds them, or, for
         # cutmix, the partner's pixels inside the box; lam == 1 leaves the image as it is
         table = np.zeros((n, 6))
