@@ -51,13 +51,12 @@ class Mixup(TimmMixup):
                 table[i, _SELF], table[i, _OTHER] = lam_batch[i], 1. - lam_batch[i]
         if pair:  # image B - 1 - i mixes with image i, by the same draw
             table, lam_batch = np.concatenate((table, table[::-1])), np.concatenate((lam_batch, lam_batch[::-1]))
-        table = to_device(torch.from_numpy(table), x.device)
-        weights = table[:, :_BOX.start].to(x.dtype)[:, :, None, None]
-        rows = torch.arange(x.shape[-2], device=x.device)[None, :, None]
-        cols = torch.arange(x.shape[-1], device=x.device)[None, None, :]
-        yl, yh, xl, xh = (table[:, k, None, None] for k in range(_BOX.start, _BOX.stop))
-        in_box = ((rows >= yl) & (rows < yh) & (cols >= xl) & (cols < xh))[:, None]  # (B, 1, H, W)
-        w_self = torch.where(in_box, 0., weights[:, _SELF, None])
-        w_other = torch.where(in_box, 1., weights[:, _OTHER, None])
+        table = to_device(torch.from_numpy(table), x.device)[:, :, None, None, None]  # (B, 6, 1, 1, 1)
+        rows = torch.arange(x.shape[-2], device=x.device)[:, None]
+        cols = torch.arange(x.shape[-1], device=x.device)
+        yl, yh, xl, xh = table[:, _BOX].unbind(1)
+        in_box = (rows >= yl) & (rows < yh) & (cols >= xl) & (cols < xh)  # (B, 1, H, W)
+        w_self = torch.where(in_box, 0., table[:, _SELF].to(x.dtype))
+        w_other = torch.where(in_box, 1., table[:, _OTHER].to(x.dtype))
         x.copy_(x * w_self + x.flip(0) * w_other)
         return to_device(torch.from_numpy(lam_batch).to(x.dtype), x.device).unsqueeze(1)
