@@ -80,14 +80,14 @@ _THROTTLED_BY_512_BIT = frozenset({'skylake-avx512', 'cascadelake', 'cooperlake'
 def numba_wide_vectors_by_default() -> bool:
     """Let numba compile with 512-bit vectors on an AVX-512 CPU (not one of the Skylake-server cores), unless
     NUMBA_CPU_NAME or NUMBA_CPU_FEATURES sets the target. Returns whether the setting took effect; it cannot once
-    numba has set up its compiler (a numba function compiled or loaded before `import neatt`)."""
+    numba has set up its compiler, which the first `numba.njit` function does (e.g. `import ffcv` before neatt)."""
     if os.environ.get('NUMBA_CPU_NAME') or os.environ.get('NUMBA_CPU_FEATURES'):
         return False
     import llvmlite.binding as llvm
     import numba
     from numba.core.registry import cpu_target
     if '_toplevel_target_context' in vars(cpu_target):  # the compiler exists, with the features it read
-        _logger.debug('numba compiled before neatt was imported: its kernels keep 256-bit vectors')
+        _logger.debug('numba was set up before neatt was imported: its kernels keep 256-bit vectors')
         return False
     features = llvm.get_host_cpu_features()
     if not features.get('avx512f') or llvm.get_host_cpu_name() in _THROTTLED_BY_512_BIT:

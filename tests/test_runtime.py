@@ -1,4 +1,5 @@
-"""neatt.runtime: the host allocator's thresholds, numba's threading layer, libgomp's spin, where numba compiles."""
+"""neatt.runtime: the host allocator's thresholds, numba's threading layer and vector width, libgomp's spin, where numba
+compiles."""
 import os
 import subprocess
 import sys
@@ -80,6 +81,61 @@ def test_import_neatt_shortens_openmp_spin_unless_the_user_chose(env, want):
     out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, check=True,
                          env={**clean, **env}).stdout.split()
     assert out == [str(want), 'True']  # and torch was loaded by that import, after the setting
+
+
+# Compiles a float32 loop after `import neatt` and prints whether its machine code uses 512-bit registers, whether
+# numba compiled for the features that allow them, and what a second call of the setting returns.
+_VECTOR_PROBE = textwrap.dedent("""
+    import sys
+    import numba
+    import numpy as np
+
+    if sys.argv[1] == 'numba-first':  # a numba function defined (which sets up numba's compiler) before neatt
+        numba.njit(lambda x: x + 1)(1)
+    import neatt  # noqa: F401
+    from neatt.runtime import numba_wide_vectors_by_default
+
+    @numba.njit(fastmath=True)
+    def axpy(a, x, y):
+        for i in range(x.size):
+            y[i] += a * x[i]
+
+    axpy(np.float32(2), np.ones(64, np.float32), np.ones(64, np.float32))
+    asm = next(iter(axpy.inspect_asm().values()))
+    codegen = numba.core.registry.cpu_target.target_context.codegen()
+    print('zmm' in asm, codegen.magic_tuple()[2].endswith('-prefer-256-bit'), numba_wide_vectors_by_default())
+""")
+
+
+def _avx512_host_llvm_keeps_at_256_bits():
+    import llvmlite.binding as llvm
+    from neatt.runtime import _THROTTLED_BY_512_BIT
+    return (llvm.get_host_cpu_features().get('avx512f', False)
+            and llvm.get_host_cpu_name() not in _THROTTLED_BY_512_BIT)
+
+
+def _vector_probe(order, **env):
+    clean = {k: v for k, v in os.environ.items() if k not in ('NUMBA_CPU_NAME', 'NUMBA_CPU_FEATURES')}
+    out = subprocess.run([sys.executable, '-c', _VECTOR_PROBE, order], capture_output=True, text=True, check=True,
+                         env={**clean, **env}).stdout.split()
+    return [w == 'True' for w in out]
+
+
+@pytest.mark.skipif(not _avx512_host_llvm_keeps_at_256_bits(),
+                    reason='needs an AVX-512 CPU other than a Skylake-server core')
+def test_numba_compiles_512_bit_vectors_after_import_neatt():
+    """LLVM's default for AVX-512 CPUs is 256-bit vectors; after `import neatt` a vectorizable loop uses zmm
+    registers. A second call changes nothing (numba's compiler exists by then)."""
+    assert _vector_probe('neatt-first') == [True, True, False]
+
+
+def test_numba_vector_width_is_left_alone_when_the_user_or_numba_decided():
+    """NUMBA_CPU_FEATURES from the user is what numba compiles for; a numba function compiled before `import neatt`
+    keeps LLVM's default: `import neatt` then finds numba's compiler set up, which has read the features."""
+    import llvmlite.binding as llvm
+    host = llvm.get_host_cpu_features().flatten()
+    assert _vector_probe('neatt-first', NUMBA_CPU_FEATURES=host) == [False, False, False]
+    assert _vector_probe('numba-first') == [False, False, False]
 
 
 class _RecordingDispatcher:
