@@ -79,20 +79,23 @@ _THROTTLED_BY_512_BIT = frozenset({'skylake-avx512', 'cascadelake', 'cooperlake'
 
 def numba_wide_vectors_by_default() -> bool:
     """Let numba compile with 512-bit vectors on an AVX-512 CPU (not one of the Skylake-server cores), unless
-    NUMBA_CPU_NAME or NUMBA_CPU_FEATURES sets the target. Returns whether the setting took effect; it cannot once
-    numba has set up its compiler, which the first `numba.njit` function does (e.g. `import ffcv` before neatt)."""
+    NUMBA_CPU_NAME or NUMBA_CPU_FEATURES sets the target, or NUMBA_ENABLE_AVX=0 turns AVX off. Returns whether the
+    setting took effect; it cannot once numba has set up its compiler, which the first `numba.njit` function does
+    (e.g. `import ffcv` before neatt)."""
     if os.environ.get('NUMBA_CPU_NAME') or os.environ.get('NUMBA_CPU_FEATURES'):
         return False
     import llvmlite.binding as llvm
     import numba
+    from numba.core.codegen import get_host_cpu_features as host_cpu_features
     from numba.core.registry import cpu_target
     if '_toplevel_target_context' in vars(cpu_target):  # the compiler exists, with the features it read
         _logger.debug('numba was set up before neatt was imported: its kernels keep 256-bit vectors')
         return False
-    features = llvm.get_host_cpu_features()
-    if not features.get('avx512f') or llvm.get_host_cpu_name() in _THROTTLED_BY_512_BIT:
+    # numba's own reading of the host: '' where LLVM cannot tell, no AVX at all under NUMBA_ENABLE_AVX=0
+    features = host_cpu_features()
+    if '+avx512f' not in features.split(',') or llvm.get_host_cpu_name() in _THROTTLED_BY_512_BIT:
         return False
-    numba.config.CPU_FEATURES = features.flatten() + ',-prefer-256-bit'
+    numba.config.CPU_FEATURES = features + ',-prefer-256-bit'
     return True
 
 

@@ -130,11 +130,13 @@ def test_numba_compiles_512_bit_vectors_after_import_neatt():
 
 
 def test_numba_vector_width_is_left_alone_when_the_user_or_numba_decided():
-    """NUMBA_CPU_FEATURES from the user is what numba compiles for; a numba function compiled before `import neatt`
-    keeps LLVM's default: `import neatt` then finds numba's compiler set up, which has read the features."""
+    """NUMBA_CPU_FEATURES from the user is what numba compiles for, NUMBA_ENABLE_AVX=0 keeps AVX off; a numba
+    function compiled before `import neatt` keeps LLVM's default: `import neatt` then finds numba's compiler set up,
+    which has read the features."""
     import llvmlite.binding as llvm
     host = llvm.get_host_cpu_features().flatten()
     assert _vector_probe('neatt-first', NUMBA_CPU_FEATURES=host) == [False, False, False]
+    assert _vector_probe('neatt-first', NUMBA_ENABLE_AVX='0') == [False, False, False]
     assert _vector_probe('numba-first') == [False, False, False]
 
 
