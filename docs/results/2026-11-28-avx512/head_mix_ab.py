@@ -5,7 +5,7 @@ ratios B/A is printed with its quartiles. Both must give the same outputs (print
     .venv/bin/python docs/results/2026-11-28-avx512/head_mix_ab.py A.py B.py H [rounds]
 """
 import importlib.util, sys, time
-import neatt
+import neatt  # noqa: F401  (first: its settings precede torch and numba)
 import torch, numpy as np
 torch.set_num_threads(1)
 import neatt.models.attention as A
@@ -20,11 +20,14 @@ hm = A.HeadMix(H)
 w = (hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias, hm.fc3.weight, hm.fc3.bias)
 ya, yb = a.head_mix(x, *w, 0.2), b.head_mix(x, *w, 0.2)
 ga, gb = a._head_mix_backward(gy, x, *w[:5], 0.2), b._head_mix_backward(gy, x, *w[:5], 0.2)
-print('max diff fwd %.2e' % (ya - yb).abs().max(), 'bwd', ['%.1e' % ((p - q).abs().max() / q.abs().max()) for p, q in zip(ga, gb)])
+with torch.no_grad():
+    print('max diff fwd %.2e' % (ya - yb).abs().max(),
+          'bwd', ['%.1e' % ((p - q).abs().max() / q.abs().max()) for p, q in zip(ga, gb)])
 def t(f):
     s = time.thread_time(); f(); return time.thread_time() - s
 for name, fa, fb in (('fwd', lambda: a.head_mix(x, *w, 0.2), lambda: b.head_mix(x, *w, 0.2)),
-                     ('bwd', lambda: a._head_mix_backward(gy, x, *w[:5], 0.2), lambda: b._head_mix_backward(gy, x, *w[:5], 0.2))):
+                     ('bwd', lambda: a._head_mix_backward(gy, x, *w[:5], 0.2),
+                      lambda: b._head_mix_backward(gy, x, *w[:5], 0.2))):
     ta, tb = [], []
     for _ in range(rounds):
         ta.append(t(fa)); tb.append(t(fb))

@@ -4,11 +4,11 @@ step's mean.
 
     .venv/bin/python docs/results/2026-11-28-avx512/mix_in_step.py
 """
-import sys, time, collections
-import neatt
+import time, collections
+import neatt  # noqa: F401  (first: its settings precede torch and numba)
 import torch, timm
 from neatt.runtime import configure_cpu_allocator; configure_cpu_allocator()
-from neatt.models import attention as A, head_mix_cpu as HM, logit_noise as LN
+from neatt.models import attention as A, head_mix_cpu as HM
 T = collections.defaultdict(float)
 def timed(name, f):
     def g(*a, **k):

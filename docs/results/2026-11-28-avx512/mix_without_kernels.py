@@ -4,9 +4,9 @@ real kernels, or (argument `noop`) with kernels that only copy x to y and gy to 
     .venv/bin/python docs/results/2026-11-28-avx512/mix_without_kernels.py [noop]
 """
 import sys, time
-import neatt
+import neatt  # noqa: F401  (first: its settings precede torch and numba)
 import torch, timm
-import numpy as np
+
 from numba import njit
 from neatt.runtime import configure_cpu_allocator; configure_cpu_allocator()
 from neatt.models import head_mix_cpu as HM

@@ -3,8 +3,8 @@ interleaved rounds (2026-11-28): what chaining, noise and the head mix each add 
 
     .venv/bin/python docs/results/2026-11-28-avx512/step_variants.py
 """
-import sys, time
-import neatt
+import time
+import neatt  # noqa: F401  (first: its settings precede torch and numba)
 import torch, timm
 from neatt.runtime import configure_cpu_allocator; configure_cpu_allocator()
 x = torch.randn(16, 3, 224, 224)
