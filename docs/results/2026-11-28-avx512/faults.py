@@ -23,5 +23,7 @@ for name, kw in variants:
     for _ in range(4): step()
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     wall = (time.perf_counter() - t) / 4
+    faults = (r1.ru_minflt - r0.ru_minflt) / 4
+    sys_s, user_s = (r1.ru_stime - r0.ru_stime) / 4, (r1.ru_utime - r0.ru_utime) / 4
     print('%-8s minor faults per step %8d  sys s per step %.3f  user %.3f  wall %.3f' % (
-    print('%-8s minor faults per step %8d  sys s %.3f  user s %.3f  wall s %.3f' % (
+        name, faults, sys_s, user_s, wall))
