@@ -31,4 +31,5 @@ for _ in range(31):
     t = time.thread_time(); a._warp_bicubic(src, da, m, fill, AX, False, False); ta.append(time.thread_time() - t)
     t = time.thread_time(); b._warp_bicubic(src, db, m, fill, AX, False, False); tb.append(time.thread_time() - t)
 r = sorted(q / p for p, q in zip(ta, tb))
-print('A %.3f ms  B %.3f ms (medians)  B/A paired median %.3f [%.3f..%.3f]' % (1e3 * np.median(ta), 1e3 * np.median(tb), r[15], r[7], r[23]))
+print('A %.3f ms  B %.3f ms (medians)  B/A paired median %.3f [%.3f..%.3f]' % (
+    1e3 * np.median(ta), 1e3 * np.median(tb), r[15], r[7], r[23]))
