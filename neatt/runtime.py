@@ -34,8 +34,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ['configure_cpu_allocator', 'short_openmp_spin_by_default', 'numba_wide_vectors_by_default',
-           'use_threadsafe_numba',
-           'numba_threads_like_torch', 'compile_on_a_fresh_stack']
+           'use_threadsafe_numba', 'numba_threads_like_torch', 'compile_on_a_fresh_stack']
 
 _logger = logging.getLogger(__name__)
 
