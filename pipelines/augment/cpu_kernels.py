@@ -320,10 +320,10 @@ def _tap_cubic(taps, t, x, d, shift):
                   _tap(taps, t + 1, x, shift + 32), d)
 
 
-# The 2-D bicubic runs in float32 (twice the lanes of float64), in the weight form of Pillow's cubic
-# (`_cubic_weights`: the weights of the 4 x and 4 y taps are computed once per pixel for its 3 channels), and
-# redoes in float64, in Pillow's own operation order, only the values that float32 cannot place: those within
-# _NEAR of an integer (Pillow clips, then truncates). Bound on |float32 value - Pillow's float64 value|, u = 2^-24 (float32's unit
+# The 2-D bicubic runs in float32 (2x float64's lanes), in the weight form of Pillow's cubic (`_cubic_weights`: the
+# weights of the 4 x and 4 y taps are computed once per pixel for its 3 channels), and redoes in float64, in
+# Pillow's own operation order, only the values that float32 cannot place: those within _NEAR of an integer
+# (Pillow clips, then truncates). Bound on |float32 value - Pillow's float64 value|, u = 2^-24 (float32's unit
 # roundoff): (1) the computed weights are off by <= 0.8u, 6u, 2.8u and 0.55u (w1..w4 as written; 1 - d is exact
 # for d >= 1/2 and off by <= u below), < 10.2u in all. (2) A row of integer taps <= 255: 10.2u * 255 from the
 # weights, u * 1.5 * 255 from the products (sum of |w| <= 1.5) and 3 * 383u from the sums: < 4130u; rows lie
