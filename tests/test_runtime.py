@@ -115,7 +115,8 @@ def _avx512_host_llvm_keeps_at_256_bits():
 
 
 def _vector_probe(order, **env):
-    clean = {k: v for k, v in os.environ.items() if k not in ('NUMBA_CPU_NAME', 'NUMBA_CPU_FEATURES')}
+    numba_target = ('NUMBA_CPU_NAME', 'NUMBA_CPU_FEATURES', 'NUMBA_ENABLE_AVX')  # the probe sets these itself
+    clean = {k: v for k, v in os.environ.items() if k not in numba_target}
     out = subprocess.run([sys.executable, '-c', _VECTOR_PROBE, order], capture_output=True, text=True, check=True,
                          env={**clean, **env}).stdout.split()
     return [w == 'True' for w in out]
