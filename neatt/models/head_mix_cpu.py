@@ -7,7 +7,8 @@ never writes them out; backward recomputes them per tile. Written in numba becau
 tiny feature axis.
 
 Speed comes from LLVM vectorizing the loop over a tile's positions: long reductions go four output rows at a time
-(four independent FMA chains sharing each loaded input), over flat tile buffers with a row stride. The closures of
+(four independent FMA chains sharing each loaded input), over flat tile buffers with a row stride, each starting on a
+cache line (`neatt.numba_arrays`: with numba's own alignment some straddled two per vector). The closures of
 `_kernels(H, tile)` capture H, F and the tile size as constants (buffer sizes, the loads and stores of a tile):
 numba's disk cache keys a closure by its captured values, so each H compiles once per machine (17-23 s for both
 directions on the 2-core VM; a cache hit loads in under a second), whereas `numba.literally` re-dispatches from
@@ -34,6 +35,7 @@ from numba import njit
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from neatt.numba_arrays import empty_aligned, zeros_aligned
 from neatt.runtime import compile_on_a_fresh_stack, numba_threads_like_torch, use_threadsafe_numba
 
 from .flops import head_mix_flops
@@ -205,10 +207,10 @@ def _kernels(H: int, tile: int):
     @njit(fastmath=True, nogil=True, cache=True)
     def forward_run(x, w1, b1, w2, b2, w3, b3, slope, y, i0, i1):
         P = x.shape[1]
-        xb = np.zeros(H4 * tile, np.float32)  # padding rows stay zero
-        h1 = np.empty(F * tile, np.float32)
-        h2 = np.empty(F * tile, np.float32)
-        g = np.empty(H4 * tile, np.float32)
+        xb = zeros_aligned(H4 * tile, np.float32)  # padding rows stay zero
+        h1 = empty_aligned(F * tile, np.float32)
+        h2 = empty_aligned(F * tile, np.float32)
+        g = empty_aligned(H4 * tile, np.float32)
         for i in range(i0, i1):
             t0 = i * tile
             T = min(tile, P - t0)
@@ -221,12 +223,12 @@ def _kernels(H: int, tile: int):
     @njit(fastmath=True, nogil=True, cache=True)
     def backward_run(gy, x, w1, b1, w2, b2, w1t, w2t, w3t, slope, gx, gw1, gb1, gw2, gb2, gw3, gb3, i0, i1):
         P = x.shape[1]
-        xb = np.zeros(H4 * tile, np.float32)
-        gyb = np.zeros(H4 * tile, np.float32)
-        h1 = np.empty(F * tile, np.float32)
-        h2 = np.empty(F * tile, np.float32)
-        d = np.empty(F * tile, np.float32)
-        g = np.empty(H4 * tile, np.float32)
+        xb = zeros_aligned(H4 * tile, np.float32)
+        gyb = zeros_aligned(H4 * tile, np.float32)
+        h1 = empty_aligned(F * tile, np.float32)
+        h2 = empty_aligned(F * tile, np.float32)
+        d = empty_aligned(F * tile, np.float32)
+        g = empty_aligned(H4 * tile, np.float32)
         zeros = np.zeros(F, np.float32)
         for i in range(i0, i1):
             t0 = i * tile

@@ -1,0 +1,31 @@
+"""Scratch arrays for our numba kernels, aligned to a 64-byte cache line.
+
+Numba's `np.empty` aligns its data to 32 bytes only; in the kernels' allocation patterns it put some buffers at
+32 modulo 64 every time (tests/test_numba_arrays.py), and then each 512-bit load or store of those tile buffers
+straddles two cache lines. On the development VM (AVX-512) a head-mix layer over misaligned buffers ran 1.3-1.4x
+slower, and aligning the head mix's tile buffers made its kernels 5-20% faster at H = 3 (paired runs,
+2026-11-28, docs/benchmarks.md). Kept apart from `neatt.runtime`: defining a numba function sets numba up,
+which the settings there must precede.
+"""
+import numpy as np
+from numba import njit
+
+__all__ = ['empty_aligned', 'zeros_aligned']
+
+_ALIGN = 64  # bytes: a cache line, and one AVX-512 vector
+
+
+@njit(inline='always')
+def empty_aligned(n, dtype):
+    """np.empty(n, dtype), with its data on a 64-byte boundary (for itemsizes that divide 64)."""
+    raw = np.empty(n + _ALIGN - 1, dtype)  # over by at least _ALIGN - 1 bytes
+    start = -raw.ctypes.data % _ALIGN // raw.itemsize
+    return raw[start:start + n]
+
+
+@njit(inline='always')
+def zeros_aligned(n, dtype):
+    """np.zeros(n, dtype), with its data on a 64-byte boundary."""
+    a = empty_aligned(n, dtype)
+    a[:] = 0
+    return a
