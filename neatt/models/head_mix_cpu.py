@@ -49,9 +49,21 @@ def _padded(hidden: int) -> int:
     return (hidden + 3) // 4 * 4
 
 
-def _tile(hidden: int) -> int:
-    """Positions per tile: a tile's buffers (about 3F + 3H rows) stay within L1/L2."""
-    return 128 if hidden <= 4 else 64
+_FORWARD_TILE = 128  # positions per forward tile, any H (against 64: 0.67-0.94x the time at H = 12, the same at 6)
+_BACKWARD_TILE_BYTES = 200 << 10
+
+
+def _backward_tile(H: int) -> int:
+    """Positions per backward tile: the largest power of two up to 512 whose six tile buffers (3 F + 3 H4 rows of
+    float32) fit in 200 KiB. The weight grads are sums over a tile's positions, and longer sums paid off up to
+    that size. Against the earlier 128 (H = 3) or 64 positions, paired runs on the 2-core VM (2026-11-28,
+    docs/benchmarks.md): 0.92-0.95x the time at H = 3 (256 and 512 positions alike), 0.68-0.72x at H = 6 (512),
+    0.74-0.81x at H = 12 (256; 512 was 0.77x, 1,024 0.88x)."""
+    rows = 3 * 4 * H + 3 * _padded(H)
+    tile = 512
+    while tile > 64 and rows * tile * 4 > _BACKWARD_TILE_BYTES:
+        tile //= 2
+    return tile
 
 
 _LRELU, _LRELU_GRAD, _IDENTITY = 0, 1, 2  # what `_linear` applies to its sums
@@ -310,7 +322,7 @@ def head_mix(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tens
     takes and returns the logits' own shape: a view of its output would turn the caller's in-place noise add
     into a CopySlices node that copies the whole gradient in backward.
     """
-    H, H4, tile = x.shape[0], _padded(x.shape[0]), _tile(x.shape[0])
+    H, H4, tile = x.shape[0], _padded(x.shape[0]), _FORWARD_TILE
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     forward_run, _ = _kernels(H, tile)
     args = (_np(x).reshape(H, -1), _flat(_pad_cols(w1, H4)), _np(b1), _flat(w2), _np(b2), _flat(_pad_rows(w3, H4)),
@@ -325,7 +337,7 @@ def _head_mix_backward(gy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor
                        negative_slope: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(gx, gw1, gb1, gw2, gb2, gw3, gb3) of `head_mix` for the upstream gradient gy (x's shape)."""
     F, H = w1.shape
-    H4, tile = _padded(H), _tile(H)
+    H4, tile = _padded(H), _backward_tile(H)
     threads = numba_threads_like_torch()
     ntiles = -(-x[0].numel() // tile)
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
