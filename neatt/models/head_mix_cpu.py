@@ -112,9 +112,9 @@ def _linear(out, w, b, src, h, T, slope, rows, k_len, tile, mode):
     post-op: a LeakyReLU, its gradient mask through `h`, or nothing.
 
     A short reduction (k_len <= 16) goes two output rows at a time, each a whole chain of k_len FMAs: two chains
-    share each loaded input, and the two rows' weights (up to 32) stay in registers (one row at a time ran
-    1.1-1.3x slower, four rows 1.05-1.2x slower at k_len >= 8, 2026-11-28). A long one would be a k_len-long chain
-    per output, so it goes
+    share each loaded input, and two rows' weights (at most 32) can stay in registers. At H = 3 one row at a time
+    ran 1.1-1.3x slower, four rows 1.4-1.6x slower than two at k_len = 12 (faster only at k_len = 4; 2026-11-28,
+    docs/results/2026-11-28-s20/layer_forms.py). A long one would be a k_len-long chain per output, so it goes
     four output rows at a time (four chains sharing each loaded input), in blocks of four inputs that accumulate
     in `out`: the first block starts from the bias, the last applies the post-op. (Measured per layer shape at
     H = 3 and 12: each form is up to 2x slower than the other on the other's shapes.) Separate loops for the
