@@ -1,4 +1,4 @@
-"""The fused CPU head mix (neatt/models/head_mix_cpu.py) against a float64 plain-torch re-computation of NEATT.md's g."""
+"""The fused CPU head mix (neatt/models/head_mix_cpu.py) against a float64 plain-torch re-computation of g_l."""
 import numba
 import pytest
 import torch

@@ -3,6 +3,7 @@
 for i in 1 2 3; do
   for v in old new; do
     d=/work/main; [ $v = old ] && d=/tmp/neatt/s20/old
-    (cd $d && .venv/bin/python tools/bench_model.py --no-compile --warmup 2 --repeats 12 2>/dev/null | grep "^eager" | sed "s/^/$v /")
+    (cd $d && .venv/bin/python tools/bench_model.py --no-compile --warmup 2 --repeats 12 2>/dev/null \
+      | grep "^eager" | sed "s/^/$v /")
   done
 done
