@@ -15,17 +15,22 @@ __all__ = ['empty_aligned', 'zeros_aligned']
 _ALIGN = 64  # bytes: a cache line, and one AVX-512 vector
 
 
-@njit(inline='always')
-def empty_aligned(n, dtype):
-    """np.empty(n, dtype), with its data on a 64-byte boundary (for itemsizes that divide 64)."""
-    raw = np.empty(n + _ALIGN - 1, dtype)  # over by at least _ALIGN - 1 bytes
+@njit(cache=True)
+def _from_boundary(raw, n):
+    """raw[start:start + n] for the first `start` whose address is a multiple of 64 bytes."""
     start = -raw.ctypes.data % _ALIGN // raw.itemsize
     return raw[start:start + n]
 
 
-@njit(inline='always')
+# Plain calls, not inline='always': inlined (zeros_aligned calling empty_aligned, several dtypes in one function),
+# they once failed to type in a full CI run, a uint8 buffer typed read-only; alone, that never happened.
+@njit(cache=True)
+def empty_aligned(n, dtype):
+    """np.empty(n, dtype), with its data on a 64-byte boundary (for itemsizes that divide 64)."""
+    return _from_boundary(np.empty(n + _ALIGN - 1, dtype), n)  # over by at least _ALIGN - 1 bytes
+
+
+@njit(cache=True)
 def zeros_aligned(n, dtype):
     """np.zeros(n, dtype), with its data on a 64-byte boundary."""
-    a = empty_aligned(n, dtype)
-    a[:] = 0
-    return a
+    return _from_boundary(np.zeros(n + _ALIGN - 1, dtype), n)
