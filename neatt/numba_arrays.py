@@ -2,7 +2,7 @@
 
 Numba's `np.empty` aligns its data to 32 bytes only; in the kernels' allocation patterns it put some buffers at
 32 modulo 64 every time (a probe of the forward's four buffers), and then each 512-bit load or store of them
-straddles two cache lines. On the development VM (AVX-512) a head-mix layer over misaligned buffers ran 1.3-1.4x
+straddles two cache lines. On the development VM (AVX-512) a head-mix layer over misaligned buffers ran 1.4-1.5x
 slower, and aligning the head mix's tile buffers made its kernels 5-20% faster at H = 3 (paired runs,
 2026-11-28, docs/benchmarks.md). Kept apart from `neatt.runtime`: defining a numba function sets numba up,
 which the settings there must precede.
