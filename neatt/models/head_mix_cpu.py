@@ -117,9 +117,9 @@ def _linear(out, w, b, src, h, T, slope, rows, k_len, tile, mode):
     docs/results/2026-11-28-s20/layer_forms.py). A long one would be a k_len-long chain per output, so it goes
     four output rows at a time (four chains sharing each loaded input), in blocks of four inputs that accumulate
     in `out`: the first block starts from the bias, the last applies the post-op. (Measured per layer shape at
-    H = 3 and 12: each form is up to 2x slower than the other on the other's shapes.) Separate loops for the
-    first, middle and last blocks keep data-dependent branches out of the position loops, which LLVM would not
-    vectorize (`last` and `mode` are the same for a whole loop).
+    H = 3 and 12 against the one-row form: each is up to 2x slower than the other on the other's shapes.) Separate
+    loops for the first, middle and last blocks keep data-dependent branches out of the position loops, which LLVM
+    would not vectorize (`last` and `mode` are the same for a whole loop).
     """
     if k_len <= 16:
         for r in range(0, rows, 2):
