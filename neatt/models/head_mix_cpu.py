@@ -6,19 +6,20 @@ back several times. Here each thread takes a tile of positions, keeps the tile's
 never writes them out; backward recomputes them per tile. Written in numba because no library fuses an MLP over a
 tiny feature axis.
 
-Speed comes from LLVM vectorizing the loop over a tile's positions: long reductions go four output rows at a time
-(four independent FMA chains sharing each loaded input), over flat tile buffers with a row stride, each starting on a
-cache line (`neatt.numba_arrays`: with numba's own alignment some straddled two per vector). The closures of
-`_kernels(H, tile)` capture H, F and the tile size as constants (buffer sizes, the loads and stores of a tile):
-numba's disk cache keys a closure by its captured values, so each H compiles once per machine (17-23 s for both
-directions on the 2-core VM; a cache hit loads in under a second), whereas `numba.literally` re-dispatches from
-Python on every call. The constants matter: kernels that took H as an argument ran 9-11x slower (2026-11-27). The
-layers (`_linear`, `_outer`) take the sizes as arguments and are plain calls, no longer inlined into the closures
-by numba (its IR inlining deep-copies the callee per call site, half of every compile): LLVM still gives each
-call site its own copy, specialized on the closure's constants (three copies of `_linear` in the forward's IR),
-and 40 interleaved forward + backward calls in one process took 0.86-0.97x the inlined versions' time (paired
-medians, H = 3 and 12). Inside, every H axis
-is padded to a multiple of 4 (zero weights, zero input rows), so that all row counts fit the four-row blocks.
+Speed comes from LLVM vectorizing the loop over a tile's positions: each layer goes two output rows at a time
+(two FMA chains sharing each loaded input; long reductions in blocks of 8 inputs), over flat tile buffers with a
+row stride, each starting on a cache line (`neatt.numba_arrays`: with numba's own alignment some straddled two per
+vector). The closures of `_kernels(H, tile)` capture H, F and the tile size as constants (buffer sizes, the loads
+and stores of a tile): numba's disk cache keys a closure by its captured values, so each H compiles once per
+machine (17-23 s for both directions on the 2-core VM; a cache hit loads in under a second), whereas
+`numba.literally` re-dispatches from Python on every call. The constants matter: kernels that took H as an
+argument ran 9-11x slower (2026-11-27). The layers (`_linear`, `_outer`) take the sizes as arguments and are
+plain calls, no longer inlined into the closures by numba (its IR inlining deep-copies the callee per call site,
+half of every compile): LLVM still gives each call site its own copy, specialized on the closure's constants
+(three copies of `_linear` in the forward's IR), and 40 interleaved forward + backward calls in one process took
+0.86-0.97x the inlined versions' time (paired medians, H = 3 and 12). Inside, every H axis is padded to a
+multiple of 4 (zero weights, zero input rows), so that all row counts fit `_outer`'s four-row blocks and every
+reduction splits into blocks of 4 or 8.
 Constants do not reach into a `prange` body, and a `prange` driver would capture the closures (not cacheable),
 so the runs of tiles go to Python threads, as many as torch uses, which take them in turn (`_in_parallel`); the
 runs release the GIL.
@@ -79,47 +80,33 @@ def _post(a, h, i, slope, mode):
 
 
 @njit(inline='always', fastmath=True)
-def _mac4(a0, a1, a2, a3, w, src, r, k0, t, k_len, tile):
-    """Adds w[r + j, k0:k0 + 4] . src[k0:k0 + 4, t] to aj for the four rows j < 4."""
-    for k in range(4):
+def _chain2(a0, a1, w, src, r, k0, n, k_len, t, tile):
+    """Adds w[r + j, k0:k0 + n] . src[k0:k0 + n, t] to aj for the two rows j < 2."""
+    for k in range(n):
         s = src[(k0 + k) * tile + t]
-        i = r * k_len + k0 + k
-        a0 += w[i] * s
-        a1 += w[i + k_len] * s
-        a2 += w[i + 2 * k_len] * s
-        a3 += w[i + 3 * k_len] * s
-    return a0, a1, a2, a3
-
-
-@njit(inline='always', fastmath=True)
-def _store4(out, h, r, t, slope, a0, a1, a2, a3, last, mode, tile):
-    o = r * tile + t
-    if last:
-        a0 = _post(a0, h, o, slope, mode)
-        a1 = _post(a1, h, o + tile, slope, mode)
-        a2 = _post(a2, h, o + 2 * tile, slope, mode)
-        a3 = _post(a3, h, o + 3 * tile, slope, mode)
-    out[o] = a0
-    out[o + tile] = a1
-    out[o + 2 * tile] = a2
-    out[o + 3 * tile] = a3
+        a0 += w[r * k_len + k0 + k] * s
+        a1 += w[(r + 1) * k_len + k0 + k] * s
+    return a0, a1
 
 
 @njit(fastmath=True, cache=True)  # called, not inlined: see the module docstring
 def _linear(out, w, b, src, h, T, slope, rows, k_len, tile, mode):
-    """out[r] = post(b[r] + sum_k w[r, k] src[k]) over T <= tile positions, for r < rows and k < k_len (both
-    multiples of 4); out, src and the row-major w are flat, out and src with row stride `tile`. `mode` picks the
+    """out[r] = post(b[r] + sum_k w[r, k] src[k]) over T <= tile positions, for r < rows (even) and k < k_len (a
+    multiple of 4); out, src and the row-major w are flat, out and src with row stride `tile`. `mode` picks the
     post-op: a LeakyReLU, its gradient mask through `h`, or nothing.
 
-    A short reduction (k_len <= 16) goes two output rows at a time, each a whole chain of k_len FMAs: two chains
-    share each loaded input, and two rows' weights (at most 32) can stay in registers. At H = 3 one row at a time
-    ran 1.1-1.3x slower, four rows 1.4-1.6x slower than two at k_len = 12 (faster only at k_len = 4; 2026-11-28,
-    docs/results/2026-11-28-s20/layer_forms.py). A long one would be a k_len-long chain per output, so it goes
-    four output rows at a time (four chains sharing each loaded input), in blocks of four inputs that accumulate
-    in `out`: the first block starts from the bias, the last applies the post-op. (Measured per layer shape at
-    H = 3 and 12 against the one-row form: each is up to 2x slower than the other on the other's shapes.) Separate
-    loops for the first, middle and last blocks keep data-dependent branches out of the position loops, which LLVM
-    would not vectorize (`last` and `mode` are the same for a whole loop).
+    Two output rows at a time: two FMA chains share each loaded input, and their weights stay in registers. A
+    short reduction (k_len <= 16) is one chain per output. A longer one goes in blocks of 8 inputs (4 when k_len
+    is not a multiple of 8) that accumulate in `out`: the first block starts from the bias, the last applies the
+    post-op.
+
+    Measured on the 2-core VM, one thread, per layer (2026-11-28): at H = 3, one row at a time ran 1.1-1.3x
+    slower and four rows 1.4-1.6x slower than two (docs/results/2026-11-28-s20/layer_forms.py). For the long
+    reductions (docs/results/2026-11-28-s21/long_forms.py), two rows in blocks of 8 took 0.54-0.61x the time of
+    the four rows in blocks of 4 used before at H = 6 and 0.70-0.81x at H = 12; in blocks of 4, 0.62-0.70x at
+    H = 5. Against the same, a whole chain of 48 inputs ran 4.7-5x slower (LLVM no longer vectorized it over
+    positions), and the blocks of 8 as three separate loops (first, middle, last) 1.8-2.3x slower: they
+    compiled to gathers.
     """
     if k_len <= 16:
         for r in range(0, rows, 2):
@@ -133,23 +120,19 @@ def _linear(out, w, b, src, h, T, slope, rows, k_len, tile, mode):
                 out[o + t] = _post(a0, h, o + t, slope, mode)
                 out[o + tile + t] = _post(a1, h, o + tile + t, slope, mode)
         return
-    blocks = k_len // 4
-    for r in range(0, rows, 4):
+    block = 8 if k_len % 8 == 0 else 4
+    blocks = k_len // block
+    for r in range(0, rows, 2):
+        o = r * tile
         for t in range(T):
-            a0, a1, a2, a3 = _mac4(b[r], b[r + 1], b[r + 2], b[r + 3], w, src, r, 0, t, k_len, tile)
-            _store4(out, h, r, t, slope, a0, a1, a2, a3, blocks == 1, mode, tile)
-        for kb in range(1, blocks - 1):
+            a0, a1 = _chain2(b[r], b[r + 1], w, src, r, 0, block, k_len, t, tile)
+            out[o + t], out[o + tile + t] = a0, a1
+        for kb in range(1, blocks):
             for t in range(T):
-                o = r * tile + t
-                a0, a1, a2, a3 = _mac4(out[o], out[o + tile], out[o + 2 * tile], out[o + 3 * tile],
-                                       w, src, r, kb * 4, t, k_len, tile)
-                _store4(out, h, r, t, slope, a0, a1, a2, a3, False, mode, tile)
-        if blocks > 1:
-            for t in range(T):
-                o = r * tile + t
-                a0, a1, a2, a3 = _mac4(out[o], out[o + tile], out[o + 2 * tile], out[o + 3 * tile],
-                                       w, src, r, k_len - 4, t, k_len, tile)
-                _store4(out, h, r, t, slope, a0, a1, a2, a3, True, mode, tile)
+                a0, a1 = _chain2(out[o + t], out[o + tile + t], w, src, r, kb * block, block, k_len, t, tile)
+                if kb == blocks - 1:
+                    a0, a1 = _post(a0, h, o + t, slope, mode), _post(a1, h, o + tile + t, slope, mode)
+                out[o + t], out[o + tile + t] = a0, a1
 
 
 @njit(fastmath=True, cache=True)  # called, not inlined: see the module docstring
