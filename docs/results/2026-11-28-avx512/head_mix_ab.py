@@ -14,7 +14,7 @@ def load(path, name):
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); return mod
 a, b = load(sys.argv[1], 'hm_a'), load(sys.argv[2], 'hm_b')
 H = int(sys.argv[3]); rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 15
-B = {3: 8, 6: 4, 12: 2, 16: 1}[H]
+B = {3: 8, 5: 4, 6: 4, 8: 3, 12: 2, 16: 1}[H]
 x = torch.randn(H, B * 197 * 197); gy = torch.randn_like(x)
 hm = A.HeadMix(H)
 w = (hm.fc1.weight, hm.fc1.bias, hm.fc2.weight, hm.fc2.bias, hm.fc3.weight, hm.fc3.bias)
