@@ -96,9 +96,9 @@ def _linear(out, w, b, src, h, T, slope, rows, k_len, tile, mode):
     post-op: a LeakyReLU, its gradient mask through `h`, or nothing.
 
     Two output rows at a time: two FMA chains share each loaded input, and their weights stay in registers. A
-    short reduction (k_len <= 16) is one chain per output. A longer one goes in blocks of 8 inputs (4 when k_len
-    is not a multiple of 8) that accumulate in `out`: the first block starts from the bias, the last applies the
-    post-op.
+    short reduction (k_len <= 16) is one block, one chain per output. A longer one goes in blocks of 8 inputs (4
+    when k_len is not a multiple of 8) that accumulate in `out`: the first block starts from the bias, the last
+    applies the post-op. The branches on the block sit inside the position loops; LLVM still vectorizes them.
 
     Measured on the 2-core VM, one thread, per layer (2026-11-28): at H = 3, one row at a time ran 1.1-1.3x
     slower and four rows 1.4-1.6x slower than two (docs/results/2026-11-28-s20/layer_forms.py). For the long
@@ -108,24 +108,14 @@ def _linear(out, w, b, src, h, T, slope, rows, k_len, tile, mode):
     positions), and the blocks of 8 as three separate loops (first, middle, last) 1.8-2.3x slower: they
     compiled to gathers.
     """
-    if k_len <= 16:
-        for r in range(0, rows, 2):
-            o = r * tile
-            for t in range(T):
-                a0, a1 = b[r], b[r + 1]
-                for k in range(k_len):
-                    s = src[k * tile + t]
-                    a0 += w[r * k_len + k] * s
-                    a1 += w[(r + 1) * k_len + k] * s
-                out[o + t] = _post(a0, h, o + t, slope, mode)
-                out[o + tile + t] = _post(a1, h, o + tile + t, slope, mode)
-        return
-    block = 8 if k_len % 8 == 0 else 4
+    block = k_len if k_len <= 16 else 8 if k_len % 8 == 0 else 4
     blocks = k_len // block
     for r in range(0, rows, 2):
         o = r * tile
         for t in range(T):
             a0, a1 = _chain2(b[r], b[r + 1], w, src, r, 0, block, k_len, t, tile)
+            if blocks == 1:
+                a0, a1 = _post(a0, h, o + t, slope, mode), _post(a1, h, o + tile + t, slope, mode)
             out[o + t], out[o + tile + t] = a0, a1
         for kb in range(1, blocks):
             for t in range(T):
