@@ -19,5 +19,7 @@ def zero():
     for z in zs: torch.baddbmm(z, q, k, beta=0., alpha=.125)
 for r in range(5):
     for f in (oop, inp, zero):
-        f(); t = time.perf_counter(); f(); f(); print(f.__name__, '%.2f ms/step' % ((time.perf_counter() - t) / 2 * 1e3), end='  ')
+        f()
+        t = time.perf_counter(); f(); f()
+        print(f.__name__, '%.2f ms/step' % ((time.perf_counter() - t) / 2 * 1e3), end='  ')
     print()
