@@ -34,7 +34,7 @@ def _close(ours: torch.Tensor, ref: torch.Tensor, msg: str):
 def test_forward_and_gradients_match_reference(H, P):
     """Odd P (not a multiple of the tile, smaller than one tile), H = 3, 5, 12 (the kernels pad H to a multiple
     of 4 and take F = 4H > 16 inputs in blocks: of 4 at H = 5, five of them, of 8 at H = 12); every input and
-    weight grad. Each H compiles its own kernels (~20 s cold), hence no more of them."""
+    weight grad. Each H compiles its own kernels (~10 s cold), hence no more of them."""
     w = _weights(H, seed=H)
     x = (torch.randn(H, P, generator=torch.Generator().manual_seed(1)) * 2).requires_grad_()
     gy = torch.randn(H, P, generator=torch.Generator().manual_seed(2))

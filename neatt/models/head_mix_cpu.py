@@ -6,20 +6,20 @@ back several times. Here each thread takes a tile of positions, keeps the tile's
 never writes them out; backward recomputes them per tile. Written in numba because no library fuses an MLP over a
 tiny feature axis.
 
-Speed comes from LLVM vectorizing the loop over a tile's positions: each layer goes two output rows at a time
-(two FMA chains sharing each loaded input; long reductions in blocks of 8 inputs), over flat tile buffers with a
-row stride, each starting on a cache line (`neatt.numba_arrays`: with numba's own alignment some straddled two per
+Speed comes from LLVM vectorizing the loop over a tile's positions: each layer goes two output rows at a time (two
+FMA chains sharing each loaded input; long reductions in blocks of 8 inputs), over flat tile buffers with a row
+stride, each starting on a cache line (`neatt.numba_arrays`: with numba's own alignment some straddled two per
 vector). The closures of `_kernels(H, tile)` capture H, F and the tile size as constants (buffer sizes, the loads
 and stores of a tile): numba's disk cache keys a closure by its captured values, so each H compiles once per
-machine (17-23 s for both directions on the 2-core VM; a cache hit loads in under a second), whereas
-`numba.literally` re-dispatches from Python on every call. The constants matter: kernels that took H as an
-argument ran 9-11x slower (2026-11-27). The layers (`_linear`, `_outer`) take the sizes as arguments and are
-plain calls, no longer inlined into the closures by numba (its IR inlining deep-copies the callee per call site,
-half of every compile): LLVM still gives each call site its own copy, specialized on the closure's constants
+machine (8-10 s for both directions on the 2-core VM, 16-20 s before the blocks of 8; a cache hit loads in under a
+second), whereas `numba.literally` re-dispatches from Python on every call. The constants matter: kernels that took
+H as an argument ran 9-11x slower (2026-11-27). The layers (`_linear`, `_outer`) take the sizes as arguments and
+are plain calls, no longer inlined into the closures by numba (its IR inlining deep-copies the callee per call
+site, half of every compile): LLVM still gives each call site its own copy, specialized on the closure's constants
 (three copies of `_linear` in the forward's IR), and 40 interleaved forward + backward calls in one process took
-0.86-0.97x the inlined versions' time (paired medians, H = 3 and 12). Inside, every H axis is padded to a
-multiple of 4 (zero weights, zero input rows), so that all row counts fit `_outer`'s four-row blocks and every
-reduction splits into blocks of 4 or 8.
+0.86-0.97x the inlined versions' time (paired medians, H = 3 and 12). Inside, every H axis is padded to a multiple
+of 4 (zero weights, zero input rows), so that all row counts fit `_outer`'s four-row blocks and every reduction
+splits into blocks of 4 or 8.
 Constants do not reach into a `prange` body, and a `prange` driver would capture the closures (not cacheable),
 so the runs of tiles go to Python threads, as many as torch uses, which take them in turn (`_in_parallel`); the
 runs release the GIL.
